@@ -1,0 +1,5 @@
+import sys
+
+from soundry.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""soundry.train"""
