@@ -134,9 +134,47 @@ def validate(
 ) -> Any:
     """`cls.model_validate(raw)` with errors rewritten as one readable ConfigError."""
     try:
-        return cls.model_validate(raw)
+        return cls.model_validate(_fill_default_tags(cls, raw))
     except ValidationError as exc:
         raise ConfigError(format_errors(cls, exc, source, overrides or [])) from None
+
+
+def _fill_default_tags(tp: Any, raw: Any) -> Any:
+    """Give a tagged-union section without `type` the type of its default value.
+
+    So `model.quantizer.n_codebooks=4` works on a recipe that never spelled out the
+    (default) quantizer type. Returns a new structure; `raw` is not modified.
+    """
+    tp = _strip(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(raw, dict):
+        out = dict(raw)
+        for name, field in tp.model_fields.items():
+            if name not in out:
+                continue
+            value = out[name]
+            ann = _strip(field.annotation)
+            if isinstance(value, dict) and "type" not in value and _is_tagged_union(ann):
+                default = field.get_default(call_default_factory=True)
+                tag = getattr(default, "type", None)
+                if tag is not None:
+                    value = {"type": tag, **value}
+            member = _union_member(ann, value.get("type")) if isinstance(value, dict) else None
+            out[name] = _fill_default_tags(member or ann, value)
+        return out
+    if get_origin(tp) is list and isinstance(raw, list) and get_args(tp):
+        return [_fill_default_tags(get_args(tp)[0], v) for v in raw]
+    if get_origin(tp) is dict and isinstance(raw, dict) and get_args(tp):
+        return {k: _fill_default_tags(get_args(tp)[-1], v) for k, v in raw.items()}
+    return raw
+
+
+def _is_tagged_union(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType) and any(
+        isinstance(_strip(m), type)
+        and issubclass(_strip(m), BaseModel)
+        and "type" in _strip(m).model_fields
+        for m in get_args(tp)
+    )
 
 
 def format_errors(
