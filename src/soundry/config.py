@@ -121,7 +121,8 @@ def recipe_from_dict(
 
     task = raw.get("task")
     if task is None:
-        raise ConfigError(f"{source}: missing key 'task' (one of: {', '.join(TASK_RECIPES.names())})")
+        names = ", ".join(TASK_RECIPES.names())
+        raise ConfigError(f"{source}: missing key 'task' (one of: {names})")
     try:
         cls = TASK_RECIPES.get(str(task))
     except ConfigError as exc:
