@@ -33,5 +33,5 @@ for _name in _BUILTIN:
     try:
         importlib.import_module(f"soundry.train.tasks.{_name}")
     except ModuleNotFoundError as exc:  # a task module still being written
-        if exc.name != f"soundry.train.tasks.{_name}":
+        if not (exc.name or "").startswith("soundry."):
             raise

@@ -1,0 +1,73 @@
+"""Run directory -> export directory (config.json + model.safetensors).
+
+Each task registers an exporter that turns its recipe and trained networks into a model
+export; `export_run` finds the checkpoint (best, last or a step), reads the weights
+(optionally the EMA copy) and writes the export.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from soundry.config import load_recipe
+from soundry.errors import SoundryError
+from soundry.registry import Registry
+
+# task name -> fn(recipe, load_network) -> (kind, config dict, state_dict)
+Exporter = Callable[[Any, Callable[[str], dict[str, torch.Tensor]]], tuple[str, dict, dict]]
+EXPORTERS: Registry[Exporter] = Registry("exporter")
+
+
+def find_checkpoint(run_dir: Path, which: str = "last") -> Path:
+    """The checkpoint directory for 'best', 'last' or a step number."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    index_path = ckpt_root / "index.json"
+    if not index_path.is_file():
+        raise SoundryError(f"{run_dir} has no checkpoints (no {index_path})")
+    index = json.loads(index_path.read_text())
+    if which in ("best", "last"):
+        name = index.get(which)
+        if not name:
+            raise SoundryError(f"{run_dir} has no '{which}' checkpoint")
+    elif which.isdigit():
+        name = f"step_{int(which):08d}"
+    else:
+        raise SoundryError(f"--checkpoint must be best, last or a step number, not '{which}'")
+    path = ckpt_root / name
+    if not path.is_dir():
+        kept = sorted(p.name for p in ckpt_root.glob("step_*") if p.is_dir())
+        raise SoundryError(f"checkpoint '{name}' not found in {ckpt_root} (kept: {kept})")
+    return path
+
+
+def export_run(
+    run_dir: Path | str, out_dir: Path | str, checkpoint: str = "last", ema: bool = False
+) -> dict[str, Any]:
+    """Export a run's model; returns {'kind', 'checkpoint', 'out_dir'}."""
+    from soundry.models.export import save_export
+    from soundry.train.tasks import TASKS  # noqa: F401  (registers tasks and exporters)
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise SoundryError(f"{run_dir} is not a run directory (no config.yaml)")
+    recipe = load_recipe(config_path)
+    ckpt = find_checkpoint(run_dir, checkpoint)
+
+    def load_network(name: str) -> dict[str, torch.Tensor]:
+        path = ckpt / (f"{name}.ema.safetensors" if ema else f"{name}.safetensors")
+        if not path.is_file():
+            hint = " (was EMA enabled for this run?)" if ema else ""
+            raise SoundryError(f"{path} does not exist{hint}")
+        return load_file(str(path))
+
+    kind, config, state = EXPORTERS.get(recipe.task)(recipe, load_network)
+    config = {**config, "source": {"run_dir": str(run_dir), "checkpoint": ckpt.name, "ema": ema}}
+    save_export(Path(out_dir), kind, config, state)
+    return {"kind": kind, "checkpoint": str(ckpt), "out_dir": str(out_dir)}
