@@ -1,0 +1,293 @@
+"""A pre-norm transformer: RMSNorm, rotary positions (RoPE), SDPA attention, SwiGLU MLP.
+
+Causal (autoregressive decoding) or bidirectional (masked prediction) by config. Inputs are
+[batch, length, dim] vectors; padded positions are given by a `valid` mask [batch, length]
+and are never attended to. Rotary positions count valid tokens only, so a left-padded row
+computes exactly what the same row computes unpadded.
+
+Incremental decoding uses a `KVCache` allocated once for the longest sequence: each call
+writes its keys and values in place at the next positions and attends over the filled prefix
+(a view), so no step copies or grows the cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from soundry.config import Strict
+
+
+class TransformerConfig(Strict):
+    """Size and behaviour of a transformer stack.
+
+    mlp_hidden: SwiGLU hidden width (default 8/3 dim rounded up to a multiple of 64, which
+      keeps the parameter count of a 4x GELU MLP).
+    max_len: longest sequence (prefix + steps) positions are precomputed for.
+    """
+
+    dim: int = Field(256, ge=8)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_hidden: int | None = Field(None, ge=1)
+    causal: bool = True
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    rope_base: float = Field(10000.0, gt=0)
+    max_len: int = Field(4096, ge=1)
+    norm_eps: float = Field(1e-5, gt=0)
+
+
+def _mlp_hidden(cfg: TransformerConfig) -> int:
+    if cfg.mlp_hidden is not None:
+        return cfg.mlp_hidden
+    return int(math.ceil(cfg.dim * 8 / 3 / 64) * 64)
+
+
+class KVCache:
+    """Preallocated keys/values [layers, batch, heads, max_len, head_dim] for decoding.
+
+    `length` is the number of positions filled; `valid` [batch, max_len] marks padded
+    (never attended) positions; `next_pos` [batch] is each row's next rotary position.
+    """
+
+    def __init__(
+        self,
+        layers: int,
+        batch: int,
+        heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (layers, batch, heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+        self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
+        self.length = 0
+        self.padded = False  # True once any position is padding: masks are then needed
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    def reset(self) -> None:
+        self.length = 0
+        self.padded = False
+        self.valid.fill_(True)
+        self.next_pos.zero_()
+
+
+class RotaryTables(nn.Module):
+    """cos/sin tables [max_len, head_dim / 2] for rotary position embeddings."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float) -> None:
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def lookup(self, positions: torch.Tensor | slice, dtype: torch.dtype) -> tuple:
+        """cos, sin shaped to broadcast over [B, L, n, heads, head_dim / 2]."""
+        cos, sin = self.cos[positions], self.sin[positions]
+        if cos.dim() == 2:  # shared positions [L, half]
+            return cos[:, None, None].to(dtype), sin[:, None, None].to(dtype)
+        return cos[:, :, None, None].to(dtype), sin[:, :, None, None].to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[i], x[i + half]) of the last dim by the position angles."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        if cfg.dim % cfg.heads or (cfg.dim // cfg.heads) % 2:
+            raise ValueError(f"dim {cfg.dim} must split into {cfg.heads} heads of even size")
+        self.heads = cfg.heads
+        self.head_dim = cfg.dim // cfg.heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.heads, self.head_dim)
+        qk = apply_rotary(qkv[:, :, :2], *rope)  # q and k rotated in one go
+        q = qk[:, :, 0].transpose(1, 2)  # [B, H, L, Dh]
+        k = qk[:, :, 1].transpose(1, 2)
+        v = qkv[:, :, 2].transpose(1, 2)
+        if cache is not None:
+            start, end = cache.length, cache.length + length
+            cache.k[layer, :, :, start:end] = k
+            cache.v[layer, :, :, start:end] = v
+            k = cache.k[layer, :, :, :end]
+            v = cache.v[layer, :, :, :end]
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out(y.transpose(1, 2).reshape(batch, length, dim))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), with gate and up as one fused projection."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.dim, _mlp_hidden(cfg))
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, is_causal, cache, layer))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class Transformer(nn.Module):
+    """A stack of pre-norm blocks and a final RMSNorm; [B, L, dim] -> [B, L, dim]."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.rotary = RotaryTables(cfg.dim // cfg.heads, cfg.max_len, cfg.rope_base)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, 0.02) weights; residual output projections scaled by 1/sqrt(2 layers)."""
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02
+                if name.endswith("attn.out.weight") or name.endswith("mlp.down.weight"):
+                    std /= math.sqrt(2 * self.cfg.layers)
+                nn.init.normal_(p, 0.0, std)
+
+    def new_cache(
+        self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """An empty cache for `batch` rows of up to `max_len` positions."""
+        param = next(self.parameters())
+        heads = self.cfg.heads
+        return KVCache(
+            self.cfg.layers,
+            batch,
+            heads,
+            max_len or self.cfg.max_len,
+            self.cfg.dim // heads,
+            dtype=dtype or param.dtype,
+            device=param.device,
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x [B, L, dim], valid [B, L] bool (False = padding) -> [B, L, dim].
+
+        With a cache, x continues the cached sequence: its positions follow the filled ones.
+        Outputs at padded positions are meaningless.
+        """
+        batch, length, _ = x.shape
+        start = cache.length if cache is not None else 0
+        end = start + length
+        if end > (cache.max_len if cache is not None else self.cfg.max_len):
+            raise ValueError(f"sequence of {end} positions exceeds the maximum length")
+        if valid is not None and bool(valid.all()):
+            valid = None
+        padded = valid is not None or (cache is not None and cache.padded)
+
+        # Rotary positions count valid tokens only.
+        if not padded:
+            positions: torch.Tensor | slice = slice(start, end)
+        else:
+            step_valid = valid if valid is not None else x.new_ones(batch, length, dtype=torch.bool)
+            offset = cache.next_pos[:, None] if cache is not None else 0
+            positions = (offset + step_valid.long().cumsum(1) - 1).clamp(min=0)
+        rope = self.rotary.lookup(positions, x.dtype)
+
+        # Attention mask: causal and/or key padding; every query may see itself, so that
+        # padded queries never have an empty (NaN) softmax row.
+        mask = None
+        is_causal = False
+        if padded or (self.cfg.causal and start > 0 and length > 1):
+            keys_valid = torch.ones(batch, end, dtype=torch.bool, device=x.device)
+            if cache is not None:
+                if valid is not None:
+                    cache.valid[:, start:end] = valid
+                    cache.padded = True
+                keys_valid = cache.valid[:, :end]
+            elif valid is not None:
+                keys_valid = valid
+            q_pos = torch.arange(start, end, device=x.device)[:, None]
+            k_pos = torch.arange(end, device=x.device)[None, :]
+            allowed = keys_valid[:, None, :] | (k_pos == q_pos)[None]
+            if self.cfg.causal:
+                allowed = allowed & (k_pos <= q_pos)[None]
+            mask = allowed[:, None]  # [B, 1, L, end]
+        elif self.cfg.causal and length > 1:
+            is_causal = True  # start == 0: SDPA's own causal kernel
+
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, is_causal, cache, i)
+
+        if cache is not None:
+            if valid is not None:
+                cache.next_pos += valid.long().sum(1)
+            else:
+                cache.next_pos += length
+            cache.length = end
+        return self.norm(x)
