@@ -1,28 +1,229 @@
-"""Config schema of the data pipeline (the `data:` section of every audio recipe)."""
+"""Config schema of the data pipeline (the `data:` section of every audio recipe).
+
+A minimal section names its sources; everything else has a default::
+
+    data:
+      sources:
+        - {path: data/speech, weight: 0.5}
+        - {path: data/music, weight: 0.3}
+        - {path: data/general, weight: 0.2}
+      sample_rate: 24000
+      segment_seconds: 0.5
+      augment:
+        phase: {prob: 0.8}
+        gain: {prob: 1.0, min_db: -6, max_db: 0}
+
+Item kinds (`mode`):
+
+- `clips`: random crops of `segment_seconds` (files shorter than that are zero-padded).
+- `oneshot`: the first `segment_seconds` of each file, padded or trimmed (short sounds).
+- `utterances`: whole files (cut to at most `segment_seconds`), grouped into batches of
+  similar duration by the duration-bucketed sampler (`bucket:`) and zero-padded to the
+  longest item of their batch; batches then carry `lengths`.
+
+Audio-to-audio data: a source with `target:` is a paired source (`path` holds the inputs,
+`target` the clean targets, matched by file name); `degrade:` makes pairs on the fly
+(target = the clean clip, input = a degraded copy) for every source without a `target`.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from soundry.config import Strict
 
 
+def _prob(default: float = 0.0) -> Any:
+    """A probability field: the chance a transform is applied to an item."""
+    return Field(default, ge=0.0, le=1.0)
+
+
 class SourceConfig(Strict):
-    """One data source: a folder or manifest, mixed with the others by `weight`."""
+    """One data source: a folder or manifest, mixed with the others by `weight`.
+
+    `target` makes the source paired: `path` holds degraded inputs and `target` the clean
+    versions, matched by relative path without extension.
+    """
 
     path: str
     weight: float = Field(1.0, gt=0)
     name: str | None = None
+    target: str | None = None
 
 
 class LoudnessConfig(Strict):
-    """Loudness normalisation and silence rejection (DAC: -16 LUFS target, -40 LUFS floor)."""
+    """Loudness normalisation and silence rejection (DAC: -16 LUFS target, -40 LUFS floor).
+
+    `target_lufs`: every item is normalised to this loudness (None: left as read); the gain
+    is limited so the peak stays within [-1, 1]. `min_lufs`: a random crop quieter than
+    this is re-drawn at a new offset up to `retries` times (the loudest try is kept).
+    """
 
     target_lufs: float | None = -16.0
     min_lufs: float | None = -40.0
     retries: int = Field(8, ge=0)
+
+
+def _check_range(lo: float, hi: float, what: str) -> None:
+    if lo > hi:
+        raise ValueError(f"{what}: minimum {lo} is above maximum {hi}")
+
+
+# ----------------------------------------------------------------------------- augmentations
+
+
+class GainAugment(Strict):
+    """Multiply by a gain drawn uniformly in dB (then peak-limited to [-1, 1])."""
+
+    prob: float = _prob()
+    min_db: float = -6.0
+    max_db: float = 0.0
+
+    @model_validator(mode="after")
+    def _range(self) -> GainAugment:
+        _check_range(self.min_db, self.max_db, "gain min_db/max_db")
+        return self
+
+
+class PolarityAugment(Strict):
+    """Flip the sign of the waveform."""
+
+    prob: float = _prob()
+
+
+class PhaseAugment(Strict):
+    """Second-order all-pass at a log-uniform frequency in [min_hz, max_hz] (RAVE, r = 0.99)."""
+
+    prob: float = _prob()
+    min_hz: float = Field(20.0, gt=0)
+    max_hz: float = Field(2000.0, gt=0)
+    r: float = Field(0.99, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> PhaseAugment:
+        _check_range(self.min_hz, self.max_hz, "phase min_hz/max_hz")
+        return self
+
+
+class DequantizeAugment(Strict):
+    """Add uniform noise one quantisation step wide (+-half a step) at `bits` resolution."""
+
+    prob: float = _prob()
+    bits: int = Field(16, ge=2, le=32)
+
+
+class PitchAugment(Strict):
+    """Resample by a factor in [min_ratio, max_ratio]: > 1 raises pitch and tempo."""
+
+    prob: float = _prob()
+    min_ratio: float = Field(0.7, gt=0.1, le=10.0)
+    max_ratio: float = Field(1.3, gt=0.1, le=10.0)
+
+    @model_validator(mode="after")
+    def _range(self) -> PitchAugment:
+        _check_range(self.min_ratio, self.max_ratio, "pitch min_ratio/max_ratio")
+        return self
+
+
+class AugmentConfig(Strict):
+    """Training-time augmentations; each one is off until its `prob` is set above 0.
+
+    Applied in this order: pitch, phase, gain, polarity, dequantize. Every parameter is
+    drawn from the item's generator, seeded by (seed, epoch, index).
+    """
+
+    gain: GainAugment = Field(default_factory=GainAugment)
+    polarity: PolarityAugment = Field(default_factory=PolarityAugment)
+    phase: PhaseAugment = Field(default_factory=PhaseAugment)
+    dequantize: DequantizeAugment = Field(default_factory=DequantizeAugment)
+    pitch: PitchAugment = Field(default_factory=PitchAugment)
+
+
+# ----------------------------------------------------------------------------- degradations
+
+
+class NoiseDegrade(Strict):
+    """White noise at a signal-to-noise ratio drawn uniformly in dB."""
+
+    prob: float = _prob(1.0)
+    min_snr_db: float = 5.0
+    max_snr_db: float = 30.0
+
+    @model_validator(mode="after")
+    def _range(self) -> NoiseDegrade:
+        _check_range(self.min_snr_db, self.max_snr_db, "noise min_snr_db/max_snr_db")
+        return self
+
+
+class LowpassDegrade(Strict):
+    """Butterworth low-pass at a cutoff drawn log-uniformly (capped below Nyquist)."""
+
+    prob: float = _prob(0.5)
+    min_hz: float = Field(1000.0, gt=0)
+    max_hz: float = Field(6000.0, gt=0)
+    order: int = Field(8, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _range(self) -> LowpassDegrade:
+        _check_range(self.min_hz, self.max_hz, "lowpass min_hz/max_hz")
+        return self
+
+
+class ClipDegrade(Strict):
+    """Hard clipping at a fraction of the clip's peak drawn in [min_level, max_level]."""
+
+    prob: float = _prob(0.3)
+    min_level: float = Field(0.1, gt=0, le=1)
+    max_level: float = Field(0.6, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> ClipDegrade:
+        _check_range(self.min_level, self.max_level, "clip min_level/max_level")
+        return self
+
+
+class GainDegrade(Strict):
+    """A gain drawn uniformly in dB on the input only (level mismatch to undo)."""
+
+    prob: float = _prob(0.3)
+    min_db: float = -20.0
+    max_db: float = 0.0
+
+    @model_validator(mode="after")
+    def _range(self) -> GainDegrade:
+        _check_range(self.min_db, self.max_db, "degrade gain min_db/max_db")
+        return self
+
+
+class DegradeConfig(Strict):
+    """On-the-fly degradations: target = clean clip, input = degraded copy.
+
+    Applied in this order: lowpass, clip, noise, gain; parameters come from the item's
+    generator, like the augmentations.
+    """
+
+    noise: NoiseDegrade = Field(default_factory=NoiseDegrade)
+    lowpass: LowpassDegrade = Field(default_factory=LowpassDegrade)
+    clip: ClipDegrade = Field(default_factory=ClipDegrade)
+    gain: GainDegrade = Field(default_factory=GainDegrade)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+class BucketConfig(Strict):
+    """Duration-bucketed batches (mode `utterances`).
+
+    Items are grouped by duration in steps of `bucket_seconds`; a batch holds items of one
+    bucket, at most `max_batch_seconds` of padded audio (items x longest item) and at most
+    `max_batch_size` items. Batch order is shuffled every epoch.
+    """
+
+    bucket_seconds: float = Field(1.0, gt=0)
+    max_batch_seconds: float = Field(32.0, gt=0)
+    max_batch_size: int | None = Field(None, ge=1)
 
 
 class DataConfig(Strict):
@@ -30,6 +231,7 @@ class DataConfig(Strict):
 
     sources: list[SourceConfig] = Field(default_factory=list)
     valid: str | None = None
+    mode: Literal["clips", "oneshot", "utterances"] = "clips"
     sample_rate: int = Field(16000, gt=0)
     channels: Literal[1, 2] = 1
     segment_seconds: float = Field(0.5, gt=0)
@@ -40,3 +242,21 @@ class DataConfig(Strict):
     valid_count: int = Field(8, ge=1)
     valid_seconds: float = Field(1.0, gt=0)
     loudness: LoudnessConfig = Field(default_factory=LoudnessConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    degrade: DegradeConfig | None = None
+    bucket: BucketConfig = Field(default_factory=BucketConfig)
+
+    @model_validator(mode="after")
+    def _pairs_consistent(self) -> DataConfig:
+        paired = [s.target is not None for s in self.sources]
+        if self.degrade is None and any(paired) and not all(paired):
+            raise ValueError(
+                "some sources have a `target` and some do not; give every source a target, "
+                "or set `degrade:` so sources without one get degraded pairs on the fly"
+            )
+        return self
+
+    @property
+    def paired(self) -> bool:
+        """True when items are (input, target) pairs."""
+        return self.degrade is not None or any(s.target is not None for s in self.sources)
