@@ -1,0 +1,642 @@
+"""The codec generator: conv encoder -> residual quantizer -> conv decoder (DAC-class).
+
+Architecture (descript-audio-codec's, every part configurable by the recipe's `model:`):
+
+    encoder  [PQMF analysis] -> conv k7 (C_in -> encoder_dim)
+             -> per stride s: 3 residual units (act, conv k7 dilation 1/3/9, act, conv k1, add)
+                at the current width, then act + strided conv (kernel 2s) doubling the width
+             -> act -> conv k3 to `latent_dim`
+    quantize residual VQ (factorized, L2-normalised codes) or residual FSQ
+    decoder  conv k7 (latent_dim -> decoder_dim)
+             -> per stride s: act + upsampling (transposed conv kernel 2s, or nearest resize
+                + conv) halving the width, then 3 residual units
+             -> act -> conv k7 to C_out -> [PQMF synthesis] -> tanh
+
+All convs are weight-normed when `weight_norm` (fold with `remove_weight_norm()` for
+inference); padding is centred (DAC) or causal. Stereo audio is folded into the batch: the
+network sees [B * C, 1, T], and codes are [B * C, levels, frames].
+
+`codec_preset(name)` gives the `model:` values of DAC's published 44.1 kHz and 16 kHz
+generators ("dac-44k", "dac-16k", 76.7M and 74.2M parameters) and of a CPU-sized "tiny".
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from soundry.config import Strict
+from soundry.errors import ConfigError, SoundryError
+from soundry.nn.activations import make_activation
+from soundry.nn.conv import Conv1d, ConvTranspose1d, ResizeUp, input_span, remove_weight_norm
+from soundry.nn.pqmf import PQMF, PQMFAnalysis, PQMFSynthesis
+from soundry.nn.quantize import FSQStage, QuantizerOutput, ResidualQuantizer, VQStage
+from soundry.registry import Registry
+
+# ----------------------------------------------------------------------------- config
+
+
+class RVQConfig(Strict):
+    """Residual VQ with factorized, L2-normalised codes (DAC).
+
+    dropout: fraction of the items of a training batch that use a random number of levels
+    (DAC: 0.5; 1.0 for its base models). Dead-code restart is off when
+    `dead_code_threshold` is 0: otherwise every `restart_every` training steps, codes chosen
+    fewer than that many times since the last restart are re-initialised from the batch's
+    latents (each rank offers `restart_candidates`).
+    """
+
+    type: Literal["rvq"] = "rvq"
+    n_codebooks: int = Field(6, ge=1)
+    codebook_size: int = Field(256, ge=2)
+    codebook_dim: int = Field(8, ge=1)
+    dropout: float = Field(0.5, ge=0.0, le=1.0)
+    dead_code_threshold: float = Field(0.0, ge=0.0)
+    restart_every: int = Field(100, ge=1)
+    restart_candidates: int = Field(256, ge=1)
+
+
+class FSQConfig(Strict):
+    """Residual finite scalar quantization: `n_codebooks` stages with values per dim `levels`."""
+
+    type: Literal["fsq"] = "fsq"
+    levels: list[int] = Field(default_factory=lambda: [8, 5, 5, 5], min_length=1)
+    n_codebooks: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FSQConfig:
+        if any(n < 2 for n in self.levels):
+            raise ValueError(f"every FSQ level must be >= 2, got {self.levels}")
+        return self
+
+
+QuantizerConfig = Annotated[RVQConfig | FSQConfig, Field(discriminator="type")]
+
+
+class CodecConfig(Strict):
+    """The `model:` section of a codec recipe. Defaults: a small CPU-friendly model."""
+
+    sample_rate: int = Field(16000, gt=0)
+    channels: Literal[1, 2] = 1
+    encoder_dim: int = Field(16, ge=1)
+    strides: list[int] = Field(default_factory=lambda: [2, 4, 5, 8], min_length=1)
+    latent_dim: int | None = Field(64, ge=1)  # None: encoder_dim * 2 ** len(strides) (DAC)
+    decoder_dim: int = Field(256, ge=1)
+    decoder_strides: list[int] | None = None  # None: the encoder strides reversed
+    kernel_size: int = Field(7, ge=1)  # stems, residual units and the output conv
+    latent_kernel_size: int = Field(3, ge=1)  # the encoder's last conv
+    dilations: list[int] = Field(default_factory=lambda: [1, 3, 9], min_length=1)
+    activation: Literal["snake", "elu"] = "snake"
+    weight_norm: bool = True
+    causal: bool = False
+    upsample: Literal["transposed", "resize"] = "transposed"
+    # Odd-stride transposed convs yield exactly L * stride samples; False reproduces
+    # descript-audio-codec v1.0 / transformers (one sample short per odd-stride layer).
+    upsample_output_padding: bool = True
+    pqmf_bands: int = Field(0, ge=0)  # 0: no PQMF; else a power of 2
+    pqmf_taps: int | None = Field(None, ge=3)
+    output_tanh: bool = True
+    quantizer: QuantizerConfig = Field(default_factory=RVQConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> CodecConfig:
+        if any(s < 1 for s in self.strides):
+            raise ValueError(f"strides must be >= 1, got {self.strides}")
+        dec = self.decoder_strides
+        if dec is not None and math.prod(dec) != math.prod(self.strides):
+            raise ValueError(
+                f"decoder_strides {dec} must multiply to the encoder's hop "
+                f"{math.prod(self.strides)} (strides {self.strides})"
+            )
+        if self.pqmf_bands and (self.pqmf_bands < 2 or self.pqmf_bands & (self.pqmf_bands - 1)):
+            raise ValueError(f"pqmf_bands must be 0 or a power of 2 >= 2, got {self.pqmf_bands}")
+        if self.pqmf_bands and self.causal:
+            raise ValueError("pqmf_bands needs causal: false (the PQMF filters look ahead)")
+        if self.decoder_dim // 2 ** len(self.decoder_strides or self.strides) < 1:
+            raise ValueError(
+                f"decoder_dim {self.decoder_dim} is too small to halve "
+                f"{len(self.decoder_strides or self.strides)} times"
+            )
+        return self
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.strides) * max(self.pqmf_bands, 1)
+
+    @property
+    def resolved_latent_dim(self) -> int:
+        return self.latent_dim or self.encoder_dim * 2 ** len(self.strides)
+
+
+# ----------------------------------------------------------------------------- presets
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # descript-audio-codec 44.1 kHz, 8 kbps (9 x 10 bits at 86.1 Hz = 7.75 kbps)
+    "dac-44k": {
+        "sample_rate": 44100,
+        "channels": 1,
+        "encoder_dim": 64,
+        "strides": [2, 4, 8, 8],
+        "latent_dim": 1024,
+        "decoder_dim": 1536,
+        "kernel_size": 7,
+        "latent_kernel_size": 3,
+        "dilations": [1, 3, 9],
+        "activation": "snake",
+        "weight_norm": True,
+        "causal": False,
+        "upsample": "transposed",
+        "upsample_output_padding": True,
+        "pqmf_bands": 0,
+        "output_tanh": True,
+        "quantizer": {
+            "type": "rvq",
+            "n_codebooks": 9,
+            "codebook_size": 1024,
+            "codebook_dim": 8,
+            "dropout": 0.5,
+            "dead_code_threshold": 0.0,
+        },
+    },
+    # descript-audio-codec 16 kHz, 6 kbps (12 x 10 bits at 50 Hz)
+    "dac-16k": {
+        "sample_rate": 16000,
+        "channels": 1,
+        "encoder_dim": 64,
+        "strides": [2, 4, 5, 8],
+        "latent_dim": 1024,
+        "decoder_dim": 1536,
+        "kernel_size": 7,
+        "latent_kernel_size": 3,
+        "dilations": [1, 3, 9],
+        "activation": "snake",
+        "weight_norm": True,
+        "causal": False,
+        "upsample": "transposed",
+        "upsample_output_padding": True,
+        "pqmf_bands": 0,
+        "output_tanh": True,
+        "quantizer": {
+            "type": "rvq",
+            "n_codebooks": 12,
+            "codebook_size": 1024,
+            "codebook_dim": 8,
+            "dropout": 0.5,
+            "dead_code_threshold": 0.0,
+        },
+    },
+    # CPU minutes: 16 kHz, 50 Hz frames, 6 x 8 bits = 2.4 kbps, about 2.5M parameters
+    "tiny": {
+        "sample_rate": 16000,
+        "channels": 1,
+        "encoder_dim": 16,
+        "strides": [2, 4, 5, 8],
+        "latent_dim": 64,
+        "decoder_dim": 256,
+        "kernel_size": 7,
+        "latent_kernel_size": 3,
+        "dilations": [1, 3, 9],
+        "activation": "snake",
+        "weight_norm": True,
+        "causal": False,
+        "upsample": "transposed",
+        "upsample_output_padding": True,
+        "pqmf_bands": 0,
+        "output_tanh": True,
+        "quantizer": {
+            "type": "rvq",
+            "n_codebooks": 6,
+            "codebook_size": 256,
+            "codebook_dim": 8,
+            "dropout": 0.5,
+            "dead_code_threshold": 1.0,
+            "restart_every": 100,
+            "restart_candidates": 256,
+        },
+    },
+}
+
+
+def codec_preset(name: str) -> dict[str, Any]:
+    """The `model:` values (a fresh dict) of a named preset: dac-44k, dac-16k or tiny."""
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown codec preset '{name}' (valid: {', '.join(sorted(_PRESETS))})")
+    return copy.deepcopy(_PRESETS[name])
+
+
+def preset_names() -> list[str]:
+    return sorted(_PRESETS)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+class ResidualUnit(nn.Module):
+    """x + conv_k1(act(conv_k(act(x)))) with a dilated conv; [B, C, T] -> [B, C, T]."""
+
+    def __init__(
+        self,
+        channels: int,
+        dilation: int,
+        kernel_size: int,
+        activation: str,
+        causal: bool,
+        weight_norm: bool,
+    ) -> None:
+        super().__init__()
+        pad = "causal" if causal else "centred"
+        self.act1 = make_activation(activation, channels)  # type: ignore[arg-type]
+        self.conv1 = Conv1d(
+            channels, channels, kernel_size, dilation=dilation, padding=pad, weight_norm=weight_norm
+        )
+        self.act2 = make_activation(activation, channels)  # type: ignore[arg-type]
+        self.conv2 = Conv1d(channels, channels, 1, padding=pad, weight_norm=weight_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.act2(self.conv1(self.act1(x))))
+
+    def span_layers(self) -> list[nn.Module]:
+        return [self.act1, self.conv1, self.act2, self.conv2]
+
+
+class EncoderBlock(nn.Module):
+    """Residual units at `in_ch`, then act + strided conv: [B, in_ch, T] -> [B, out_ch, T / s]."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, cfg: CodecConfig) -> None:
+        super().__init__()
+        pad = "causal" if cfg.causal else "centred"
+        self.res = nn.ModuleList(
+            ResidualUnit(in_ch, d, cfg.kernel_size, cfg.activation, cfg.causal, cfg.weight_norm)
+            for d in cfg.dilations
+        )
+        self.act = make_activation(cfg.activation, in_ch)
+        self.down = Conv1d(
+            in_ch, out_ch, 2 * stride, stride=stride, padding=pad, weight_norm=cfg.weight_norm
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for unit in self.res:
+            x = unit(x)
+        return self.down(self.act(x))
+
+    def span_layers(self) -> list[nn.Module]:
+        return [*self.res, self.act, self.down]
+
+
+class ResizeConv(nn.Module):
+    """Nearest-neighbour upsampling by `stride`, then a conv (kernel 2s + 1)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, causal: bool, weight_norm: bool):
+        super().__init__()
+        self.resize = ResizeUp(stride)
+        self.conv = Conv1d(
+            in_ch,
+            out_ch,
+            2 * stride + 1,
+            padding="causal" if causal else "centred",
+            weight_norm=weight_norm,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.resize(x))
+
+    def span_layers(self) -> list[nn.Module]:
+        return [self.resize, self.conv]
+
+
+class DecoderBlock(nn.Module):
+    """act + upsampling to `out_ch`, then residual units ([B, in, L] -> [B, out, L*s])."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, cfg: CodecConfig) -> None:
+        super().__init__()
+        pad = "causal" if cfg.causal else "centred"
+        self.act = make_activation(cfg.activation, in_ch)
+        if cfg.upsample == "transposed":
+            self.up: nn.Module = ConvTranspose1d(
+                in_ch,
+                out_ch,
+                2 * stride,
+                stride,
+                padding=pad,
+                weight_norm=cfg.weight_norm,
+                output_padding=cfg.upsample_output_padding,
+            )
+        else:
+            self.up = ResizeConv(in_ch, out_ch, stride, cfg.causal, cfg.weight_norm)
+        self.res = nn.ModuleList(
+            ResidualUnit(out_ch, d, cfg.kernel_size, cfg.activation, cfg.causal, cfg.weight_norm)
+            for d in cfg.dilations
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.up(self.act(x))
+        for unit in self.res:
+            x = unit(x)
+        return x
+
+    def span_layers(self) -> list[nn.Module]:
+        return [self.act, self.up, *self.res]
+
+
+class Encoder(nn.Module):
+    """Waveform [B, 1, T] -> latent [B, latent_dim, T / hop]."""
+
+    def __init__(self, cfg: CodecConfig, pqmf: PQMF | None) -> None:
+        super().__init__()
+        pad = "causal" if cfg.causal else "centred"
+        self.analysis = PQMFAnalysis(pqmf) if pqmf is not None else None
+        in_ch = cfg.pqmf_bands or 1
+        width = cfg.encoder_dim
+        self.stem = Conv1d(in_ch, width, cfg.kernel_size, padding=pad, weight_norm=cfg.weight_norm)
+        blocks = []
+        for stride in cfg.strides:
+            blocks.append(EncoderBlock(width, width * 2, stride, cfg))
+            width *= 2
+        self.blocks = nn.ModuleList(blocks)
+        self.act = make_activation(cfg.activation, width)
+        self.proj = Conv1d(
+            width,
+            cfg.resolved_latent_dim,
+            cfg.latent_kernel_size,
+            padding=pad,
+            weight_norm=cfg.weight_norm,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.analysis is not None:
+            x = self.analysis(x)
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.proj(self.act(x))
+
+    def span_layers(self) -> list[nn.Module]:
+        head = [self.analysis] if self.analysis is not None else []
+        return [*head, self.stem, *self.blocks, self.act, self.proj]
+
+
+class Decoder(nn.Module):
+    """Latent [B, latent_dim, F] -> waveform [B, 1, F * hop] (in [-1, 1] with tanh)."""
+
+    def __init__(self, cfg: CodecConfig, pqmf: PQMF | None) -> None:
+        super().__init__()
+        pad = "causal" if cfg.causal else "centred"
+        strides = cfg.decoder_strides or list(reversed(cfg.strides))
+        width = cfg.decoder_dim
+        self.stem = Conv1d(
+            cfg.resolved_latent_dim,
+            width,
+            cfg.kernel_size,
+            padding=pad,
+            weight_norm=cfg.weight_norm,
+        )
+        blocks = []
+        for stride in strides:
+            blocks.append(DecoderBlock(width, width // 2, stride, cfg))
+            width //= 2
+        self.blocks = nn.ModuleList(blocks)
+        self.act = make_activation(cfg.activation, width)
+        self.proj = Conv1d(
+            width, cfg.pqmf_bands or 1, cfg.kernel_size, padding=pad, weight_norm=cfg.weight_norm
+        )
+        self.synthesis = PQMFSynthesis(pqmf) if pqmf is not None else None
+        self.output_tanh = cfg.output_tanh
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.stem(z)
+        for block in self.blocks:
+            x = block(x)
+        x = self.proj(self.act(x))
+        if self.synthesis is not None:
+            x = self.synthesis(x)
+        return torch.tanh(x) if self.output_tanh else x
+
+    def span_layers(self) -> list[nn.Module]:
+        tail = [self.synthesis] if self.synthesis is not None else []
+        return [self.stem, *self.blocks, self.act, self.proj, *tail]
+
+
+# ----------------------------------------------------------------------------- quantizers
+
+QUANTIZERS: Registry[Any] = Registry("quantizer")
+
+
+@QUANTIZERS.register("rvq")
+def build_rvq(cfg: RVQConfig, dim: int, weight_norm: bool) -> ResidualQuantizer:
+    stages = [
+        VQStage(dim, cfg.codebook_size, cfg.codebook_dim, weight_norm=weight_norm)
+        for _ in range(cfg.n_codebooks)
+    ]
+    return ResidualQuantizer(
+        stages,
+        dropout=cfg.dropout,
+        dead_code_threshold=cfg.dead_code_threshold,
+        restart_every=cfg.restart_every,
+        restart_candidates=cfg.restart_candidates,
+    )
+
+
+@QUANTIZERS.register("fsq")
+def build_fsq(cfg: FSQConfig, dim: int, weight_norm: bool) -> ResidualQuantizer:
+    stages = [FSQStage(dim, cfg.levels, weight_norm=weight_norm) for _ in range(cfg.n_codebooks)]
+    return ResidualQuantizer(stages, dropout=cfg.dropout)
+
+
+# ----------------------------------------------------------------------------- the codec
+
+
+@dataclass
+class CodecOutput:
+    """What `Codec.forward` returns (N = B * C items, F frames, K levels, D latent dims).
+
+    audio: reconstruction [B, C, T], same length as the input.
+    codes: [N, K, F] long (all levels in training; the levels asked for in eval).
+    latents: the quantized latent the decoder consumed [N, D, F]; `decode(latents)` gives
+      `audio` (before cropping to T).
+    pre_quantization: the encoder's output [N, D, F].
+    projected: each level's projected latent before lookup, concatenated [N, K * d, F].
+    commitment_loss, codebook_loss: unweighted scalars (0 for FSQ).
+    levels: [N] long, the levels each item used (quantizer dropout in training mode).
+    """
+
+    audio: torch.Tensor
+    codes: torch.Tensor
+    latents: torch.Tensor
+    pre_quantization: torch.Tensor
+    projected: torch.Tensor
+    commitment_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    levels: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Context a codec needs around a stretch of audio for exact (seamless) chunking.
+
+    encoder_left / encoder_right: input samples before the first sample / after the last
+    sample of a frame that the frame's codes depend on. decoder_left / decoder_right: frames
+    before / after a frame whose codes its output samples depend on.
+    """
+
+    encoder_left: int
+    encoder_right: int
+    decoder_left: int
+    decoder_right: int
+    hop_length: int
+
+    def encoder_context_frames(self) -> tuple[int, int]:
+        """(left, right) encoder context in whole frames."""
+        h = self.hop_length
+        return -(-self.encoder_left // h), -(-self.encoder_right // h)
+
+
+class Codec(nn.Module):
+    """A neural audio codec: audio [B, C, T] <-> codes [B * C, K, F] at `frame_rate` Hz.
+
+    T need not be a multiple of `hop_length`: audio is padded with zeros on the right and the
+    reconstruction cropped back. Quantizer dropout happens only in training mode.
+    """
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.sample_rate = cfg.sample_rate
+        self.channels = cfg.channels
+        self.hop_length = cfg.hop_length
+        self.frame_rate = cfg.sample_rate / cfg.hop_length
+        self.latent_dim = cfg.resolved_latent_dim
+        pqmf = PQMF(cfg.pqmf_bands, cfg.pqmf_taps) if cfg.pqmf_bands else None
+        self.encoder = Encoder(cfg, pqmf)
+        self.quantizer: ResidualQuantizer = QUANTIZERS.build(
+            cfg.quantizer, self.latent_dim, cfg.weight_norm
+        )
+        self.decoder = Decoder(cfg, pqmf)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # descript-audio-codec calls trunc_normal_(std=0.02) on its conv weights, but on a
+        # weight-normed conv that writes a recomputed tensor, so its trained models actually
+        # start from torch's default conv init; only the zeroed biases take effect. Same here.
+        for m in self.modules():
+            if isinstance(m, Conv1d) and m.bias is not None:
+                with torch.no_grad():
+                    m.bias.zero_()
+
+    # -- properties ------------------------------------------------------------------------
+
+    @property
+    def n_codebooks(self) -> int:
+        return self.quantizer.n_codebooks
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    def bitrate_kbps(self, n_levels: int | None = None) -> float:
+        """Bits per second / 1000 for all channels: frame_rate * levels * log2(size) * C."""
+        n = self.n_codebooks if n_levels is None else int(n_levels)
+        return self.frame_rate * n * math.log2(self.codebook_size) * self.channels / 1000.0
+
+    # -- shapes ----------------------------------------------------------------------------
+
+    def _fold(self, audio: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """[B, C, T] -> ([B * C, 1, T_padded], T)."""
+        if audio.dim() != 3:
+            raise SoundryError(
+                f"codec input must be [batch, channels, time], got {tuple(audio.shape)}"
+            )
+        b, c, t = audio.shape
+        if c != self.channels:
+            raise SoundryError(
+                f"this codec takes {self.channels} channel(s), the audio has {c}; "
+                "convert the audio (mix down or duplicate) first"
+            )
+        if t < 1:
+            raise SoundryError("codec input is empty")
+        x = audio.reshape(b * c, 1, t)
+        pad = -t % self.hop_length
+        if pad:
+            x = F.pad(x, (0, pad))
+        return x, t
+
+    def _unfold(self, wave: torch.Tensor, frames: int) -> torch.Tensor:
+        """Decoder output [N, 1, T'] -> [N / C, C, frames * hop] (zero-padded if short)."""
+        n = wave.shape[0]
+        if n % self.channels:
+            raise SoundryError(
+                f"{n} code sequences cannot be split into items of {self.channels} channels"
+            )
+        target = frames * self.hop_length
+        if wave.shape[-1] < target:
+            wave = F.pad(wave, (0, target - wave.shape[-1]))
+        return wave[..., :target].reshape(n // self.channels, self.channels, target)
+
+    # -- forward / encode / decode ---------------------------------------------------------
+
+    def forward(self, audio: torch.Tensor, n_levels: int | None = None) -> CodecOutput:
+        """Encode, quantize and decode audio [B, C, T]; see `CodecOutput`."""
+        x, length = self._fold(audio)
+        z = self.encoder(x)
+        q: QuantizerOutput = self.quantizer(z, n_levels)
+        y = self._unfold(self.decoder(q.quantized), z.shape[-1])[..., :length]
+        return CodecOutput(
+            audio=y,
+            codes=q.codes,
+            latents=q.quantized,
+            pre_quantization=z,
+            projected=q.latents,
+            commitment_loss=q.commitment_loss,
+            codebook_loss=q.codebook_loss,
+            levels=q.levels,
+        )
+
+    def encode(self, audio: torch.Tensor, n_levels: int | None = None) -> torch.Tensor:
+        """Audio [B, C, T] -> codes [B * C, n_levels, ceil(T / hop)] (long)."""
+        x, _ = self._fold(audio)
+        return self.quantizer.encode(self.encoder(x), n_levels)
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B * C, K', F] (any prefix K' <= K of the levels) -> audio [B, C, F * hop]."""
+        return self.decode(self.quantizer.decode_codes(codes))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Quantized latents [B * C, D, F] -> audio [B, C, F * hop]."""
+        return self._unfold(self.decoder(latents), latents.shape[-1])
+
+    # -- inference helpers -----------------------------------------------------------------
+
+    def remove_weight_norm(self) -> Codec:
+        """Fold weight norm into plain weights (same outputs, faster); returns self."""
+        remove_weight_norm(self)
+        return self
+
+    def receptive_field(self) -> ReceptiveField:
+        """Exact context of the encoder (samples) and decoder (frames), from the layer spans."""
+        hop = self.hop_length
+        n = 10_000  # an interior frame, far from both ends
+        lo, hi = input_span(self.encoder, n, n)
+        enc_left = max(n * hop - lo, 0)
+        enc_right = max(hi - ((n + 1) * hop - 1), 0)
+        lo, hi = input_span(self.decoder, n * hop, (n + 1) * hop - 1)
+        return ReceptiveField(enc_left, enc_right, max(n - lo, 0), max(hi - n, 0), hop)
+
+
+def build_codec(cfg: CodecConfig) -> Codec:
+    """A randomly initialised codec for a validated `CodecConfig`."""
+    return Codec(cfg)
+
+
+def codec_from_preset(name: str, **overrides: Any) -> Codec:
+    """Build a preset's codec, with top-level `model:` values overridden."""
+    from soundry.config import validate
+
+    values = {**codec_preset(name), **overrides}
+    return build_codec(validate(CodecConfig, values, source=f"codec preset '{name}'"))

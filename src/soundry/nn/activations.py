@@ -1,0 +1,96 @@
+"""Activations of the codec convnets: Snake (periodic, per-channel frequency) and ELU.
+
+Snake (Ziyin et al. 2020, used by DAC and BigVGAN)::
+
+    snake(x) = x + 1 / (alpha + 1e-9) * sin(alpha * x) ** 2
+
+with one learned `alpha` per channel, stored as shape [1, C, 1] (DAC's layout, so imported
+weights load unchanged). The 1e-9 keeps alpha = 0 finite, exactly as DAC does.
+
+Snake runs on every activation of the network, so it is written for speed:
+
+- training: a custom autograd function that saves only `x` and recomputes `sin(alpha x)` in
+  the backward pass. Plain autograd would keep four full-size intermediates per call.
+- inference (no gradient needed): one allocation and in-place passes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+EPS = 1e-9
+
+
+class _SnakeFunction(torch.autograd.Function):
+    """snake(x, alpha) with a recomputing backward (memory: saves x and alpha only)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, alpha)
+        return _snake_fast(x, alpha)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # type: ignore[override]
+        x, alpha = ctx.saved_tensors
+        inv = (alpha + EPS).reciprocal()
+        ax = alpha * x
+        sin2 = torch.sin(2.0 * ax)  # d/dx sin^2(ax) = a sin(2ax)
+        grad_x = grad_alpha = None
+        if ctx.needs_input_grad[0]:
+            # dy/dx = 1 + (alpha / (alpha + eps)) sin(2 alpha x)
+            grad_x = grad + grad * sin2 * (alpha * inv)
+        if ctx.needs_input_grad[1]:
+            # dy/dalpha = x sin(2 alpha x) / (alpha + eps) - sin^2(alpha x) / (alpha + eps)^2
+            s = torch.sin(ax)
+            d_alpha = x * sin2 * inv - s.square() * inv.square()
+            grad_alpha = (grad * d_alpha).sum(dim=(0, 2), keepdim=True).to(alpha.dtype)
+        return grad_x, grad_alpha
+
+
+def _snake_fast(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """snake(x) with one new tensor and in-place passes over it (no autograd graph)."""
+    y = torch.mul(x, alpha)
+    y.sin_()
+    y.mul_(y)
+    return torch.addcmul(x, y, (alpha + EPS).reciprocal().to(y.dtype))
+
+
+def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Snake activation. x: [B, C, T]; alpha: [1, C, 1]. Returns [B, C, T]."""
+    if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad):
+        return _SnakeFunction.apply(x, alpha)
+    return _snake_fast(x, alpha)
+
+
+def snake_reference(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The textbook formula with plain autograd (tests compare the fast paths to it)."""
+    return x + (alpha + EPS).reciprocal() * torch.sin(alpha * x).pow(2)
+
+
+class Snake(nn.Module):
+    """Snake with one learned frequency per channel; input and output [B, C, T]."""
+
+    def __init__(self, channels: int, alpha_init: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((1, channels, 1), float(alpha_init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return snake(x, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.alpha.shape[1]}"
+
+
+ActivationKind = Literal["snake", "elu"]
+
+
+def make_activation(kind: ActivationKind, channels: int) -> nn.Module:
+    """The activation named `kind` for a [B, channels, T] signal."""
+    if kind == "snake":
+        return Snake(channels)
+    if kind == "elu":
+        return nn.ELU()
+    raise ValueError(f"unknown activation '{kind}'")

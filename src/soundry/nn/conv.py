@@ -1,0 +1,231 @@
+"""1-D convolutions with optional weight norm and causal or centred padding.
+
+Weight norm (Salimans & Kingma 2016) stores a weight as a direction `weight_v` and a
+magnitude `weight_g`, with `weight = weight_g * weight_v / ||weight_v||`, the norm taken over
+every dimension but the first, exactly like `torch.nn.utils.weight_norm(dim=0)`. So
+descript-audio-codec checkpoints (`weight_g` / `weight_v`) load by name. For a transposed
+convolution the first weight dimension is the *input* channel, as in torch.
+
+`remove_weight_norm(module)` folds every weight-normed layer into a plain `weight` for
+inference: the folded weight is the very tensor the weight-normed forward computes, so the
+outputs are bit-identical, and the per-call norm disappears.
+
+Padding:
+- centred (DAC): a stride-1 conv keeps the length (kernel 7, dilation 3 -> 9 each side); a
+  strided conv pads ceil((k - s) / 2) on both sides, so kernel 2s, stride s maps T -> T / s.
+- causal: all padding on the left, so output t (stride 1) depends on inputs <= t, and output
+  frame n of a stride-s conv depends on inputs < (n + 1) s.
+
+Every layer can also report which input positions an output range depends on
+(`input_span`), from which the codec computes its receptive field for exact chunking.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Padding = Literal["centred", "causal"]
+
+
+def norm_except_dim0(v: torch.Tensor) -> torch.Tensor:
+    """||v|| over all dims but 0, shape [v.shape[0], 1, 1]."""
+    return torch.linalg.vector_norm(v, dim=tuple(range(1, v.dim())), keepdim=True)
+
+
+class _WeightNormMixin(nn.Module):
+    """Holds the weight either as `weight` or as the pair (`weight_g`, `weight_v`)."""
+
+    weight_norm: bool
+
+    def _init_weight(self, weight: torch.Tensor, weight_norm: bool) -> None:
+        self.weight_norm = weight_norm
+        if weight_norm:
+            self.weight_g = nn.Parameter(norm_except_dim0(weight).detach().clone())
+            self.weight_v = nn.Parameter(weight.detach().clone())
+        else:
+            self.weight = nn.Parameter(weight.detach().clone())
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the layer applies (g * v / ||v|| under weight norm)."""
+        if self.weight_norm:
+            return self.weight_v * (self.weight_g / norm_except_dim0(self.weight_v))
+        return self.weight
+
+    def remove_weight_norm(self) -> None:
+        """Replace (weight_g, weight_v) by the weight they define; a no-op without weight norm."""
+        if not self.weight_norm:
+            return
+        with torch.no_grad():
+            w = self.effective_weight().detach().clone()
+        del self.weight_g
+        del self.weight_v
+        self.weight_norm = False
+        self.weight = nn.Parameter(w)
+
+
+class Conv1d(_WeightNormMixin):
+    """Conv1d [B, C_in, T] -> [B, C_out, T'] with centred or causal padding.
+
+    T' = ceil(T / stride) for kernels >= stride (exactly T / stride when T is a multiple).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        padding: Padding = "centred",
+        weight_norm: bool = True,
+        bias: bool = True,
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+        self.padding_mode = padding
+        self.groups = groups
+        proto = nn.Conv1d(in_channels, out_channels, kernel_size, groups=groups, bias=bias)
+        self._init_weight(proto.weight, weight_norm)
+        self.bias = nn.Parameter(proto.bias.detach().clone()) if bias else None
+        total = max((kernel_size - 1) * dilation + 1 - stride, 0)
+        if padding == "causal":
+            self.pad_left, self.pad_right = total, 0
+        elif stride == 1:
+            self.pad_left = total // 2
+            self.pad_right = total - self.pad_left
+        else:
+            self.pad_left = self.pad_right = math.ceil(total / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.effective_weight()
+        if self.pad_left == self.pad_right:
+            return F.conv1d(x, w, self.bias, self.stride, self.pad_left, self.dilation, self.groups)
+        x = F.pad(x, (self.pad_left, self.pad_right))
+        return F.conv1d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def input_span(self, lo: int, hi: int) -> tuple[int, int]:
+        """Input positions (may lie in the padding) that outputs lo..hi depend on."""
+        reach = (self.kernel_size - 1) * self.dilation
+        return lo * self.stride - self.pad_left, hi * self.stride - self.pad_left + reach
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, dilation={self.dilation}, padding={self.padding_mode}, "
+            f"weight_norm={self.weight_norm}"
+        )
+
+
+class ConvTranspose1d(_WeightNormMixin):
+    """Transposed conv [B, C_in, L] -> [B, C_out, L * stride] (upsampling).
+
+    Centred (DAC): torch padding ceil((k - s) / 2); with `output_padding` the output is
+    exactly L * stride for odd strides too. descript-audio-codec v1.0 and transformers' DacModel
+    omit it, which makes an odd-stride layer one sample short: set `output_padding=False` to
+    reproduce them. Causal: no padding, and the k - s trailing samples are cut, so output t
+    depends on input frames <= t // stride.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        padding: Padding = "centred",
+        weight_norm: bool = True,
+        bias: bool = True,
+        output_padding: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        self.padding_mode = padding
+        proto = nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride, bias=bias)
+        self._init_weight(proto.weight, weight_norm)
+        self.bias = nn.Parameter(proto.bias.detach().clone()) if bias else None
+        extra = kernel_size - stride
+        if padding == "causal":
+            self.torch_padding, self.out_pad, self.trim = 0, 0, extra
+        else:
+            self.torch_padding = math.ceil(extra / 2)
+            self.out_pad = (2 * self.torch_padding - extra) if output_padding else 0
+            self.trim = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv_transpose1d(
+            x, self.effective_weight(), self.bias, self.stride, self.torch_padding, self.out_pad
+        )
+        if self.trim:
+            y = y[..., : y.shape[-1] - self.trim]
+        return y
+
+    def input_span(self, lo: int, hi: int) -> tuple[int, int]:
+        """Input frames that output samples lo..hi depend on."""
+        p, k, s = self.torch_padding, self.kernel_size, self.stride
+        return -((-(lo + p - k + 1)) // s), (hi + p) // s
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding_mode}, weight_norm={self.weight_norm}"
+        )
+
+
+class ResizeUp(nn.Module):
+    """Nearest-neighbour upsampling by `stride` [B, C, L] -> [B, C, L * stride]."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.repeat_interleave(x, self.stride, dim=-1)
+
+    def input_span(self, lo: int, hi: int) -> tuple[int, int]:
+        return lo // self.stride, hi // self.stride
+
+
+def remove_weight_norm(module: nn.Module) -> nn.Module:
+    """Fold every weight-normed conv inside `module` (in place); returns `module`."""
+    for sub in module.modules():
+        if isinstance(sub, _WeightNormMixin):
+            sub.remove_weight_norm()
+    return module
+
+
+def has_weight_norm(module: nn.Module) -> bool:
+    """True when any conv inside `module` still carries (weight_g, weight_v)."""
+    return any(isinstance(m, _WeightNormMixin) and m.weight_norm for m in module.modules())
+
+
+def input_span(layers: list[nn.Module] | nn.Module, lo: int, hi: int) -> tuple[int, int]:
+    """Compose `input_span` backwards through a chain of layers.
+
+    Layers without `input_span` (activations, norms) map positions one to one. A module that
+    is a chain (`nn.Sequential`, or one exposing `span_layers()`) is walked recursively.
+    """
+    chain = _chain(layers)
+    for layer in reversed(chain):
+        if hasattr(layer, "input_span"):
+            lo, hi = layer.input_span(lo, hi)
+        elif hasattr(layer, "span_layers") or isinstance(layer, nn.Sequential):
+            lo, hi = input_span(layer, lo, hi)
+    return lo, hi
+
+
+def _chain(layers: list[nn.Module] | nn.Module) -> list[nn.Module]:
+    if isinstance(layers, list):
+        return layers
+    if hasattr(layers, "span_layers"):
+        return list(layers.span_layers())
+    if isinstance(layers, nn.Sequential | nn.ModuleList):
+        return list(layers)
+    return [layers]

@@ -1,0 +1,386 @@
+"""Residual quantizers over a latent sequence [B, D, F]: RVQ (DAC-style) and FSQ.
+
+A residual quantizer is a stack of K stages. Stage i quantizes what the stages before it left
+over (`residual -= stage_output`), and the quantized latent is the sum of the stage outputs,
+so any prefix of the K code levels decodes to a coarser latent (bitrate is chosen at
+inference by the number of levels).
+
+VQ stage (DAC's "improved VQGAN" tricks, each marked where it happens below):
+- factorized codes: a 1x1 conv projects the D-dim latent to a small `codebook_dim` (8) where
+  the lookup happens, and another projects the chosen code back to D;
+- L2-normalised lookup: nearest code by cosine similarity of normalised vectors (the code
+  vector itself is used unnormalised);
+- straight-through estimator: forward uses the code, backward copies the gradient to the
+  projected latent;
+- losses (per item, mean over dims and frames): commitment ||z_e - sg(z_q)||^2 trains the
+  encoder, codebook ||sg(z_e) - z_q||^2 trains the codebook. They are returned unweighted;
+  recipes weight them (DAC: 0.25 and 1).
+
+Quantizer dropout (training mode only): a fraction `dropout` of the items of a batch use
+n ~ U{1..K} levels instead of K, so the decoder learns to work at every bitrate. Levels past
+an item's count are computed but masked out of its output and losses.
+
+Dead-code restart (VQ, optional): each stage counts how often each code is chosen; every
+`restart_every` training steps, codes chosen fewer than `dead_code_threshold` times in that
+window are replaced by projected latents of the current batch. The choice is identical on
+every distributed rank:
+
+1. usage counts are summed over ranks (all_reduce), so every rank sees the same dead set;
+2. each rank contributes a fixed number of candidate latents (all_gather, in rank order), so
+   every rank holds the same candidate pool;
+3. the candidates for the dead codes are drawn with a generator seeded by (seed, step) only.
+
+Without torch.distributed (or with one process) steps 1 and 2 are local, and the same seed,
+step and data give the same restart. After a restart the optimizer's moments for the
+replaced rows are stale; they decay within a few hundred steps.
+
+FSQ stage (Mentzer et al. 2023): project to len(levels) dims, bound each dim with a tanh to
+`levels[j]` values, round with a straight-through estimator, project back. The code is the
+mixed-radix number of the per-dim values; there is no codebook and no auxiliary loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from soundry.nn.conv import Conv1d
+
+
+@dataclass
+class StageOutput:
+    """One stage's result. out [B, D, F]; codes [B, F]; latents [B, d, F]; losses [B]."""
+
+    out: torch.Tensor
+    codes: torch.Tensor
+    latents: torch.Tensor
+    commitment: torch.Tensor
+    codebook: torch.Tensor
+
+
+@dataclass
+class QuantizerOutput:
+    """Result of a residual quantizer.
+
+    quantized: sum of the used stages' outputs [B, D, F] (what the decoder consumes).
+    codes: [B, K, F] long, K = the levels computed (all in training, else the levels asked).
+    latents: projected latents of every computed stage, concatenated [B, K * d, F].
+    commitment_loss, codebook_loss: scalars, summed over levels, mean over items.
+    levels: [B] long, the number of levels each item used.
+    """
+
+    quantized: torch.Tensor
+    codes: torch.Tensor
+    latents: torch.Tensor
+    commitment_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    levels: torch.Tensor
+
+
+class VQStage(nn.Module):
+    """Factorized, L2-normalised vector quantizer of a [B, dim, F] residual."""
+
+    def __init__(
+        self, dim: int, codebook_size: int, codebook_dim: int, weight_norm: bool = True
+    ) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.in_proj = Conv1d(dim, codebook_dim, 1, weight_norm=weight_norm)
+        self.out_proj = Conv1d(codebook_dim, dim, 1, weight_norm=weight_norm)
+        self.codebook = nn.Embedding(codebook_size, codebook_dim)
+        # Codes chosen since the last restart (for dead-code detection); saved for exact resume.
+        self.register_buffer("usage", torch.zeros(codebook_size))
+
+    def lookup(self, z_e: torch.Tensor) -> torch.Tensor:
+        """Nearest code of each frame by cosine similarity. z_e [B, d, F] -> codes [B, F]."""
+        b, d, f = z_e.shape
+        flat = F.normalize(z_e.transpose(1, 2).reshape(b * f, d).float(), dim=1)
+        book = F.normalize(self.codebook.weight.float(), dim=1)
+        # L2-normalised lookup: on unit vectors the nearest neighbour is the largest dot product.
+        return (flat @ book.t()).argmax(dim=1).reshape(b, f)
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, F] -> code vectors [B, d, F] (unnormalised, as trained)."""
+        return self.codebook(codes).transpose(1, 2)
+
+    def forward(self, residual: torch.Tensor) -> StageOutput:
+        z_e = self.in_proj(residual)
+        codes = self.lookup(z_e)
+        z_q = self.embed(codes).to(z_e.dtype)
+        commitment = (z_e - z_q.detach()).pow(2).mean(dim=(1, 2))
+        codebook = (z_q - z_e.detach()).pow(2).mean(dim=(1, 2))
+        # Straight-through: the value of z_q, the gradient of z_e.
+        z_st = z_e + (z_q - z_e).detach()
+        return StageOutput(self.out_proj(z_st), codes, z_e, commitment, codebook)
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, F] -> this stage's output [B, dim, F]."""
+        return self.out_proj(self.embed(codes))
+
+
+class FSQStage(nn.Module):
+    """Finite scalar quantizer of a [B, dim, F] residual with `levels[j]` values per dim."""
+
+    def __init__(self, dim: int, levels: list[int], weight_norm: bool = True) -> None:
+        super().__init__()
+        if any(n < 2 for n in levels):
+            raise ValueError(f"FSQ levels must all be >= 2, got {levels}")
+        self.levels = list(levels)
+        self.codebook_size = math.prod(levels)
+        self.in_proj = Conv1d(dim, len(levels), 1, weight_norm=weight_norm)
+        self.out_proj = Conv1d(len(levels), dim, 1, weight_norm=weight_norm)
+        lv = torch.tensor(levels, dtype=torch.float64)
+        basis = torch.cumprod(torch.tensor([1, *levels[:-1]], dtype=torch.int64), dim=0)
+        self.register_buffer("_levels", lv.float()[None, :, None], persistent=False)
+        self.register_buffer("_half", (lv // 2).float()[None, :, None], persistent=False)
+        self.register_buffer("_basis", basis[None, :, None], persistent=False)
+
+    def bound(self, z: torch.Tensor) -> torch.Tensor:
+        """Squash z [B, n, F] so that rounding yields exactly `levels[j]` values per dim."""
+        eps = 1e-3
+        half_width = (self._levels - 1) * (1 - eps) / 2
+        offset = torch.where(self._levels % 2 == 0, 0.5, 0.0)
+        shift = torch.atanh(offset / half_width)
+        return torch.tanh(z + shift) * half_width - offset
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """Projected z [B, n, F] -> grid values in [-1, 1] (straight-through rounding)."""
+        bounded = self.bound(z)
+        rounded = bounded + (torch.round(bounded) - bounded).detach()
+        return rounded / self._half
+
+    def values_to_codes(self, values: torch.Tensor) -> torch.Tensor:
+        """Grid values [B, n, F] -> codes [B, F] (mixed radix, first dim least significant)."""
+        digits = torch.round(values * self._half + self._half).long()
+        return (digits * self._basis).sum(dim=1)
+
+    def codes_to_values(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, F] -> grid values [B, n, F]."""
+        digits = (codes[:, None, :] // self._basis) % self._levels.long()
+        return (digits.float() - self._half) / self._half
+
+    def forward(self, residual: torch.Tensor) -> StageOutput:
+        z = self.in_proj(residual)
+        values = self.quantize(z)
+        zero = residual.new_zeros(residual.shape[0])
+        codes = self.values_to_codes(values.detach())
+        return StageOutput(self.out_proj(values), codes, z, zero, zero)
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, F] -> this stage's output [B, dim, F]."""
+        return self.out_proj(self.codes_to_values(codes))
+
+
+class ResidualQuantizer(nn.Module):
+    """K residual stages (VQ or FSQ) with quantizer dropout and optional dead-code restart.
+
+    `seed` seeds quantizer dropout (with the step and rank) and restarts (with the step);
+    set it from the run's seed.
+    """
+
+    def __init__(
+        self,
+        stages: list[nn.Module],
+        dropout: float = 0.0,
+        dead_code_threshold: float = 0.0,
+        restart_every: int = 100,
+        restart_candidates: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not stages:
+            raise ValueError("a residual quantizer needs at least one stage")
+        self.stages = nn.ModuleList(stages)
+        self.dropout = float(dropout)
+        self.dead_code_threshold = float(dead_code_threshold)
+        self.restart_every = int(restart_every)
+        self.restart_candidates = int(restart_candidates)
+        self.seed = int(seed)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    @property
+    def n_codebooks(self) -> int:
+        return len(self.stages)
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.stages[0].codebook_size)
+
+    @property
+    def restarts_enabled(self) -> bool:
+        return self.dead_code_threshold > 0 and isinstance(self.stages[0], VQStage)
+
+    # -- levels ------------------------------------------------------------------------------
+
+    def _check_levels(self, n_levels: int | None) -> int:
+        if n_levels is None:
+            return self.n_codebooks
+        if not 1 <= int(n_levels) <= self.n_codebooks:
+            raise ValueError(f"n_levels must be in 1..{self.n_codebooks}, got {n_levels}")
+        return int(n_levels)
+
+    def draw_levels(self, batch: int, step: int) -> torch.Tensor:
+        """Levels per item [batch] for quantizer dropout at `step` (training).
+
+        int(batch * dropout) items, chosen at random, get n ~ U{1..K}; the others get K.
+        Seeded by (seed, step, rank) so runs and resumes repeat exactly.
+        """
+        gen = torch.Generator().manual_seed(_mix(self.seed, step, _rank(), 0x51D))
+        levels = torch.full((batch,), self.n_codebooks, dtype=torch.long)
+        n_drop = int(batch * self.dropout)
+        if n_drop:
+            who = torch.randperm(batch, generator=gen)[:n_drop]
+            levels[who] = torch.randint(1, self.n_codebooks + 1, (n_drop,), generator=gen)
+        return levels
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def forward(self, z: torch.Tensor, n_levels: int | None = None) -> QuantizerOutput:
+        """Quantize z [B, D, F].
+
+        Training: every level is computed; items use the levels drawn by quantizer dropout
+        (or `n_levels` for all items when given). Eval: only the first `n_levels` (default
+        all) are computed.
+        """
+        b = z.shape[0]
+        if self.training:
+            if n_levels is None:
+                levels = self.draw_levels(b, int(self.steps)).to(z.device)
+            else:
+                levels = torch.full((b,), self._check_levels(n_levels), device=z.device)
+            n_compute = self.n_codebooks
+        else:
+            n_compute = self._check_levels(n_levels)
+            levels = torch.full((b,), n_compute, dtype=torch.long, device=z.device)
+
+        residual = z
+        quantized = torch.zeros_like(z)
+        commitment = z.new_zeros(())
+        codebook = z.new_zeros(())
+        codes, latents = [], []
+        for i, stage in enumerate(self.stages[:n_compute]):
+            res = stage(residual)
+            active = (levels > i).to(res.out.dtype)
+            quantized = quantized + res.out * active[:, None, None]
+            residual = residual - res.out
+            commitment = commitment + (res.commitment * active).mean()
+            codebook = codebook + (res.codebook * active).mean()
+            codes.append(res.codes)
+            latents.append(res.latents)
+
+        out = QuantizerOutput(
+            quantized=quantized,
+            codes=torch.stack(codes, dim=1),
+            latents=torch.cat(latents, dim=1),
+            commitment_loss=commitment,
+            codebook_loss=codebook,
+            levels=levels,
+        )
+        if self.training:
+            self._after_training_step(out)
+        return out
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor, n_levels: int | None = None) -> torch.Tensor:
+        """Codes [B, n_levels, F] of z [B, D, F] (no dropout, whatever the mode)."""
+        n = self._check_levels(n_levels)
+        residual = z
+        codes = []
+        for stage in self.stages[:n]:
+            res = stage(residual)
+            residual = residual - res.out
+            codes.append(res.codes)
+        return torch.stack(codes, dim=1)
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K', F] with K' <= K (a prefix of the levels) -> quantized [B, D, F]."""
+        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_codebooks:
+            raise ValueError(
+                f"codes must be [batch, levels <= {self.n_codebooks}, frames], got "
+                f"{tuple(codes.shape)}"
+            )
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(
+                f"codes must lie in [0, {self.codebook_size}), got "
+                f"[{int(codes.min())}, {int(codes.max())}]"
+            )
+        codes = codes.long()
+        out = self.stages[0].decode_codes(codes[:, 0])
+        for i in range(1, codes.shape[1]):
+            out = out + self.stages[i].decode_codes(codes[:, i])
+        return out
+
+    # -- dead-code restart -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _after_training_step(self, out: QuantizerOutput) -> None:
+        self.steps += 1
+        if not self.restarts_enabled:
+            return
+        for i, stage in enumerate(self.stages):
+            active = out.levels > i
+            if active.any():
+                used = out.codes[:, i][active].reshape(-1)
+                stage.usage += torch.bincount(used, minlength=stage.codebook_size).to(stage.usage)
+        if int(self.steps) % self.restart_every == 0:
+            d = self.stages[0].codebook_dim
+            b, _, f = out.latents.shape
+            per_stage = out.latents.detach().reshape(b, self.n_codebooks, d, f)
+            self.restart_dead_codes(per_stage.permute(1, 0, 3, 2).reshape(self.n_codebooks, -1, d))
+
+    @torch.no_grad()
+    def restart_dead_codes(self, latents: torch.Tensor) -> list[int]:
+        """Replace dead codes by candidate latents; returns the number replaced per stage.
+
+        latents: [K, N, d] projected latents of this rank's batch, per stage. The replaced
+        rows and their new values are the same on every rank (see the module docstring).
+        Usage counters restart at zero.
+        """
+        step = int(self.steps)
+        usage = torch.stack([s.usage for s in self.stages])  # [K, codebook_size]
+        pool = self._candidates(latents, step)  # [K, world * candidates, d]
+        if _distributed():
+            dist.all_reduce(usage, op=dist.ReduceOp.SUM)
+            gathered = [torch.empty_like(pool) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, pool)
+            pool = torch.cat(gathered, dim=1)
+        gen = torch.Generator().manual_seed(_mix(self.seed, step, 0xDEAD))
+        replaced = []
+        for stage, stage_usage, stage_pool in zip(self.stages, usage, pool, strict=True):
+            dead = torch.nonzero(stage_usage < self.dead_code_threshold).flatten()
+            pick = torch.randint(stage_pool.shape[0], (dead.numel(),), generator=gen)
+            if dead.numel():
+                weight = stage.codebook.weight
+                weight[dead.to(weight.device)] = stage_pool[pick.to(stage_pool.device)].to(weight)
+            replaced.append(int(dead.numel()))
+            stage.usage.zero_()
+        return replaced
+
+    def _candidates(self, latents: torch.Tensor, step: int) -> torch.Tensor:
+        """A fixed-size random subset of this rank's latents: [K, candidates, d]."""
+        k, n, d = latents.shape
+        gen = torch.Generator().manual_seed(_mix(self.seed, step, _rank(), 0xCA4D))
+        idx = torch.randint(n, (self.restart_candidates,), generator=gen).to(latents.device)
+        return latents[:, idx].float().contiguous()
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from several integers (order matters; no Python hash randomisation)."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h ^= (int(v) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
