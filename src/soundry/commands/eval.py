@@ -1,0 +1,122 @@
+"""`soundry eval` (score a codec and classical baselines) and `soundry report` (HTML)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score a codec (and ffmpeg baselines) on a folder of audio",
+        description="Reconstruct every file (or a centred crop of it) through the codec and "
+        "any classical baselines, score each against the original, and write per_file.csv "
+        "and summary.json (mean, median and bootstrap 95%% CI of the mean per metric) to "
+        "--out. Core metrics: mel_distance, stft_distance, si_sdr, l1; with the [eval] "
+        "extra also loudness_diff_lufs, pesq (wide-band), stoi and visqol (audio mode).",
+    )
+    p.add_argument(
+        "model", type=Path, help="exported codec folder (config.json + model.safetensors)"
+    )
+    p.add_argument("data", type=Path, help="audio folder, manifest, or a single audio file")
+    p.add_argument("--levels", type=int, default=None, help="codebook levels to use (default: all)")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="CODEC:RATE[,...]",
+        help="classical codecs through ffmpeg, e.g. opus:6k,mp3:32k (opus, mp3, vorbis, aac)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: eval/<model>)")
+    p.add_argument(
+        "--crop-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="score a centred S-second crop of each file instead of the whole file",
+    )
+    p.add_argument(
+        "--metrics",
+        default="auto",
+        help="extra metrics: auto (all installed), none, or a list such as pesq,stoi",
+    )
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N files")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.set_defaults(func=run_eval_command)
+
+    r = sub.add_parser(
+        "report",
+        help="one self-contained HTML report of a run, or a comparison of several",
+        description="Write one HTML file that works offline: for one run its config, "
+        "provenance, curves, validation metrics, spectrograms and audio; for several runs a "
+        "config diff, overlaid curves, metrics at matched steps and the same clips side by "
+        "side. Media are embedded when they total at most 20 MB, else copied into "
+        "<report>_media/ beside the HTML (--media to choose).",
+    )
+    r.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folder(s)")
+    r.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write")
+    r.add_argument(
+        "--media",
+        choices=["auto", "embed", "folder"],
+        default="auto",
+        help="embed media as data URIs, copy them into a folder, or decide by size (auto)",
+    )
+    r.add_argument(
+        "--listen-steps", type=int, default=4, help="validation steps with audio players"
+    )
+    r.add_argument("--max-clips", type=int, default=6, help="validation clips per step")
+    r.set_defaults(func=run_report_command)
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from soundry.eval.baselines import parse_baselines
+    from soundry.eval.runner import format_table, run_eval
+
+    console = Console()
+    baselines = parse_baselines(args.baseline)
+    out = args.out or Path("eval") / (args.model.resolve().name or "model")
+    result = run_eval(
+        args.model,
+        args.data,
+        out=out,
+        levels=args.levels,
+        baselines=baselines,
+        crop_seconds=args.crop_seconds,
+        extra=args.metrics,
+        seed=args.seed,
+        resamples=args.bootstrap,
+        limit=args.limit,
+    )
+    console.print(format_table(result.summary))
+    for name, reason in result.summary["skipped_metrics"].items():
+        console.print(f"[yellow]{name} not computed[/]: {reason}")
+    console.print(f"per-file scores  {result.out_dir / 'per_file.csv'}")
+    console.print(f"summary          {result.out_dir / 'summary.json'}")
+    return 0
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from soundry.eval.report import write_report
+
+    result = write_report(
+        args.runs,
+        args.out,
+        media=args.media,
+        listen_steps=args.listen_steps,
+        max_clips=args.max_clips,
+    )
+    console = Console()
+    what = "comparison of " + ", ".join(result.runs) if len(result.runs) > 1 else result.runs[0]
+    console.print(f"report ({what}): {result.path}")
+    if result.media_folder is not None:
+        console.print(
+            f"media ({result.media_bytes / 1e6:.1f} MB) in {result.media_folder} — keep it "
+            "next to the HTML"
+        )
+    return 0

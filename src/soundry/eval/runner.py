@@ -1,0 +1,539 @@
+"""`soundry eval`: score a codec (and classical baselines) on a folder of audio.
+
+Every file (or a fixed crop of it) is read at the model's sample rate and channel count
+(a mismatch is resampled / converted with a logged notice), passed through every system
+(the model at the chosen number of levels, then each ffmpeg baseline), and scored against
+the reference. Outputs in `--out`:
+
+- `per_file.csv`: one row per (system, file) with every metric;
+- `summary.json`: per system and metric the mean, median and a bootstrap 95% confidence
+  interval of the mean (percentile method, seeded, so reruns agree), plus the settings.
+
+A "system" is any function `[C, T] float32 audio -> [C, T] audio` at the evaluation rate,
+so the model and the baselines are scored by the same code.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from soundry import __version__
+from soundry.errors import DataError, SoundryError
+from soundry.eval.baselines import BaselineSpec, check_encoders, roundtrip
+from soundry.eval.extra_metrics import EXTRA_METRICS, availability, compute_extra
+
+log = logging.getLogger("soundry.eval")
+
+System = Callable[[np.ndarray], np.ndarray]
+
+CORE_METRICS = ("mel_distance", "stft_distance", "si_sdr", "l1")
+HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}
+
+
+@dataclass
+class SystemSpec:
+    """A system to score: its name, kind ('model' or 'baseline'), bitrate, and function."""
+
+    name: str
+    kind: str
+    fn: System
+    bitrate_kbps: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalItem:
+    """One reference clip: [C, T] float32 at the evaluation rate, and where it came from."""
+
+    name: str
+    path: Path
+    audio: np.ndarray
+    offset_seconds: float
+    seconds: float
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def list_files(data: str | Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """Usable audio files of a folder / manifest (via `soundry.data.scan`) or one file."""
+    from soundry.audio.io import AUDIO_EXTENSIONS
+    from soundry.data.scan import scan
+
+    path = Path(data)
+    if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
+        return [path], []
+    index = scan(path)
+    index.require_usable()
+    for skipped in index.skipped:
+        log.warning("skipped %s: %s", skipped["path"], skipped["reason"])
+    return [Path(item.path) for item in index.items], list(index.skipped)
+
+
+def load_item(
+    path: Path, root: Path, sample_rate: int, channels: int, crop_seconds: float | None
+) -> EvalItem:
+    """Read a file (or its centred crop of `crop_seconds`) at the evaluation rate/channels."""
+    from soundry.audio.io import audio_info, convert_channels, read_audio
+
+    info = audio_info(path)
+    offset, frames = 0, -1
+    if crop_seconds is not None:
+        want = int(round(crop_seconds * info.sample_rate))
+        if want < info.frames:
+            # A centred crop: deterministic, and clear of leading/trailing silence.
+            offset, frames = (info.frames - want) // 2, want
+    audio, _ = read_audio(path, offset=offset, frames=frames, sample_rate=sample_rate)
+    audio = convert_channels(audio, channels)
+    if audio.shape[-1] == 0:
+        raise DataError(f"'{path}' holds no audio")
+    try:
+        name = str(path.relative_to(root))
+    except ValueError:
+        name = path.name
+    return EvalItem(
+        name=name,
+        path=path,
+        audio=audio,
+        offset_seconds=offset / info.sample_rate,
+        seconds=audio.shape[-1] / sample_rate,
+    )
+
+
+def note_conversions(files: Sequence[Path], sample_rate: int, channels: int) -> None:
+    """One logged notice per differing file rate / channel count (never silent, never spam)."""
+    from soundry.audio.io import audio_info
+
+    rates: dict[int, int] = {}
+    chans: dict[int, int] = {}
+    for f in files:
+        info = audio_info(f)
+        if info.sample_rate != sample_rate:
+            rates[info.sample_rate] = rates.get(info.sample_rate, 0) + 1
+        if info.channels != channels:
+            chans[info.channels] = chans.get(info.channels, 0) + 1
+    for sr, n in sorted(rates.items()):
+        log.warning("%d file(s) at %d Hz are resampled to the model's %d Hz", n, sr, sample_rate)
+    for c, n in sorted(chans.items()):
+        log.warning("%d file(s) with %d channel(s) are converted to the model's %d", n, c, channels)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def core_metrics(reference: np.ndarray, output: np.ndarray, sample_rate: int) -> dict[str, float]:
+    """mel_distance, stft_distance, si_sdr and l1 of one clip (soundry.eval.metrics)."""
+    import torch
+
+    from soundry.eval import metrics
+
+    ref = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32))[None]
+    out = torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))[None]
+    values = {
+        "mel_distance": metrics.mel_distance(out, ref, sample_rate),
+        "stft_distance": metrics.stft_distance(out, ref),
+        "si_sdr": metrics.si_sdr(out, ref),
+        "l1": metrics.l1(out, ref),
+    }
+    return {k: _scalar(v) for k, v in values.items()}
+
+
+def _scalar(v: Any) -> float:
+    if hasattr(v, "detach"):
+        v = v.detach().float().mean().item()
+    v = float(v)
+    return v if math.isfinite(v) else float("nan")
+
+
+def resolve_extra_metrics(requested: str) -> tuple[list[str], dict[str, str]]:
+    """'auto' (every installed one), 'none', or a comma list -> (names, skipped reasons).
+
+    Naming a metric whose package is missing raises MissingDependencyError.
+    """
+    avail = availability()
+    if requested == "none":
+        return [], {}
+    if requested == "auto":
+        names = [n for n, reason in avail.items() if reason is None]
+        skipped = {n: reason for n, reason in avail.items() if reason is not None}
+        return names, skipped
+    names = [n.strip() for n in requested.split(",") if n.strip()]
+    for n in names:
+        if n not in EXTRA_METRICS:
+            raise SoundryError(
+                f"unknown metric '{n}' (extra metrics: {', '.join(EXTRA_METRICS)}, or auto/none)"
+            )
+        if avail[n] is not None:
+            from soundry.errors import MissingDependencyError
+
+            metric = EXTRA_METRICS[n]
+            raise MissingDependencyError(metric.package, "eval", metric.purpose)
+    return names, {}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def bootstrap_ci(
+    values: Sequence[float], seed: int = 0, resamples: int = 2000, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean (NaNs dropped)."""
+    x = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    if x.size == 1:
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(resamples, x.size))
+    means = x[idx].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def describe(values: Sequence[float], seed: int, resamples: int) -> dict[str, Any]:
+    """mean, median, ci95 [lo, hi] and n (finite values only; NaN-free JSON)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return {"mean": None, "median": None, "ci95": [None, None], "n": 0, "n_failed": len(values)}
+    lo, hi = bootstrap_ci(finite, seed, resamples)
+    return {
+        "mean": float(np.mean(finite)),
+        "median": float(np.median(finite)),
+        "ci95": [lo, hi],
+        "n": len(finite),
+        "n_failed": len(values) - len(finite),
+    }
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    out_dir: Path
+
+
+def evaluate(
+    systems: list[SystemSpec],
+    files: Sequence[Path],
+    *,
+    root: Path,
+    sample_rate: int,
+    channels: int,
+    out_dir: str | Path,
+    crop_seconds: float | None = None,
+    extra_metrics: Sequence[str] = (),
+    skipped_metrics: dict[str, str] | None = None,
+    seed: int = 0,
+    resamples: int = 2000,
+    settings: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Run every system on every file, score, and write per_file.csv and summary.json."""
+    if not files:
+        raise DataError("no audio files to evaluate")
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        raise SoundryError(f"system names must be unique, got {names}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    note_conversions(files, sample_rate, channels)
+    metric_names = [*CORE_METRICS, *extra_metrics]
+    rows: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    t0 = time.time()
+    with _progress(progress) as bar:
+        task = bar.add_task("evaluating", total=len(files) * len(systems), status="")
+        for path in files:
+            try:
+                item = load_item(path, root, sample_rate, channels, crop_seconds)
+            except DataError as exc:
+                log.warning("skipped %s: %s", path, exc)
+                failed.append({"path": str(path), "reason": str(exc)})
+                bar.advance(task, len(systems))
+                continue
+            for system in systems:
+                bar.update(task, description=f"{system.name}: {_short(item.name)}")
+                output = _match(system.fn(item.audio), item.audio)
+                scores = core_metrics(item.audio, output, sample_rate)
+                scores.update(compute_extra(list(extra_metrics), item.audio, output, sample_rate))
+                rows.append(
+                    {
+                        "system": system.name,
+                        "file": item.name,
+                        "offset_seconds": round(item.offset_seconds, 6),
+                        "seconds": round(item.seconds, 6),
+                        **scores,
+                    }
+                )
+                bar.update(task, advance=1, status=f"mel {scores['mel_distance']:.3f}")
+    if not rows:
+        raise DataError("no file could be evaluated (see the warnings above)")
+
+    summary = {
+        "soundry_version": __version__,
+        **(settings or {}),
+        "sample_rate": sample_rate,
+        "channels": channels,
+        "crop_seconds": crop_seconds,
+        "files": len({r["file"] for r in rows}),
+        "failed_files": failed,
+        "metrics": metric_names,
+        "higher_is_better": [m for m in metric_names if m in HIGHER_IS_BETTER],
+        "skipped_metrics": dict(skipped_metrics or {}),
+        "bootstrap": {
+            "resamples": resamples,
+            "seed": seed,
+            "confidence": 0.95,
+            "method": "percentile",
+        },
+        "seconds_taken": round(time.time() - t0, 3),
+        "systems": {},
+    }
+    for system in systems:
+        mine = [r for r in rows if r["system"] == system.name]
+        summary["systems"][system.name] = {
+            "kind": system.kind,
+            "bitrate_kbps": system.bitrate_kbps,
+            **system.info,
+            "n": len(mine),
+            "metrics": {m: describe([r[m] for r in mine], seed, resamples) for m in metric_names},
+        }
+    write_outputs(out_dir, rows, summary, metric_names)
+    return EvalResult(rows=rows, summary=summary, out_dir=out_dir)
+
+
+def write_outputs(
+    out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], metric_names: Sequence[str]
+) -> None:
+    fields = ["system", "file", "offset_seconds", "seconds", *metric_names]
+    with (out_dir / "per_file.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {
+                    k: ("" if isinstance(r[k], float) and not math.isfinite(r[k]) else r[k])
+                    for k in fields
+                }
+            )
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _match(output: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Output trimmed or zero-padded to the reference's length (codecs pad to a hop)."""
+    output = np.asarray(output, dtype=np.float32)
+    if output.ndim == 3 and output.shape[0] == 1:
+        output = output[0]
+    if output.ndim == 1:
+        output = output[None]
+    if output.shape[0] != reference.shape[0]:
+        raise SoundryError(
+            f"a system returned {output.shape[0]} channel(s) for {reference.shape[0]}-channel input"
+        )
+    n = reference.shape[-1]
+    if output.shape[-1] >= n:
+        return output[:, :n]
+    return np.pad(output, ((0, 0), (0, n - output.shape[-1])))
+
+
+def _short(name: str, width: int = 40) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None else f"{speed:.2f} clips/s", style="cyan")
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        disable=not enabled,
+    )
+
+
+# ----------------------------------------------------------------------------- systems
+
+
+def baseline_systems(specs: Sequence[BaselineSpec], sample_rate: int) -> list[SystemSpec]:
+    """SystemSpecs for ffmpeg baselines (see `check_encoders` to fail early)."""
+    return [
+        SystemSpec(
+            name=spec.name,
+            kind="baseline",
+            fn=lambda audio, spec=spec: roundtrip(audio, sample_rate, spec),
+            bitrate_kbps=spec.kbps,
+            info={"codec": spec.codec},
+        )
+        for spec in specs
+    ]
+
+
+def model_system(model: Any, levels: int | None, name: str) -> SystemSpec:
+    """A SystemSpec that reconstructs through a codec's codes at `levels` levels."""
+    import torch
+
+    from soundry.models.chunked import decode_chunked, encode_chunked
+
+    n_levels = int(model.n_codebooks) if levels is None else int(levels)
+    if not 1 <= n_levels <= int(model.n_codebooks):
+        raise SoundryError(f"--levels must be between 1 and {model.n_codebooks}, got {levels}")
+
+    def run(audio: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            codes = encode_chunked(model, torch.from_numpy(audio))
+            out = decode_chunked(model, codes[:, :n_levels])
+        return out.float().cpu().numpy()
+
+    return SystemSpec(
+        name=name,
+        kind="model",
+        fn=run,
+        bitrate_kbps=model_bitrate(model, n_levels),
+        info={"levels": n_levels},
+    )
+
+
+def model_bitrate(model: Any, levels: int) -> float | None:
+    """Bits per second / 1000 of the codes: frame rate x levels x log2(codebook size) x
+    channels."""
+    try:
+        from soundry.eval.metrics import bitrate_kbps
+
+        return float(bitrate_kbps(model.frame_rate, levels, model.codebook_size)) * int(
+            getattr(model, "channels", 1)
+        )
+    except (ImportError, AttributeError, TypeError):
+        rate = getattr(model, "frame_rate", None)
+        size = getattr(model, "codebook_size", None)
+        if rate is None or size is None:
+            return None
+        return float(rate) * levels * math.log2(size) * int(getattr(model, "channels", 1)) / 1000
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run_eval(
+    model_dir: str | Path,
+    data: str | Path,
+    *,
+    out: str | Path,
+    levels: int | None = None,
+    baselines: Sequence[BaselineSpec] = (),
+    crop_seconds: float | None = None,
+    extra: str = "auto",
+    seed: int = 0,
+    resamples: int = 2000,
+    limit: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Everything `soundry eval` does short of printing: load, check, evaluate, write."""
+    from soundry.models.codec_io import load_codec
+
+    if crop_seconds is not None and crop_seconds <= 0:
+        raise SoundryError("--crop-seconds must be positive")
+    extra_names, skipped = resolve_extra_metrics(extra)
+    for name, reason in skipped.items():
+        log.info("metric %s skipped: %s", name, reason)
+    check_encoders(list(baselines))  # before any work: a missing ffmpeg is a clear error
+    model = load_codec(model_dir)
+    sr, ch = int(model.sample_rate), int(getattr(model, "channels", 1))
+    files, scan_skipped = list_files(data)
+    if limit is not None:
+        files = files[:limit]
+    model_name = Path(model_dir).resolve().name or "model"
+    systems = [model_system(model, levels, model_name)]
+    base_specs = baseline_systems(baselines, sr)
+    taken = {model_name}
+    for spec in base_specs:
+        if spec.name in taken:
+            spec.name = f"{spec.name} (baseline)"
+        taken.add(spec.name)
+    systems.extend(base_specs)
+    root = Path(data) if Path(data).is_dir() else Path(data).parent
+    return evaluate(
+        systems,
+        files,
+        root=root,
+        sample_rate=sr,
+        channels=ch,
+        out_dir=out,
+        crop_seconds=crop_seconds,
+        extra_metrics=extra_names,
+        skipped_metrics=skipped,
+        seed=seed,
+        resamples=resamples,
+        progress=progress,
+        settings={
+            "model": str(model_dir),
+            "data": str(data),
+            "levels": systems[0].info["levels"],
+            "skipped_files": scan_skipped,
+        },
+    )
+
+
+def format_table(summary: dict[str, Any]) -> Any:
+    """A rich Table: one row per system, 'mean [lo, hi]' per metric."""
+    from rich.table import Table
+
+    metrics = summary["metrics"]
+    higher = set(summary.get("higher_is_better", []))
+    table = Table(
+        title=f"{summary['files']} file(s) at {summary['sample_rate']} Hz — mean "
+        "[bootstrap 95% CI]",
+        title_justify="left",
+    )
+    table.add_column("system", style="bold")
+    table.add_column("kbps", justify="right")
+    for m in metrics:
+        table.add_column(f"{m} {'↑' if m in higher else '↓'}", justify="right")
+    for name, sys_summary in summary["systems"].items():
+        kbps = sys_summary.get("bitrate_kbps")
+        cells = [name, f"{kbps:.2f}" if kbps is not None else "—"]
+        for m in metrics:
+            d = sys_summary["metrics"][m]
+            if d["mean"] is None:
+                cells.append("—")
+            else:
+                lo, hi = d["ci95"]
+                cells.append(f"{_fmt(d['mean'])} [{_fmt(lo)}, {_fmt(hi)}]")
+        table.add_row(*cells)
+    return table
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) >= 100 or abs(v) < 0.01 else f"{v:.3f}"
