@@ -93,3 +93,21 @@ def test_gradients_flow():
     x = torch.randn(2, 5, 32, requires_grad=True)
     net(x).square().mean().backward()
     assert x.grad is not None and all(p.grad is not None for p in net.parameters())
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+    from soundry.nn.transformer import RotaryTables, apply_rotary
+
+    tables = RotaryTables(head_dim=16, max_len=64, base=10000.0)
+    q, k = torch.randn(16), torch.randn(16)
+
+    def score(m: int, n: int) -> torch.Tensor:
+        qm = apply_rotary(q, *(t[m] for t in (tables.cos, tables.sin)))
+        kn = apply_rotary(k, *(t[n] for t in (tables.cos, tables.sin)))
+        return qm @ kn
+
+    torch.testing.assert_close(score(3, 1), score(40, 38))
+    torch.testing.assert_close(score(0, 0), q @ k)
+    assert not torch.allclose(score(3, 1), score(3, 2))
+    rotated = apply_rotary(q, tables.cos[9], tables.sin[9])
+    torch.testing.assert_close(rotated.norm(), q.norm())

@@ -88,28 +88,33 @@ class KVCache:
 
 
 class RotaryTables(nn.Module):
-    """cos/sin tables [max_len, head_dim / 2] for rotary position embeddings."""
+    """Rotary position tables [max_len, head_dim]: cos (repeated for both halves) and sin
+    (negated on the first half), so that rotation is ``x * cos + roll(x, half) * sin``."""
 
     def __init__(self, head_dim: int, max_len: int, base: float) -> None:
         super().__init__()
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        cos, sin = angles.cos(), angles.sin()
+        self.register_buffer("cos", torch.cat([cos, cos], 1).float(), persistent=False)
+        self.register_buffer("sin", torch.cat([-sin, sin], 1).float(), persistent=False)
 
     def lookup(self, positions: torch.Tensor | slice, dtype: torch.dtype) -> tuple:
-        """cos, sin shaped to broadcast over [B, L, n, heads, head_dim / 2]."""
+        """cos, sin shaped to broadcast over [B, L, n, heads, head_dim]."""
         cos, sin = self.cos[positions], self.sin[positions]
-        if cos.dim() == 2:  # shared positions [L, half]
+        if cos.dim() == 2:  # shared positions [L, head_dim]
             return cos[:, None, None].to(dtype), sin[:, None, None].to(dtype)
         return cos[:, :, None, None].to(dtype), sin[:, :, None, None].to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[i], x[i + half]) of the last dim by the position angles."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    """Rotate each pair (x[i], x[i + half]) of the last dim by its position angle.
+
+    roll(x, half) = (x2, x1); with sin = (-sin, sin) this is (x1 cos - x2 sin, x2 cos + x1 sin)
+    in three kernels.
+    """
+    rolled = x.roll(x.shape[-1] // 2, dims=-1)
+    return torch.addcmul(x * cos, rolled, sin)
 
 
 class Attention(nn.Module):
