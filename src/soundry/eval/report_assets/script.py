@@ -82,8 +82,13 @@ JS = r"""
       var rows = [];
       var stepX = null;
       order.forEach(function (name) {
-        var q = nearest(series[name], p.x);
-        if (!q || Math.abs(q[0] - p.x) > (R - L) * 0.06) { return; }
+        var pts = series[name];
+        var tol = (R - L) * 0.03;
+        // Only series that span the pointer; the nearest of their points.
+        if (!pts.length || p.x < pts[0][0] - tol || p.x > pts[pts.length - 1][0] + tol) {
+          return;
+        }
+        var q = nearest(pts, p.x);
         var v = y0 + (1 - (q[1] - T) / (B - T)) * (y1 - y0);
         if (log) { v = Math.pow(10, v); }
         if (stepX === null) { stepX = q[0]; }
