@@ -54,14 +54,28 @@ class Updater(Protocol):
     def update(self, name: str, loss: torch.Tensor) -> bool:
         """Backpropagate `loss` for optimizer `name` and step it at an accumulation boundary.
 
-        A non-finite loss or gradient skips the update (counted by the engine's NaN guard).
+        `loss` is the scalar loss of this micro-batch; the engine divides it by the number of
+        accumulated micro-batches. The optimizer's gradients are zeroed before its first
+        backward of a step, so gradients a previous optimizer's loss left on these parameters
+        are dropped (still: detach generator outputs in a discriminator loss, and use
+        `frozen(discriminator)` in a generator loss, so no work is wasted on them).
+        At the boundary the engine all-reduces gradients across processes, computes the
+        optimizer's global grad norm (logged as grad_norm/<name>), clips it to
+        `OptimizerSpec.clip`, then steps the optimizer and its scheduler. A non-finite loss
+        or gradient skips the update (counted by the engine's NaN guard).
         Returns True when the optimizer actually stepped.
         """
         ...
 
 
 class TrainLoader(Protocol):
-    """An endless iterator of batches whose position can be saved and restored exactly."""
+    """An endless iterator of batches whose position can be saved and restored exactly.
+
+    `state_dict()` describes the position after the last batch handed out (not after
+    batches prefetched by workers) and must be JSON-serialisable (it goes into the
+    checkpoint's rank<r>.json). After `load_state_dict(state)`, `iter(loader)` yields the
+    batch that would have come next. The engine calls `iter()` once, after any restore.
+    """
 
     def __iter__(self) -> Iterator[Any]: ...
 
@@ -87,15 +101,29 @@ class Validation:
 
 @dataclass
 class TaskContext:
-    """Where and how a task runs; filled by the engine / CLI."""
+    """Where and how a task runs; filled by the engine before it calls `Task.networks()`.
+
+    rank / world_size: this process among the data-parallel processes (shard data by them);
+    seed: the recipe's seed; max_steps: the run length (for schedules).
+    """
 
     run_dir: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     overfit: int | None = None  # train on N fixed items (sanity-check mode)
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    max_steps: int | None = None
 
 
 class Task(ABC):
-    """Base class of every trainable system."""
+    """Base class of every trainable system.
+
+    The engine fills `ctx`, then calls `networks()` (moving them to the device), loads
+    `--init-from` weights, freezes `frozen_prefixes()`, and calls `optimizers()` and
+    `train_loader()`, each once. Then per step: `grad_accum` times `train_step` (under the
+    run's autocast), and every `valid_every` steps `validate`.
+    """
 
     #: the task's recipe schema (a `Strict` subclass with `task`, `seed`, `data`, `train`, ...)
     recipe_class: type[Strict]
@@ -121,16 +149,35 @@ class Task(ABC):
         """One (micro-)step. Returns scalars to log (tensors are detached by the engine)."""
 
     def validate(self, step: int) -> Validation:
-        """Metrics and audio on fixed validation items (networks are in eval mode)."""
+        """Metrics and audio on fixed validation items.
+
+        The engine calls it on the main process with every network in eval mode, the EMA
+        weights swapped in for networks that have an EMA, under `torch.no_grad()` and the
+        run's autocast, and with the random generators seeded from (seed, step) and
+        restored afterwards, so validation never perturbs training randomness.
+        """
         return Validation(metrics={})
 
     def ema_networks(self) -> list[str]:
-        """Names of the networks to keep an EMA of (empty: none)."""
+        """Default networks to keep an EMA of when the recipe sets `train.ema` without naming
+        networks (`train.ema.networks` takes precedence). No EMA unless `train.ema` is set."""
         return []
 
     def frozen_prefixes(self) -> list[str]:
-        """Parameter-name prefixes ('generator.encoder') to freeze for fine-tuning."""
+        """Parameter-name prefixes ('generator.encoder') to freeze for fine-tuning.
+
+        Joined with `train.freeze`; applied after `--init-from` and before `optimizers()`,
+        so frozen parameters are left out of the optimizers.
+        """
         return []
+
+    def extra_state(self) -> dict[str, Any]:
+        """Task state that is not in the networks' state_dicts (JSON-serialisable), saved in
+        every checkpoint and handed back to `load_extra_state` on resume."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what `extra_state` returned."""
 
 
 @contextlib.contextmanager
