@@ -1,0 +1,349 @@
+"""Checkpoints: atomic, weights-only-loadable, keep the last K plus the best.
+
+Layout of `RUN/checkpoints/step_XXXXXXXX/`:
+
+    <net>.safetensors        network weights (state_dict names)
+    <net>.ema.safetensors    EMA shadow weights (when the network has an EMA)
+    optim.<name>.pt          {"optimizer": ..., "scheduler": ...} state dicts (torch.save;
+                             read back with weights_only=True)
+    rank<r>.json             per-process RNG states (python, numpy, torch, cuda) and the
+                             data loader position
+    state.json               step, engine counters, task extra state; written last
+
+A checkpoint is written into `checkpoints/.tmp-step_XXXXXXXX/`, every file is fsynced, and
+the directory is renamed to `step_XXXXXXXX` in one atomic `rename`. A directory named
+`step_*` is therefore always complete; a killed write leaves only a `.tmp-*` directory,
+which is never read and is removed on the next start. `index.json` ({"last", "best",
+"best_metric", "best_value"}) is replaced atomically after each write; readers trust the
+directories over the index (a kill between the rename and the index update leaves a newer
+complete checkpoint than the index names).
+
+Test hook: with the environment variable SOUNDRY_TEST_KILL_IN_CHECKPOINT=<step>, the process
+SIGKILLs itself in the middle of writing the checkpoint of that step (after the weights,
+before state.json and the rename). Only the resume tests set it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import re
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from soundry.errors import SoundryError
+
+CHECKPOINT_DIR = "checkpoints"
+INDEX = "index.json"
+STATE = "state.json"
+FORMAT_VERSION = 1
+_STEP_RE = re.compile(r"^step_(\d{8,})$")
+
+
+def step_name(step: int) -> str:
+    """'step_00001234' for step 1234."""
+    return f"step_{step:08d}"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a checkpoint directory name, None for anything else."""
+    match = _STEP_RE.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a name -> tensor map as safetensors; tensors sharing memory are stored apart.
+
+    (safetensors refuses aliased tensors; tied weights load back tied because
+    `load_state_dict` copies into the live, still-shared parameters.)
+    """
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        t = tensor.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    save_file(out, str(path), metadata=metadata)
+
+
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    return load_file(str(path), device=str(device))
+
+
+def all_finite(networks: dict[str, nn.Module]) -> bool:
+    """True when no parameter or floating buffer of any network holds NaN or Inf."""
+    for net in networks.values():
+        for tensor in net.state_dict().values():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return False
+    return True
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) generator states as JSON-safe values."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "torch": _b64(torch.get_rng_state()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_unb64(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to `path` via a temporary file and an atomic replace."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _kill_hook(step: int) -> None:
+    target = os.environ.get("SOUNDRY_TEST_KILL_IN_CHECKPOINT")
+    if target and int(target) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- manager
+
+
+class CheckpointManager:
+    """Writes, lists, prunes and reads the checkpoints of one run directory.
+
+    `barrier` synchronises processes (multi-process runs): every rank writes its own
+    rank<r>.json into the temporary directory the main process created.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        keep_last: int,
+        best_mode: str = "min",
+        rank: int = 0,
+        barrier: Callable[[], None] | None = None,
+    ) -> None:
+        self.root = Path(run_dir) / CHECKPOINT_DIR
+        self.keep_last = keep_last
+        self.best_mode = best_mode
+        self.rank = rank
+        self.barrier = barrier or (lambda: None)
+        self.best: str | None = None
+        self.best_metric: str | None = None
+        self.best_value: float | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- listing
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoint directories, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [
+            p for p in self.root.iterdir()
+            if p.is_dir() and checkpoint_step(p) is not None and (p / STATE).is_file()
+        ]
+        return sorted(found, key=lambda p: checkpoint_step(p) or 0)
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint, or None."""
+        found = self.complete()
+        return found[-1] if found else None
+
+    def remove_partial(self) -> list[Path]:
+        """Delete leftovers of killed writes or deletions (.tmp-*, .trash-*); main only."""
+        removed = []
+        if self.is_main and self.root.is_dir():
+            for p in self.root.iterdir():
+                if p.name.startswith((".tmp-", ".trash-")):
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p)
+        return removed
+
+    # -- best
+
+    def is_better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value < self.best_value if self.best_mode == "min" else value > self.best_value
+
+    def set_best(self, name: str, metric: str, value: float) -> None:
+        self.best, self.best_metric, self.best_value = name, metric, value
+
+    # -- writing
+
+    def save(
+        self,
+        step: int,
+        networks: dict[str, nn.Module],
+        ema_state: dict[str, dict[str, torch.Tensor]],
+        optimizers: dict[str, dict[str, Any]],
+        state: dict[str, Any],
+        rank_state: dict[str, Any],
+    ) -> Path:
+        """Write the checkpoint of `step` atomically, update index.json, prune old ones.
+
+        optimizers: name -> {"optimizer": state_dict, "scheduler": state_dict | None}.
+        state: JSON for state.json; rank_state: this process's JSON (rank<r>.json).
+        Returns the final directory. Every process must call it (collective).
+        """
+        name = step_name(step)
+        final = self.root / name
+        tmp = self.root / f".tmp-{name}"
+        if self.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        self.barrier()
+        rank_file = tmp / f"rank{self.rank}.json"
+        rank_file.write_text(json.dumps(rank_state))
+        _fsync_file(rank_file)
+        self.barrier()
+        if self.is_main:
+            meta = {"step": str(step), "format": str(FORMAT_VERSION)}
+            for net_name, net in networks.items():
+                save_tensors(net.state_dict(), tmp / f"{net_name}.safetensors",
+                             {**meta, "network": net_name})
+            for net_name, shadow in ema_state.items():
+                save_tensors(shadow, tmp / f"{net_name}.ema.safetensors",
+                             {**meta, "network": net_name, "ema": "1"})
+            _kill_hook(step)
+            for opt_name, opt_state in optimizers.items():
+                torch.save(opt_state, tmp / f"optim.{opt_name}.pt")
+            full_state = {"format": FORMAT_VERSION, "step": step, **state}
+            (tmp / STATE).write_text(json.dumps(full_state, indent=1))
+            for p in tmp.iterdir():
+                _fsync_file(p)
+            _fsync_dir(tmp)
+            if final.exists():  # the same step saved twice (e.g. best then end): replace
+                self._discard(final)
+            os.rename(tmp, final)
+            _fsync_dir(self.root)
+            self.write_index(name)
+            self.prune()
+        self.barrier()
+        return final
+
+    def write_index(self, last: str) -> None:
+        write_json_atomic(
+            self.root / INDEX,
+            {"last": last, "best": self.best, "best_metric": self.best_metric,
+             "best_value": self.best_value},
+        )
+
+    def prune(self) -> None:
+        """Keep the newest `keep_last` checkpoints plus the best one."""
+        found = self.complete()
+        keep = {p.name for p in found[-self.keep_last:]}
+        if self.best:
+            keep.add(self.best)
+        for p in found:
+            if p.name not in keep:
+                self._discard(p)
+
+    def _discard(self, path: Path) -> None:
+        # rename first so a kill mid-delete never leaves a partial step_* directory
+        trash = path.with_name(f".trash-{path.name}")
+        if trash.exists():
+            shutil.rmtree(trash, ignore_errors=True)
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # -- reading
+
+    def read_state(self, path: Path) -> dict[str, Any]:
+        state = json.loads((path / STATE).read_text())
+        if state.get("format") != FORMAT_VERSION:
+            raise SoundryError(
+                f"checkpoint {path} has format {state.get('format')}; this soundry reads "
+                f"format {FORMAT_VERSION}"
+            )
+        return state
+
+    def read_rank_state(self, path: Path) -> dict[str, Any]:
+        rank_file = path / f"rank{self.rank}.json"
+        if not rank_file.is_file():
+            raise SoundryError(
+                f"checkpoint {path} has no state for process {self.rank}; resume with the "
+                "same number of processes it was written with"
+            )
+        return json.loads(rank_file.read_text())
+
+    @staticmethod
+    def read_optimizer(path: Path, name: str) -> dict[str, Any]:
+        return torch.load(path / f"optim.{name}.pt", map_location="cpu", weights_only=True)
+
+    @staticmethod
+    def read_network(path: Path, name: str, ema: bool = False) -> dict[str, torch.Tensor]:
+        suffix = ".ema.safetensors" if ema else ".safetensors"
+        return load_tensors(path / f"{name}{suffix}")

@@ -1,0 +1,373 @@
+"""Run logs: metrics.jsonl (the source of truth), TensorBoard, optional wandb, progress bar.
+
+metrics.jsonl holds one JSON object per line: {"step", "kind": "train" | "valid", "time",
+<metric>: value}. Values that are not finite are written as null (JSON has no NaN).
+Keys under "perf/" (throughput) depend on the machine, as does "time"; everything else is
+a deterministic function of the recipe, so a resumed run writes the same lines as an
+uninterrupted one.
+
+Validation audio goes to RUN/valid/step_XXXXXXXX/<clip>.wav (16-bit PCM, clipped to
+[-1, 1]) with a mel-spectrogram <clip>.png next to it, and to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from soundry.errors import MissingDependencyError
+
+PROVENANCE_PACKAGES = [
+    "torch", "numpy", "scipy", "accelerate", "safetensors", "pydantic", "soundfile", "soxr",
+    "librosa", "transformers", "tensorboard", "matplotlib", "rich",
+]
+
+
+def _clean(value: Any) -> Any:
+    """A JSON-safe float (None for NaN/Inf) or the value unchanged."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ----------------------------------------------------------------------------- metrics.jsonl
+
+
+class MetricsFile:
+    """Append-only metrics.jsonl, line-flushed so a killed run loses at most a partial line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file: Any = None
+
+    def truncate_after(self, step: int) -> int:
+        """Drop every line with "step" > `step` (and any unreadable partial line).
+
+        Used on resume from the checkpoint of `step`: the resumed run rewrites those lines.
+        Returns the number of lines dropped.
+        """
+        if not self.path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if int(record.get("step", 0)) > step:
+                dropped += 1
+            else:
+                kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+        return dropped
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a", buffering=1)
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------- spectrogram
+
+
+def mel_image(audio: np.ndarray, sample_rate: int, title: str = "") -> np.ndarray:
+    """A mel-spectrogram picture of `audio` ([channels, time] or [time]; channels averaged).
+
+    Returns an RGB uint8 image [height, width, 3]. 64 ms windows, 75 % overlap, 80 mel
+    bands up to Nyquist, log10 power floored at -5 (1e-5).
+    """
+    import librosa.filters
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    mono = np.asarray(audio, dtype=np.float32)
+    if mono.ndim > 1:
+        mono = mono.mean(axis=0)
+    n_fft = int(2 ** round(math.log2(max(sample_rate * 0.064, 64))))
+    hop = n_fft // 4
+    if mono.shape[-1] < n_fft:
+        mono = np.pad(mono, (0, n_fft - mono.shape[-1]))
+    frames = 1 + (mono.shape[-1] - n_fft) // hop
+    index = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
+    spec = np.abs(np.fft.rfft(mono[index] * np.hanning(n_fft)[None, :], axis=-1)) ** 2
+    n_mels = min(80, n_fft // 4)
+    fb = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+    mel = np.log10(np.maximum(fb @ spec.T, 1e-5))
+
+    fig = plt.figure(figsize=(6, 2.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    seconds = mono.shape[-1] / sample_rate
+    ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=max(mel.max() - 8, -5),
+              extent=(0, seconds, 0, n_mels))
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("mel band")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
+def write_png(image: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image
+
+    matplotlib.image.imsave(str(path), image)
+
+
+def write_wav(audio: np.ndarray, sample_rate: int, path: Path) -> None:
+    """[channels, time] (or [time]) float audio -> 16-bit PCM WAV, clipped to [-1, 1]."""
+    import soundfile as sf
+
+    data = np.asarray(audio, dtype=np.float32)
+    if data.ndim == 1:
+        data = data[None, :]
+    sf.write(str(path), np.clip(data, -1.0, 1.0).T, sample_rate, subtype="PCM_16")
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def _git(*args: str) -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
+                             timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def provenance(command: list[str] | None = None) -> dict[str, Any]:
+    """Where a run comes from: versions, git commit, command line, hardware."""
+    import torch
+
+    from soundry import __version__
+
+    packages = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    hardware: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        hardware["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "soundry_version": __version__,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "command": command if command is not None else list(sys.argv),
+        "python": sys.version.split()[0],
+        "packages": packages,
+        "hardware": hardware,
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_provenance(run_dir: Path, resumed_from: int | None, command: list[str] | None) -> None:
+    """provenance.json: the first start, plus one entry per resume."""
+    path = Path(run_dir) / "provenance.json"
+    info = provenance(command)
+    if resumed_from is None or not path.exists():
+        data = {**info, "resumes": []}
+    else:
+        data = json.loads(path.read_text())
+        data.setdefault("resumes", []).append({**info, "from_step": resumed_from})
+    path.write_text(json.dumps(data, indent=1))
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A rich progress bar: step, it/s, ETA and the main losses (main process only)."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self._progress: Any = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn
+        from rich.progress import Progress as RichProgress
+        from rich.progress import TimeRemainingColumn
+        from rich.text import Text
+
+        class Rate(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                speed = task.speed
+                return Text(f"{speed:.2f} it/s" if speed else "-- it/s", style="cyan")
+
+        self._progress = RichProgress(
+            TextColumn("step"), MofNCompleteColumn(), BarColumn(), Rate(),
+            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+            refresh_per_second=2, transient=False,
+        )
+        self._task = self._progress.add_task("train", total=total, completed=start, losses="")
+        self._progress.start()
+
+    def update(self, step: int, metrics: dict[str, Any] | None = None) -> None:
+        if self._progress is None:
+            return
+        fields = {}
+        if metrics is not None:
+            shown = [(k, v) for k, v in metrics.items() if k.startswith("loss/") and v is not None]
+            fields["losses"] = "  ".join(f"{k[5:]} {v:.4g}" for k, v in shown[:4])
+        self._progress.update(self._task, completed=step, **fields)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+# ----------------------------------------------------------------------------- run logger
+
+
+class RunLogger:
+    """Everything the engine logs, fanned out to metrics.jsonl, TensorBoard and wandb."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool,
+        tensorboard_audio: bool,
+        wandb: Any,
+        config: dict[str, Any],
+        resume_step: int | None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
+        if resume_step is not None:
+            self.metrics.truncate_after(resume_step)
+        elif self.metrics.path.exists():
+            self.metrics.path.unlink()
+        self.tensorboard_audio = tensorboard_audio
+        self.tb: Any = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step hides events of the killed run after the resumed checkpoint
+            purge = resume_step + 1 if resume_step is not None else None
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
+        self.wandb: Any = None
+        if wandb.enabled:
+            self.wandb = _start_wandb(self.run_dir, wandb, config)
+
+    def train(self, step: int, values: dict[str, Any]) -> None:
+        self._scalars(step, "train", values)
+
+    def valid(self, step: int, values: dict[str, Any]) -> None:
+        self._scalars(step, "valid", values)
+
+    def _scalars(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        self.metrics.write({"step": step, "kind": kind, "time": round(time.time(), 3), **values})
+        finite = {k: v for k, v in values.items()
+                  if isinstance(v, int | float) and math.isfinite(v)}
+        if self.tb is not None:
+            for key, value in finite.items():
+                self.tb.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(finite, step=step)
+
+    def audio(self, step: int, clips: dict[str, Any], sample_rate: int) -> Path | None:
+        """Write each clip as WAV + mel PNG under RUN/valid/step_XXXXXXXX/; send to TB/wandb."""
+        if not clips:
+            return None
+        if sample_rate <= 0:
+            raise ValueError("Validation.audio needs Validation.sample_rate > 0")
+        out = self.run_dir / "valid" / f"step_{step:08d}"
+        out.mkdir(parents=True, exist_ok=True)
+        media: dict[str, Any] = {}
+        for name, clip in clips.items():
+            data = np.asarray(clip.detach().cpu().float() if hasattr(clip, "detach") else clip,
+                              dtype=np.float32)
+            write_wav(data, sample_rate, out / f"{name}.wav")
+            image = mel_image(data, sample_rate, title=f"{name} (step {step})")
+            write_png(image, out / f"{name}.png")
+            mono = data.mean(axis=0) if data.ndim > 1 else data
+            if self.tb is not None:
+                if self.tensorboard_audio:
+                    self.tb.add_audio(f"audio/{name}", np.clip(mono, -1, 1)[None, :], step,
+                                      sample_rate=sample_rate)
+                self.tb.add_image(f"mel/{name}", image, step, dataformats="HWC")
+            if self.wandb is not None:
+                import wandb
+
+                media[f"audio/{name}"] = wandb.Audio(mono, sample_rate=sample_rate)
+                media[f"mel/{name}"] = wandb.Image(image)
+        if self.wandb is not None and media:
+            self.wandb.log(media, step=step)
+        return out
+
+    def flush(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+def check_wandb(enabled: bool) -> None:
+    """Fail before any work when wandb is enabled but not installed."""
+    if not enabled:
+        return
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("wandb", "wandb", "train.wandb.enabled") from None
+
+
+def _start_wandb(run_dir: Path, cfg: Any, config: dict[str, Any]) -> Any:
+    check_wandb(True)
+    import wandb
+
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    id_file.write_text(run_id)
+    return wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(run_dir),
+                      config=config, id=run_id, resume="allow", name=run_dir.name)
