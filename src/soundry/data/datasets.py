@@ -37,7 +37,14 @@ from soundry.audio.augment import Augmenter, Degrader, fit_length, pitch_shift
 from soundry.audio.io import read_audio
 from soundry.audio.loudness import loudness_gain, measure_loudness
 from soundry.data.config import DataConfig
-from soundry.data.samplers import ItemKey, item_rng
+from soundry.data.samplers import (
+    PURPOSE_AUGMENT,
+    PURPOSE_CROP,
+    PURPOSE_DEGRADE,
+    PURPOSE_REPLACE,
+    ItemKey,
+    item_rng,
+)
 from soundry.data.scan import AudioItem
 from soundry.errors import DataError
 
@@ -144,7 +151,7 @@ class ClipDataset(torch.utils.data.Dataset):
         total = SAME_SOURCE_ATTEMPTS + ANY_SOURCE_ATTEMPTS
         for attempt in range(total + 1):
             if attempt > 0:  # a deterministic replacement for the failed file
-                pick = item_rng(self.seed, key.epoch, key.index, attempt)
+                pick = item_rng(self.seed, key.epoch, key.index, attempt, PURPOSE_REPLACE)
                 if attempt > SAME_SOURCE_ATTEMPTS:
                     source = int(pick.integers(len(self.sources)))
                 index = int(pick.integers(len(self.sources[source])))
@@ -167,11 +174,12 @@ class ClipDataset(torch.utils.data.Dataset):
         )
 
     def _make(self, key: ItemKey, item: AudioItem, attempt: int) -> dict[str, Any]:
-        rng = item_rng(self.seed, key.epoch, key.index, attempt)
-        # Fixed draw order: augmentations, degradations, then windows (whose count varies).
-        aug = self.augmenter.draw(rng) if self.augmenter is not None else {}
+        rng = item_rng(self.seed, key.epoch, key.index, attempt, PURPOSE_CROP)
+        aug_rng = item_rng(self.seed, key.epoch, key.index, attempt, PURPOSE_AUGMENT)
+        deg_rng = item_rng(self.seed, key.epoch, key.index, attempt, PURPOSE_DEGRADE)
+        aug = self.augmenter.draw(aug_rng) if self.augmenter is not None else {}
         paired = item.target is not None
-        deg = self.degrader.draw(rng) if self.degrader is not None and not paired else {}
+        deg = self.degrader.draw(deg_rng) if self.degrader is not None and not paired else {}
         frames = self.augmenter.input_frames(self.frames, aug) if aug else self.frames
 
         offset, length = self.window(item, rng, frames)
@@ -200,9 +208,9 @@ class ClipDataset(torch.utils.data.Dataset):
         gain = self._loudness_gain(clean, level)
         clean, noisy = clean * gain, (None if noisy is None else noisy * gain)
         if self.augmenter is not None and aug:
-            clean, noisy = self._both(self.augmenter.apply_level, clean, noisy, aug, rng)
+            clean, noisy = self._both(self.augmenter.apply_level, clean, noisy, aug, aug_rng)
         if self.degrader is not None and not paired:
-            noisy = self.degrader.apply(clean, deg, rng)
+            noisy = self.degrader.apply(clean, deg, deg_rng)
 
         valid = min(out_frames, self._valid_length(item, offset, aug))
         out: dict[str, Any] = {

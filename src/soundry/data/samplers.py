@@ -40,12 +40,23 @@ def make_rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), *(int(k) for k in keys)])
 
 
-def item_rng(seed: int, epoch: int, index: int, attempt: int = 0) -> np.random.Generator:
-    """The generator of every random choice for item `index` of `epoch` (crop, augmentation).
+#: what an item generator is for: separate streams, so that turning augmentation or
+#: degradation on or off leaves the crops where they were
+PURPOSE_CROP = 0
+PURPOSE_AUGMENT = 1
+PURPOSE_DEGRADE = 2
+PURPOSE_REPLACE = 3
 
-    `attempt` > 0 is used when the item is replaced because its file turned out unreadable.
+
+def item_rng(
+    seed: int, epoch: int, index: int, attempt: int = 0, purpose: int = PURPOSE_CROP
+) -> np.random.Generator:
+    """A generator for the random choices of item `index` of `epoch`.
+
+    `attempt` > 0 is used when the item is replaced because its file turned out unreadable;
+    `purpose` separates crop choices from augmentation and degradation parameters.
     """
-    return make_rng(seed, STREAM_ITEM, epoch, index, attempt)
+    return make_rng(seed, STREAM_ITEM, epoch, index, attempt, purpose)
 
 
 class EpochBatchSampler:
