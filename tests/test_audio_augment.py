@@ -16,8 +16,8 @@ from soundry.audio.augment import (
     hard_clip,
     lowpass,
     phase_mangle,
-    pitch_shift,
     pitch_input_frames,
+    pitch_shift,
 )
 from soundry.data.config import AugmentConfig, DegradeConfig
 

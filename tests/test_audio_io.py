@@ -79,7 +79,7 @@ def test_write_is_atomic_and_checks_extension(tmp_path):
     target = tmp_path / "out.wav"
     write_audio(target, np.zeros((1, 10)), 8000)
     before = target.read_bytes()
-    with pytest.raises(Exception):  # a bad subtype fails inside soundfile
+    with pytest.raises(ValueError):  # soundfile rejects the subtype
         write_audio(target, np.ones((1, 10)), 8000, subtype="NOT_A_SUBTYPE")
     assert target.read_bytes() == before  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]  # no temp file left
