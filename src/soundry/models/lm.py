@@ -30,6 +30,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -416,3 +417,80 @@ class TokenLM(nn.Module):
         """One step of ids [B, K, 1] after the cached ones -> logits [B, K, V]."""
         hidden = self.transformer(self.embed_steps(step), cache=cache)
         return self.heads(hidden)[:, :, 0]
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def lm_export_config(
+    cfg: TokenLMConfig, codec: dict | None = None, **meta: float | int
+) -> dict:
+    """config.json body (without kind/version) of an LM export.
+
+    codec: how to find the codec that decodes the tokens: {"type": "soundry" |
+      "transformers", "path": export directory (relative paths are inside the LM export),
+      "name", "levels"}; meta: e.g. frame_rate and sample_rate of the tokens.
+    """
+    from soundry.config import to_dict
+
+    return {"model": to_dict(cfg), "codec": dict(codec or {}), **meta}
+
+
+def export_lm(
+    model: TokenLM,
+    out_dir: str | Path,
+    codec: dict | None = None,
+    embed_codec: bool = False,
+    **meta: float | int,
+) -> Path:
+    """Write an LM export; with `embed_codec`, the codec directory is copied into
+    `out_dir/codec` and recorded by that relative path, so the export stands alone."""
+    import shutil
+
+    from soundry.models.export import save_export
+
+    out_dir = Path(out_dir)
+    record = dict(codec or {})
+    save_export(out_dir, "lm", lm_export_config(model.cfg, record, **meta), model.state_dict())
+    if embed_codec and record.get("path"):
+        target = out_dir / "codec"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(record["path"], target)
+        record["path"] = "codec"
+        record["embedded"] = True
+        save_export(out_dir, "lm", lm_export_config(model.cfg, record, **meta),
+                    model.state_dict())
+    return out_dir
+
+
+def load_lm(config: dict, state: dict[str, torch.Tensor]) -> TokenLM:
+    """Loader of kind 'lm' exports: the TokenLM of `config["model"]` in eval mode; the
+    codec record is kept as `model.codec_record`."""
+    from soundry.config import validate
+    from soundry.errors import SoundryError
+
+    if "model" not in config:
+        raise SoundryError("lm export config.json has no 'model' section")
+    cfg = validate(TokenLMConfig, config["model"], source="export config.json: model")
+    model = TokenLM(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SoundryError(
+            "the export's weights do not match its config: "
+            + (f"missing {', '.join(missing[:4])} " if missing else "")
+            + (f"unexpected {', '.join(unexpected[:4])}" if unexpected else "")
+        )
+    model.codec_record = dict(config.get("codec", {}))
+    model.export_meta = {k: v for k, v in config.items() if k not in ("model", "codec")}
+    return model.eval()
+
+
+def _register_export_kind() -> None:
+    from soundry.models.export import EXPORT_KINDS
+
+    if "lm" not in EXPORT_KINDS:
+        EXPORT_KINDS.register("lm")(load_lm)
+
+
+_register_export_kind()

@@ -1,0 +1,310 @@
+"""Token LM task: train a `TokenLM` on token shards made by `soundry tokenize`.
+
+A training step lays the batch's windows out with the model's codebook pattern (EOS where a
+window reaches its item's end, PAD past it), builds the text/tag prefix (tags shuffled and
+conditions dropped per item, from the item's seed) and minimises the per-level
+cross-entropy. Logged per step: loss, and per level the loss, accuracy and output entropy.
+
+Validation: teacher-forced loss on held-out windows, the vocabulary coverage of the
+training data per level, and demo generations at each of `valid.temperatures` for the
+conditions of the first validation items (training items with --overfit), decoded to audio
+through the codec recorded in the token index, with the coverage of generated tokens per
+level and the mean entropy of the model's predictions while generating.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from soundry.config import Strict
+from soundry.data.tokens import TokenDataConfig, TokenIndex, build_token_loader, split_items
+from soundry.errors import ConfigError, SoundryError
+from soundry.models.lm import TokenLM, TokenLMConfig, lm_export_config
+from soundry.train.config import AdamWConfig, OptimizerConfig, WarmupSchedule
+from soundry.train.export import EXPORTERS
+from soundry.train.optim import build_spec
+from soundry.train.recipe import RecipeBase
+from soundry.train.task import OptimizerSpec, Task, TaskContext, Validation
+from soundry.train.tasks import register_task
+
+log = logging.getLogger(__name__)
+
+
+def _default_optimizer() -> AdamWConfig:
+    return AdamWConfig(
+        lr=1e-4,
+        betas=(0.8, 0.95),
+        weight_decay=0.01,
+        clip=1.0,
+        schedule=WarmupSchedule(warmup_steps=500),
+    )
+
+
+class LMOptim(Strict):
+    lm: OptimizerConfig = Field(default_factory=_default_optimizer)
+
+
+class LMValidConfig(Strict):
+    """Validation: held-out windows for the loss; demo generations per temperature.
+
+    demo_count: conditions generated for (0: no demos); demo_seconds: longest demo;
+    cfg_scale: guidance of the demos (1: none); decode: decode demos to audio.
+    """
+
+    windows: int = Field(8, ge=0)
+    demo_count: int = Field(2, ge=0)
+    temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0])
+    demo_seconds: float = Field(5.0, gt=0)
+    top_k: int | None = Field(250, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    cfg_scale: float = Field(1.0, ge=0)
+    decode: bool = True
+
+
+class LMRecipe(RecipeBase):
+    """Recipe of the token LM task (`task: lm`); data comes from `tokens:`, not `data:`."""
+
+    task: Literal["lm"] = "lm"
+    model: TokenLMConfig = Field(default_factory=TokenLMConfig)
+    tokens: TokenDataConfig = Field(default_factory=TokenDataConfig)
+    optim: LMOptim = Field(default_factory=LMOptim)
+    valid: LMValidConfig = Field(default_factory=LMValidConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> LMRecipe:
+        if self.data.sources or self.data.valid:
+            raise ValueError("the lm task reads token shards from tokens.path; data.sources "
+                             "and data.valid must be empty")
+        return self
+
+
+def coverage(codes: np.ndarray | torch.Tensor, card: int,
+             valid: np.ndarray | torch.Tensor | None = None) -> list[float]:
+    """Fraction of the `card` codes used, per level, by codes [..., K, T] (where valid)."""
+    codes = torch.as_tensor(np.asarray(codes)).long()
+    levels = codes.shape[-2]
+    flat = codes.transpose(0, -2).reshape(levels, -1) if codes.dim() > 2 else codes
+    mask = None
+    if valid is not None:
+        v = torch.as_tensor(np.asarray(valid)).bool()
+        mask = v.transpose(0, -2).reshape(levels, -1) if v.dim() > 2 else v
+    out = []
+    for k in range(levels):
+        row = flat[k] if mask is None else flat[k][mask[k]]
+        row = row[(row >= 0) & (row < card)]
+        out.append(float(torch.unique(row).numel()) / card)
+    return out
+
+
+@register_task("lm")
+class LMTask(Task):
+    """Autoregressive (or masked) token LM over codec tokens."""
+
+    recipe_class = LMRecipe
+
+    def __init__(self, recipe: LMRecipe, ctx: TaskContext) -> None:
+        super().__init__(recipe, ctx)
+        self.nets: dict[str, nn.Module] = {}
+        self._index: TokenIndex | None = None
+        self._codec: Any = None
+        self._codec_failed = False
+        self._data_coverage: list[float] | None = None
+
+    # -- setup -----------------------------------------------------------------------------
+
+    @property
+    def index(self) -> TokenIndex:
+        if self._index is None:
+            if not self.recipe.tokens.path:
+                raise ConfigError("tokens.path is empty: point it at a directory made by "
+                                  "`soundry tokenize`")
+            self._index = TokenIndex.load(self.recipe.tokens.path)
+            m = self.recipe.model
+            if m.levels > self._index.levels:
+                raise ConfigError(f"model.levels={m.levels}, but the tokens in "
+                                  f"{self._index.root} have {self._index.levels} levels")
+            if m.card != self._index.codebook_size:
+                raise ConfigError(f"model.card={m.card}, but the tokens in {self._index.root} "
+                                  f"have {self._index.codebook_size} codes per level")
+        return self._index
+
+    @property
+    def model(self) -> TokenLM:
+        return self.nets["lm"]  # type: ignore[return-value]
+
+    def networks(self) -> dict[str, nn.Module]:
+        if not self.nets:
+            _ = self.index  # validate the model against the data before building it
+            self.nets["lm"] = TokenLM(self.recipe.model)
+        return self.nets
+
+    def optimizers(self) -> list[OptimizerSpec]:
+        return [build_spec("lm", self.recipe.optim.lm, {"lm": self.nets["lm"]},
+                           self.recipe.train.max_steps)]
+
+    def train_loader(self) -> Any:
+        return build_token_loader(self.recipe.tokens, self.recipe.seed,
+                                  levels=self.recipe.model.levels, overfit=self.ctx.overfit,
+                                  index=self.index)
+
+    def ema_networks(self) -> list[str]:
+        return ["lm"]
+
+    # -- training --------------------------------------------------------------------------
+
+    def _sequences(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        model = self.model
+        device = next(model.parameters()).device
+        codes = batch["codes"].to(device)
+        seq = model.pattern.build(codes, lengths=batch["lengths"].to(device),
+                                  ends=batch["ends"].to(device))
+        return seq, device
+
+    def train_step(self, batch: dict[str, Any], step: int, updater: Any) -> dict[str, Any]:
+        model = self.model
+        seq, device = self._sequences(batch)
+        cond = model.make_conditioning(texts=batch["text"], tags=batch["tags"],
+                                       seeds=batch["seed"], train=True).to(device)
+        out = model.loss(seq, cond)
+        updater.update("lm", out.loss)
+        logs: dict[str, Any] = {"loss/lm": out.loss.detach()}
+        for k in range(len(out.level_loss)):
+            logs[f"loss/level_{k}"] = out.level_loss[k]
+            logs[f"acc/level_{k}"] = out.level_accuracy[k]
+            logs[f"entropy/level_{k}"] = out.level_entropy[k]
+        return logs
+
+    # -- validation ------------------------------------------------------------------------
+
+    def _items_for_validation(self) -> list[int]:
+        index = self.index
+        if self.ctx.overfit:
+            return list(range(min(int(self.ctx.overfit), len(index.items))))
+        _, valid = split_items(index, self.recipe.tokens.valid_count)
+        return valid
+
+    def data_coverage(self) -> list[float]:
+        """Per level, the fraction of the codebook that occurs in the training items."""
+        if self._data_coverage is None:
+            index, levels, card = self.index, self.recipe.model.levels, self.index.codebook_size
+            seen = np.zeros((levels, card), dtype=bool)
+            items = (range(min(int(self.ctx.overfit), len(index.items))) if self.ctx.overfit
+                     else split_items(index, self.recipe.tokens.valid_count)[0])
+            for i in items:
+                codes = np.asarray(index.codes(i)[:levels], dtype=np.int64)
+                for k in range(levels):
+                    seen[k, codes[k]] = True
+            self._data_coverage = seen.mean(axis=1).tolist()
+        return self._data_coverage
+
+    def codec(self) -> Any:
+        """The codec recorded in the token index (None when it cannot be opened)."""
+        if self._codec is None and not self._codec_failed:
+            from soundry.generate.tokenize import open_recorded_codec
+
+            try:
+                self._codec = open_recorded_codec(self.index.codec, base=self.index.root)
+            except SoundryError as exc:
+                log.warning("demo generations are not decoded: %s", exc)
+                self._codec_failed = True
+        return self._codec
+
+    def validate(self, step: int) -> Validation:
+        from soundry.generate.sampling import generate
+
+        model, cfg, index = self.model, self.recipe.valid, self.index
+        device = next(model.parameters()).device
+        metrics: dict[str, float] = {}
+        for k, value in enumerate(self.data_coverage()):
+            metrics[f"data_coverage/level_{k}"] = value
+
+        items = self._items_for_validation()
+        window = max(1, round(self.recipe.tokens.window_seconds * index.frame_rate))
+        chosen = items[: cfg.windows]
+        if chosen:
+            levels = model.cfg.levels
+            lengths = [min(index.items[i].frames, window) for i in chosen]
+            codes = torch.zeros(len(chosen), levels, max(lengths), dtype=torch.long)
+            for b, i in enumerate(chosen):
+                codes[b, :, : lengths[b]] = torch.from_numpy(
+                    np.asarray(index.codes(i, 0, lengths[b])[:levels], dtype=np.int64))
+            ends = torch.tensor([index.items[i].frames <= window for i in chosen])
+            seq = model.pattern.build(codes.to(device), torch.tensor(lengths, device=device),
+                                      ends.to(device))
+            cond = model.make_conditioning(
+                texts=[index.items[i].text for i in chosen],
+                tags=[index.items[i].tags for i in chosen],
+            ).to(device)
+            out = model.loss(seq, cond)
+            metrics.update(out.metrics())
+
+        audio: dict[str, Any] = {}
+        demos = items[: cfg.demo_count]
+        sample_rate = 0
+        if demos and cfg.temperatures:
+            cond = model.make_conditioning(
+                texts=[index.items[i].text for i in demos],
+                tags=[index.items[i].tags for i in demos],
+            )
+            max_frames = max(1, round(cfg.demo_seconds * index.frame_rate))
+            max_frames = min(max_frames, self._max_frames(cond.length))
+            codec = self.codec() if cfg.decode else None
+            for temperature in cfg.temperatures:
+                trace: list[torch.Tensor] = []
+                gen = generate(model, cond, max_frames=max_frames, temperature=temperature,
+                               top_k=cfg.top_k, top_p=cfg.top_p, cfg_scale=cfg.cfg_scale,
+                               seed=self.recipe.seed + step, trace=trace)
+                tag = f"t{temperature:g}"
+                cover = coverage(gen.codes, index.codebook_size, gen.valid)
+                for k, value in enumerate(cover):
+                    metrics[f"gen_coverage_{tag}/level_{k}"] = value
+                metrics[f"gen_frames_{tag}"] = float(gen.lengths.float().mean())
+                metrics[f"gen_entropy_{tag}"] = _trace_entropy(trace, len(demos))
+                if codec is not None:
+                    for b in range(len(demos)):
+                        n = int(gen.lengths[b])
+                        if n == 0:
+                            continue
+                        wave = codec.decode(gen.codes[b, :, :n])
+                        audio[f"gen_{tag}_{b:02d}"] = wave.astype(np.float32)
+                    sample_rate = codec.sample_rate
+        return Validation(metrics=metrics, audio=audio, sample_rate=sample_rate)
+
+    def _max_frames(self, prefix: int) -> int:
+        """Most frames whose sequence fits the model's positions after a `prefix`."""
+        model = self.model
+        room = model.cfg.transformer.max_len - prefix
+        return max(0, model.pattern.n_frames(room)) if room >= model.pattern.n_steps(0) else 0
+
+
+def _trace_entropy(trace: list[torch.Tensor], batch: int) -> float:
+    """Mean entropy (nats) of the conditional rows' predictions over a generation."""
+    if not trace:
+        return 0.0
+    logits = torch.stack([t[:batch] for t in trace])
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return float(-(logp.exp() * logp).sum(-1).mean())
+
+
+@EXPORTERS.register("lm")
+def export_lm_run(recipe: LMRecipe, load_network: Any) -> tuple[str, dict, dict]:
+    """Exporter of `soundry export`: the LM's config, its codec (as the token index
+    recorded it) and its weights."""
+    state = load_network("lm")
+    codec: dict[str, Any] = {}
+    try:
+        index = TokenIndex.load(recipe.tokens.path)
+        codec = index.codec
+        codec.setdefault("levels", recipe.model.levels)
+        meta = {"frame_rate": index.frame_rate, "sample_rate": index.sample_rate}
+    except SoundryError as exc:
+        log.warning("the export records no codec: %s", exc)
+        meta = {}
+    return "lm", lm_export_config(recipe.model, codec, **meta), state
+
