@@ -103,8 +103,15 @@ class Conv1d(_WeightNormMixin):
         else:
             self.pad_left = self.pad_right = math.ceil(total / 2)
 
+    @property
+    def pointwise(self) -> bool:
+        """A 1x1 conv, run as a matrix product (faster than the conv kernels on CPU)."""
+        return self.kernel_size == 1 and self.stride == 1 and self.groups == 1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.effective_weight()
+        if self.pointwise:
+            return _pointwise(x, w[:, :, 0], self.bias)
         if self.pad_left == self.pad_right:
             return F.conv1d(x, w, self.bias, self.stride, self.pad_left, self.dilation, self.groups)
         x = F.pad(x, (self.pad_left, self.pad_right))
@@ -121,6 +128,15 @@ class Conv1d(_WeightNormMixin):
             f"stride={self.stride}, dilation={self.dilation}, padding={self.padding_mode}, "
             f"weight_norm={self.weight_norm}"
         )
+
+
+def _pointwise(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """1x1 conv: x [B, C_in, T], w [C_out, C_in] -> [B, C_out, T]."""
+    if bias is None:
+        return torch.matmul(w, x)
+    if x.shape[0] == 1:
+        return torch.addmm(bias[:, None], w, x[0]).unsqueeze(0)
+    return torch.matmul(w, x).add_(bias[:, None])
 
 
 class ConvTranspose1d(_WeightNormMixin):

@@ -1,0 +1,155 @@
+"""Model exports: a directory with `config.json` + `model.safetensors`, loaded by kind.
+
+`config.json` holds {"kind": ..., "soundry_version": ..., <the kind's own config>}; the
+weights are a flat safetensors state dict. `load_export(dir)` reads `kind` and calls the
+loader registered for it in `EXPORT_KINDS`. A kind's loader lives in (and is registered on
+import of) `soundry.models.<kind>` or any module imported before loading; "codec" is
+registered here.
+
+Codec exports: config {"model": <CodecConfig values>, "sample_rate", "channels",
+"hop_length", "frame_rate", "n_codebooks", "codebook_size", "weight_norm_folded"}. The
+weights may be weight-normed (as trained) or folded; the loader builds the codec, matches the
+layout of the weights, and returns it in eval mode with weight norm folded (same outputs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from soundry import __version__
+from soundry.errors import SoundryError
+from soundry.registry import Registry
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# kind -> loader(config dict, state dict) -> model (eval mode)
+Loader = Callable[[dict[str, Any], dict[str, torch.Tensor]], torch.nn.Module]
+EXPORT_KINDS: Registry[Loader] = Registry("export kind")
+
+
+def save_export(
+    out_dir: str | Path, kind: str, config: dict[str, Any], state_dict: dict[str, torch.Tensor]
+) -> Path:
+    """Write `out_dir/config.json` and `out_dir/model.safetensors` atomically.
+
+    Both files are written to a temporary sibling directory which then replaces `out_dir`,
+    so a reader never sees new weights with an old config (or half a file). Returns out_dir.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SoundryError(f"export target {out_dir} exists and is not a directory")
+    meta = {"kind": kind, "soundry_version": __version__, **config}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "kind": kind})
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        if out_dir.exists():
+            # Keep any other files the user put there; replace ours.
+            for name in (WEIGHTS_NAME, CONFIG_NAME):
+                os.replace(tmp / name, out_dir / name)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def read_export(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, state dict) of an export directory, with clear errors."""
+    path = Path(path)
+    if path.is_file() and path.name == CONFIG_NAME:
+        path = path.parent
+    config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+    if not path.is_dir():
+        raise SoundryError(f"model directory '{path}' does not exist")
+    if not config_file.is_file() or not weights_file.is_file():
+        raise SoundryError(
+            f"'{path}' is not a soundry export (needs {CONFIG_NAME} and {WEIGHTS_NAME}; make "
+            "one with `soundry export RUN_DIR OUT_DIR`)"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise SoundryError(f"{config_file} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or "kind" not in config:
+        raise SoundryError(f"{config_file} has no 'kind'")
+    return config, load_file(str(weights_file))
+
+
+def load_export(path: str | Path) -> torch.nn.Module:
+    """The model of an export directory, in eval mode, built by its kind's loader."""
+    config, state = read_export(path)
+    kind = str(config["kind"])
+    if kind not in EXPORT_KINDS:
+        try:
+            importlib.import_module(f"soundry.models.{kind}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"soundry.models.{kind}":
+                raise
+    return EXPORT_KINDS.get(kind)(config, state)
+
+
+# ----------------------------------------------------------------------------- codec
+
+
+def codec_export_config(codec: Any, folded: bool | None = None) -> dict[str, Any]:
+    """The config.json body (without kind/version) of a codec export."""
+    from soundry.config import to_dict
+    from soundry.nn.conv import has_weight_norm
+
+    return {
+        "model": to_dict(codec.config),
+        "sample_rate": codec.sample_rate,
+        "channels": codec.channels,
+        "hop_length": codec.hop_length,
+        "frame_rate": codec.frame_rate,
+        "n_codebooks": codec.n_codebooks,
+        "codebook_size": codec.codebook_size,
+        "weight_norm_folded": (not has_weight_norm(codec)) if folded is None else folded,
+    }
+
+
+def export_codec(codec: Any, out_dir: str | Path, fold: bool = True) -> Path:
+    """Export a codec module; `fold` stores weight-norm-folded weights (the module is kept)."""
+    import copy
+
+    model = copy.deepcopy(codec)
+    if fold:
+        model.remove_weight_norm()
+    return save_export(out_dir, "codec", codec_export_config(model), model.state_dict())
+
+
+@EXPORT_KINDS.register("codec")
+def load_codec_export(config: dict[str, Any], state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Build the codec of `config["model"]`, load `state` (folded or not), fold, eval mode."""
+    from soundry.config import validate
+    from soundry.models.codec import CodecConfig, build_codec
+
+    if "model" not in config:
+        raise SoundryError("codec export config.json has no 'model' section")
+    cfg = validate(CodecConfig, config["model"], source="export config.json: model")
+    codec = build_codec(cfg)
+    if cfg.weight_norm and not any(k.endswith(".weight_g") for k in state):
+        codec.remove_weight_norm()  # the weights were exported folded
+    missing, unexpected = codec.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SoundryError(
+            "the export's weights do not match its config: "
+            + (f"missing {', '.join(missing[:4])} " if missing else "")
+            + (f"unexpected {', '.join(unexpected[:4])}" if unexpected else "")
+        )
+    codec.remove_weight_norm()
+    return codec.eval()
