@@ -254,3 +254,23 @@ def test_resampling_and_stereo_in_the_loader(tmp_path):
     assert np.array_equal(audio[:, 0], audio[:, 1])
     spec = np.abs(np.fft.rfft(audio[0, 0] * np.hanning(SEGMENT)))
     assert abs(np.fft.rfftfreq(SEGMENT, 1 / SR)[np.argmax(spec)] - 500) <= 10
+
+
+def test_data_parallel_ranks_split_the_global_batches(data_tone_dir):
+    folder = data_tone_dir(6, seconds=0.5)
+    cfg = _cfg([{"path": str(folder)}], num_workers=0, batch_size=2)
+    ranks = [
+        _take(build_train_loader(cfg, seed=0, augment=False, rank=r, world_size=2), 4)
+        for r in (0, 1)
+    ]
+    whole = _take(
+        build_train_loader(cfg.model_copy(update={"batch_size": 4}), seed=0, augment=False), 4
+    )
+    for b in range(4):
+        assert ranks[0][b]["audio"].shape[0] == 2
+        # rank r holds items r, r + 2, ... of the global batch
+        joined = torch.stack([ranks[0][b]["audio"], ranks[1][b]["audio"]], 1).flatten(0, 1)
+        assert torch.equal(joined, whole[b]["audio"])  # same items, whatever the process count
+    utter = cfg.model_copy(update={"mode": "utterances"})
+    first = [next(build_train_loader(utter, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    assert not set(first[0]["index"].tolist()) & set(first[1]["index"].tolist())

@@ -203,8 +203,8 @@ class ClipDataset(torch.utils.data.Dataset):
             noisy, clean = clean, self._read(item, offset, length, path=item.target)
             level = None
         if "pitch_ratio" in aug:
+            # the level measured before resampling is kept: a pitch shift hardly changes it
             clean, noisy = self._both(self._pitch, clean, noisy, aug, out_frames)
-            level = None
         gain = self._loudness_gain(clean, level)
         clean, noisy = clean * gain, (None if noisy is None else noisy * gain)
         if self.augmenter is not None and aug:

@@ -41,6 +41,7 @@ from soundry.data.samplers import (
     EpochBatchSampler,
     FixedItemsSampler,
     MixedSourceSampler,
+    ShardedSampler,
     make_rng,
 )
 from soundry.data.scan import AudioItem, DatasetIndex, scan, scan_pairs
@@ -288,6 +289,8 @@ def build_train_loader(
     overfit: int | None = None,
     with_meta: bool = False,
     num_workers: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> ClipLoader:
     """The training loader of a `data:` section (see the module docstring).
 
@@ -295,12 +298,16 @@ def build_train_loader(
     `augment`: apply `data.augment`; `overfit`: cycle over that many fixed items;
     `with_meta`: batches also carry `meta`, a list of per-item dicts (source file, offset,
     augmentations applied); `num_workers` overrides `data.num_workers`.
+    `rank`, `world_size`: data-parallel sharding. `data.batch_size` is per process; the
+    processes together consume global batches of `batch_size * world_size` items.
     """
     sources = load_sources(data_cfg)
     dataset = DATASETS[data_cfg.mode](sources.train, data_cfg, seed, hop=hop, augment=augment)
-    sampler = _sampler(data_cfg, sources, seed, dataset)
+    sampler = _sampler(data_cfg, sources, seed, dataset, world_size)
     if overfit is not None:
-        sampler = FixedItemsSampler(sampler, int(overfit), data_cfg.batch_size)
+        sampler = FixedItemsSampler(sampler, int(overfit), data_cfg.batch_size * world_size)
+    if world_size > 1:
+        sampler = ShardedSampler(sampler, rank, world_size)
     usable = sum(len(items) for items in sources.train)
     hours = sum(it.duration for items in sources.train for it in items) / 3600
     log.info(
@@ -315,7 +322,7 @@ def build_train_loader(
 
 
 def _sampler(
-    cfg: DataConfig, sources: Sources, seed: int, dataset: ClipDataset
+    cfg: DataConfig, sources: Sources, seed: int, dataset: ClipDataset, world_size: int = 1
 ) -> EpochBatchSampler:
     if cfg.mode == "utterances":
         durations, ids = [], []
@@ -323,12 +330,13 @@ def _sampler(
             for i, item in enumerate(items):
                 durations.append(min(item.duration, dataset.frames / cfg.sample_rate))
                 ids.append((s, i))
-        b = cfg.bucket
+        b = cfg.bucket  # limits per process: the global batches hold world_size times more
+        size = b.max_batch_size * world_size if b.max_batch_size else None
         return DurationBucketSampler(
-            durations, b.max_batch_seconds, b.bucket_seconds, b.max_batch_size, seed, ids
+            durations, b.max_batch_seconds * world_size, b.bucket_seconds, size, seed, ids
         )
     sizes = [len(items) for items in sources.train]
-    return MixedSourceSampler(sizes, sources.weights, cfg.batch_size, seed)
+    return MixedSourceSampler(sizes, sources.weights, cfg.batch_size * world_size, seed)
 
 
 # ----------------------------------------------------------------------------- validation

@@ -242,6 +242,29 @@ class DurationBucketSampler(EpochBatchSampler):
         return [[ItemKey(epoch, i, *self.ids[i]) for i in batches[b]] for b in order]
 
 
+class ShardedSampler(EpochBatchSampler):
+    """This process's share of a data-parallel run's batches.
+
+    Every batch of `base` is a global batch (built for all processes together); rank r
+    takes items r, r + world_size, ... of it. All processes therefore step equally often,
+    and items keep the keys the base sampler gave them, so the data of a run does not
+    depend on which process reads what. A batch with fewer items than processes lends its
+    items round (a rare case of tiny variable-size batches).
+    """
+
+    def __init__(self, base: EpochBatchSampler, rank: int, world_size: int) -> None:
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.base, self.rank, self.world_size = base, rank, world_size
+
+    def _build(self, epoch: int) -> list[list[ItemKey]]:
+        return [
+            batch[self.rank :: self.world_size] or [batch[self.rank % len(batch)]]
+            for batch in self.base.epoch_batches(epoch)
+        ]
+
+
 def _shares(total: int, weights: Sequence[float]) -> list[int]:
     """Split `total` into integer parts proportional to `weights` (largest remainder)."""
     w = np.asarray(weights, dtype=np.float64)

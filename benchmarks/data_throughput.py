@@ -1,0 +1,90 @@
+"""Training-data throughput: random 1 s crops with augmentations from 16-bit FLAC files.
+
+Writes a folder of procedural music clips as 16-bit FLAC into a temporary directory, then
+times the training loader (scan cache warm, 2 worker processes): random crops read by
+seeking into the FLAC files, loudness measurement with silence retries and normalisation,
+and the augmentations (phase all-pass, gain, polarity, dequantisation, resampling-based
+pitch shift). Worker start-up is excluded by a few warm-up batches. Prints one JSON line
+with `clips_per_s` (target: >= 200 on two cores).
+
+    python benchmarks/data_throughput.py --sample-rate 44100 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from soundry.data.config import DataConfig
+from soundry.data.loader import build_train_loader
+from soundry.data.synth import synthesize
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sample-rate", type=int, default=44100)
+    p.add_argument("--files", type=int, default=16, help="FLAC files to generate")
+    p.add_argument("--file-seconds", type=float, default=10.0, help="length of each file")
+    p.add_argument("--seconds", type=float, default=1.0, help="crop length")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batches", type=int, default=40, help="timed batches")
+    p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--pitch-prob", type=float, default=0.3, help="probability of pitch shift")
+    a = p.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="soundry-bench-") as tmp:
+        folder = Path(tmp) / "flac"
+        synthesize(folder, "music", a.files, a.file_seconds, a.sample_rate, format="flac")
+        cfg = DataConfig.model_validate(
+            {
+                "sources": [{"path": str(folder)}],
+                "valid": str(folder),  # nothing held out: every file trains
+                "sample_rate": a.sample_rate,
+                "segment_seconds": a.seconds,
+                "batch_size": a.batch_size,
+                "num_workers": a.workers,
+                "loudness": {"target_lufs": -16.0, "min_lufs": -40.0, "retries": 8},
+                "augment": {
+                    "phase": {"prob": 0.8},
+                    "gain": {"prob": 1.0, "min_db": -6.0, "max_db": 0.0},
+                    "polarity": {"prob": 0.5},
+                    "dequantize": {"prob": 1.0},
+                    "pitch": {"prob": a.pitch_prob, "min_ratio": 0.8, "max_ratio": 1.25},
+                },
+            }
+        )
+        loader = build_train_loader(cfg, seed=0)
+        it = iter(loader)
+        for _ in range(a.warmup):
+            next(it)
+        start = time.perf_counter()
+        clips = 0
+        for _ in range(a.batches):
+            clips += next(it)["audio"].shape[0]
+        elapsed = time.perf_counter() - start
+        loader.close()
+
+    print(
+        json.dumps(
+            {
+                "benchmark": "data_throughput",
+                "clips_per_s": round(clips / elapsed, 1),
+                "clip_seconds": a.seconds,
+                "sample_rate": a.sample_rate,
+                "workers": a.workers,
+                "batch_size": a.batch_size,
+                "batches": a.batches,
+                "format": "FLAC PCM_16",
+                "augment": "phase 0.8, gain 1.0, polarity 0.5, dequantize 1.0, "
+                f"pitch {a.pitch_prob}; loudness -16 LUFS, silence retries",
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
