@@ -132,27 +132,18 @@ def note_conversions(files: Sequence[Path], sample_rate: int, channels: int) -> 
 
 
 def core_metrics(reference: np.ndarray, output: np.ndarray, sample_rate: int) -> dict[str, float]:
-    """mel_distance, stft_distance, si_sdr and l1 of one clip (soundry.eval.metrics)."""
-    import torch
+    """mel_distance, stft_distance, si_sdr and l1 of one clip (soundry.eval.metrics).
 
+    Values stay as computed: SI-SDR is +inf for a bit-exact output, NaN for a silent reference.
+    """
     from soundry.eval import metrics
 
-    ref = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32))[None]
-    out = torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))[None]
-    values = {
-        "mel_distance": metrics.mel_distance(out, ref, sample_rate),
-        "stft_distance": metrics.stft_distance(out, ref),
-        "si_sdr": metrics.si_sdr(out, ref),
-        "l1": metrics.l1(out, ref),
+    return {
+        "mel_distance": float(metrics.mel_distance(reference, output, sample_rate)),
+        "stft_distance": float(metrics.stft_distance(reference, output)),
+        "si_sdr": float(metrics.si_sdr(reference, output)),
+        "l1": float(metrics.l1(reference, output)),
     }
-    return {k: _scalar(v) for k, v in values.items()}
-
-
-def _scalar(v: Any) -> float:
-    if hasattr(v, "detach"):
-        v = v.detach().float().mean().item()
-    v = float(v)
-    return v if math.isfinite(v) else float("nan")
 
 
 def resolve_extra_metrics(requested: str) -> tuple[list[str], dict[str, str]]:
@@ -188,7 +179,7 @@ def bootstrap_ci(
     values: Sequence[float], seed: int = 0, resamples: int = 2000, confidence: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean (NaNs dropped)."""
-    x = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    x = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
     if x.size == 0:
         return float("nan"), float("nan")
     if x.size == 1:
@@ -202,18 +193,33 @@ def bootstrap_ci(
 
 
 def describe(values: Sequence[float], seed: int, resamples: int) -> dict[str, Any]:
-    """mean, median, ci95 [lo, hi] and n (finite values only; NaN-free JSON)."""
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return {"mean": None, "median": None, "ci95": [None, None], "n": 0, "n_failed": len(values)}
-    lo, hi = bootstrap_ci(finite, seed, resamples)
-    return {
-        "mean": float(np.mean(finite)),
-        "median": float(np.median(finite)),
-        "ci95": [lo, hi],
-        "n": len(finite),
-        "n_failed": len(values) - len(finite),
+    """mean, median, ci95 [lo, hi], n, n_failed (NaN values) and n_infinite.
+
+    An infinite value (SI-SDR of a bit-exact output) makes the statistics infinite too; they
+    are written to JSON as null, with `n_infinite` saying why.
+    """
+    kept = [v for v in values if not math.isnan(v)]
+    out: dict[str, Any] = {
+        "mean": None,
+        "median": None,
+        "ci95": [None, None],
+        "n": len(kept),
+        "n_failed": len(values) - len(kept),
+        "n_infinite": sum(math.isinf(v) for v in kept),
     }
+    if kept:
+        with np.errstate(invalid="ignore"):
+            lo, hi = bootstrap_ci(kept, seed, resamples)
+            out.update(
+                mean=_finite_or_none(float(np.mean(kept))),
+                median=_finite_or_none(float(np.median(kept))),
+                ci95=[_finite_or_none(lo), _finite_or_none(hi)],
+            )
+    return out
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if math.isfinite(v) else None
 
 
 # ----------------------------------------------------------------------------- running
@@ -325,10 +331,7 @@ def write_outputs(
         writer.writeheader()
         for r in rows:
             writer.writerow(
-                {
-                    k: ("" if isinstance(r[k], float) and not math.isfinite(r[k]) else r[k])
-                    for k in fields
-                }
+                {k: ("" if isinstance(r[k], float) and math.isnan(r[k]) else r[k]) for k in fields}
             )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -402,45 +405,33 @@ def baseline_systems(specs: Sequence[BaselineSpec], sample_rate: int) -> list[Sy
 
 
 def model_system(model: Any, levels: int | None, name: str) -> SystemSpec:
-    """A SystemSpec that reconstructs through a codec's codes at `levels` levels."""
+    """A SystemSpec reconstructing through the codec's codes at `levels` levels (all: None).
+
+    Long files go through `reconstruct_chunked`, so memory does not grow with file length.
+    """
     import torch
 
-    from soundry.models.chunked import decode_chunked, encode_chunked
+    from soundry.models.chunked import reconstruct_chunked
 
     n_levels = int(model.n_codebooks) if levels is None else int(levels)
     if not 1 <= n_levels <= int(model.n_codebooks):
         raise SoundryError(f"--levels must be between 1 and {model.n_codebooks}, got {levels}")
 
     def run(audio: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            codes = encode_chunked(model, torch.from_numpy(audio))
-            out = decode_chunked(model, codes[:, :n_levels])
+        out = reconstruct_chunked(model, torch.from_numpy(audio), n_levels=n_levels)
         return out.float().cpu().numpy()
 
     return SystemSpec(
         name=name,
         kind="model",
         fn=run,
-        bitrate_kbps=model_bitrate(model, n_levels),
-        info={"levels": n_levels},
+        bitrate_kbps=float(model.bitrate_kbps(n_levels)),
+        info={
+            "levels": n_levels,
+            "codebook_size": int(model.codebook_size),
+            "frame_rate": float(model.frame_rate),
+        },
     )
-
-
-def model_bitrate(model: Any, levels: int) -> float | None:
-    """Bits per second / 1000 of the codes: frame rate x levels x log2(codebook size) x
-    channels."""
-    try:
-        from soundry.eval.metrics import bitrate_kbps
-
-        return float(bitrate_kbps(model.frame_rate, levels, model.codebook_size)) * int(
-            getattr(model, "channels", 1)
-        )
-    except (ImportError, AttributeError, TypeError):
-        rate = getattr(model, "frame_rate", None)
-        size = getattr(model, "codebook_size", None)
-        if rate is None or size is None:
-            return None
-        return float(rate) * levels * math.log2(size) * int(getattr(model, "channels", 1)) / 1000
 
 
 # ----------------------------------------------------------------------------- the command
