@@ -368,12 +368,9 @@ class Engine:
         self.ckpt = CheckpointManager(self.run_dir, cfg.keep_last, cfg.best_mode, self.rank,
                                       barrier=acc.wait_for_everyone)
         resume_from = self.ckpt.latest() if self.resume else None
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.ckpt.remove_partial()
-        acc.wait_for_everyone()
 
-        # identical initial weights on every process
+        # Build and check everything before writing anything to the run directory.
+        # Identical initial weights on every process:
         seed_everything(recipe.seed)
         self.networks = self.task.networks()
         if not self.networks:
@@ -382,11 +379,9 @@ class Engine:
             net.to(self.device)
             net.train()
 
+        report = None
         if resume_from is None and cfg.init_from:
             report = init_from(cfg.init_from, self.networks)
-            if self.is_main:
-                write_report(report, self.run_dir / "init_report.json")
-                print(report.summary())
         self.frozen = freeze(self.networks, [*cfg.freeze, *self.task.frozen_prefixes()])
         if self.frozen and self.is_main:
             log.info("frozen %d parameter tensors", len(self.frozen))
@@ -395,6 +390,14 @@ class Engine:
         self._check_specs()
         self.ema = self._make_ema()
         self.loader = self.task.train_loader()
+
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.ckpt.remove_partial()
+            if report is not None:
+                write_report(report, self.run_dir / "init_report.json")
+                print(report.summary())
+        acc.wait_for_everyone()
 
         self.acc = LogAccumulator(self.device)
         self.updater = StepUpdater(self.specs, cfg.grad_accum, acc, self.acc)

@@ -128,7 +128,7 @@ def init_from(path: str | Path, networks: dict[str, nn.Module]) -> InitReport:
             f"--init-from {path}: no tensor matches the networks ({', '.join(networks)}) by "
             f"name and shape; e.g. it has {', '.join(list(tensors)[:3])}"
         )
-    log.info(report.summary())
+    log.debug(report.summary())
     return report
 
 

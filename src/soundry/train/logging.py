@@ -226,9 +226,14 @@ class Progress:
         self._progress: Any = None
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            ProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
         from rich.progress import Progress as RichProgress
-        from rich.progress import TimeRemainingColumn
         from rich.text import Text
 
         class Rate(ProgressColumn):

@@ -179,7 +179,9 @@ class Muon(torch.optim.Optimizer):
             g = grad.reshape(grad.shape[0], -1)
             state = self.state[p]
             if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(g, memory_format=torch.contiguous_format)
+                state["momentum_buffer"] = torch.zeros_like(
+                    g, memory_format=torch.contiguous_format
+                )
             buf = state["momentum_buffer"]
             buf.lerp_(g, 1 - m)
             update = g.lerp(buf, m) if group["nesterov"] else buf
@@ -248,7 +250,7 @@ def _layer_params(net: nn.Module) -> Iterable[tuple[str, str, nn.Module, list[nn
     stack: list[tuple[str, nn.Module, list[nn.Module]]] = [("", net, [])]
     while stack:
         prefix, module, ancestors = stack.pop(0)
-        for pname, param in module.named_parameters(recurse=False):
+        for pname, _ in module.named_parameters(recurse=False):
             yield prefix + pname, pname, module, ancestors
         for cname, child in module.named_children():
             path = prefix + cname + "."

@@ -75,6 +75,11 @@ class TrainLoader(Protocol):
     batches prefetched by workers) and must be JSON-serialisable (it goes into the
     checkpoint's rank<r>.json). After `load_state_dict(state)`, `iter(loader)` yields the
     batch that would have come next. The engine calls `iter()` once, after any restore.
+
+    Iterating must not draw from the global random generators (python, numpy, torch): the
+    engine restores them on resume, and a draw made only by the resumed run (for instance
+    `torch.utils.data.DataLoader` drawing its workers' base seed when no `generator=` is
+    given) would shift the training randomness (dropout, noise) after a resume.
     """
 
     def __iter__(self) -> Iterator[Any]: ...
@@ -178,6 +183,7 @@ class Task(ABC):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what `extra_state` returned."""
+        return None
 
 
 @contextlib.contextmanager

@@ -170,11 +170,14 @@ class ToyLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         positions = self._positions()
         sampler = (keys for _, _, keys in self._positions())
+        # An own generator: DataLoader otherwise draws its worker base seed from the global
+        # torch generator, which would shift training randomness (dropout) after a resume.
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-            persistent_workers=False, prefetch_factor=2 if self.num_workers else None,
+            prefetch_factor=2 if self.num_workers else None,
+            generator=torch.Generator().manual_seed(self.seed),
         )
-        for batch, (epoch, b, _) in zip(loader, positions):
+        for batch, (epoch, b, _) in zip(loader, positions, strict=False):
             self.epoch, self.batch = epoch, b + 1
             yield batch
 
