@@ -158,3 +158,20 @@ def test_valid_pairs_with_degradation_are_deterministic(data_tone_dir):
     for (_, noisy, clean), (_, noisy2, clean2) in zip(pairs, build_valid_pairs(cfg), strict=True):
         assert np.array_equal(noisy, noisy2) and np.array_equal(clean, clean2)
         assert noisy.shape == clean.shape == (1, 2000) and not np.allclose(noisy, clean)
+
+
+def test_paired_sources_hold_out_validation_pairs(tmp_path):
+    clean, noisy = tmp_path / "clean", tmp_path / "noisy"
+    clean.mkdir(), noisy.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        x = (0.2 * rng.standard_normal(4000)).astype(np.float32)
+        sf.write(clean / f"p{i}.wav", x, SR, "FLOAT")
+        sf.write(noisy / f"p{i}.wav", -x, SR, "FLOAT")
+    cfg = _cfg(sources=[{"path": str(noisy), "target": str(clean)}], valid_seconds=0.25)
+    pairs = build_valid_pairs(cfg)  # a tenth of 10 files: one pair, two 0.25 s crops
+    assert len(pairs) == 2 and pairs[0][0][3:] == pairs[1][0][3:]
+    for _, inp, target in pairs:
+        np.testing.assert_array_equal(inp, -target)
+    with pytest.raises(DataError, match="has no target"):
+        build_valid_pairs(cfg.model_copy(update={"valid": str(clean)}))

@@ -420,6 +420,11 @@ def _valid_crops(cfg: DataConfig, hop: int) -> list[tuple[str, np.ndarray, np.nd
         if item.target is None and degrader is not None:
             rng = make_rng(VALID_SEED, i)
             noisy = degrader.apply(clean, degrader.draw(rng), rng)
+        elif item.target is None and cfg.paired:
+            raise DataError(
+                f"validation file {item.path} has no target: with paired sources leave "
+                "data.valid unset (pairs are then held out of the sources) or set data.degrade"
+            )
         if not (np.isfinite(clean).all() and np.isfinite(noisy).all()):
             log.warning("validation clip from %s holds NaN/Inf samples; left out", item.path)
             continue
