@@ -13,15 +13,12 @@ import pytest
 import soundfile as sf
 from rich.console import Console
 
-from soundry.eval.baselines import parse_baselines
 from soundry.eval.runner import (
     SystemSpec,
-    baseline_systems,
     bootstrap_ci,
     describe,
     evaluate,
     format_table,
-    model_system,
 )
 
 SR = 16_000
@@ -201,34 +198,71 @@ def tiny_codec():
     from soundry.models.codec import CodecConfig, build_codec
 
     torch.manual_seed(0)
-    return build_codec(CodecConfig()).eval()
+    return build_codec(CodecConfig())
 
 
 @needs_ffmpeg
-def test_tiny_codec_with_an_opus_baseline(audio_dir: Path, tmp_path: Path) -> None:
+def test_eval_command_with_a_tiny_codec_and_an_opus_baseline(
+    audio_dir: Path, tmp_path: Path, capsys
+) -> None:
+    from soundry.cli import main
+    from soundry.models.export import export_codec
+
     codec = tiny_codec()
-    systems = [
-        model_system(codec, levels=2, name="tiny"),
-        *baseline_systems(parse_baselines("opus:12k"), SR),
+    model_dir = export_codec(codec, tmp_path / "tiny")
+    out = tmp_path / "eval"
+    argv = [
+        "eval",
+        str(model_dir),
+        str(audio_dir),
+        "--levels",
+        "2",
+        "--baseline",
+        "opus:12k",
+        "--out",
+        str(out),
+        "--crop-seconds",
+        "0.4",
+        "--metrics",
+        "none",
+        "--bootstrap",
+        "200",
     ]
-    result = evaluate(
-        systems,
-        files_of(audio_dir),
-        root=audio_dir,
-        sample_rate=SR,
-        channels=1,
-        out_dir=tmp_path / "e",
-        resamples=200,
-        progress=False,
-    )
-    s = result.summary["systems"]
-    assert set(s) == {"tiny", "opus 12k"}
-    assert s["tiny"]["levels"] == 2 and s["tiny"]["bitrate_kbps"] == pytest.approx(
-        codec.bitrate_kbps(2)
-    )
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "tiny" in printed and "opus 12k" in printed and str(out / "summary.json") in printed
+
+    summary = json.loads((out / "summary.json").read_text())
+    s = summary["systems"]
+    assert list(s) == ["tiny", "opus 12k"]
+    assert summary["levels"] == 2 and summary["files"] == 3 and summary["sample_rate"] == SR
+    assert s["tiny"]["kind"] == "model" and s["tiny"]["levels"] == 2
+    assert s["tiny"]["bitrate_kbps"] == pytest.approx(codec.bitrate_kbps(2))
     assert s["opus 12k"]["kind"] == "baseline" and s["opus 12k"]["bitrate_kbps"] == 12.0
     # An untrained codec is far worse than Opus at 12 kbit/s.
     mel = {k: v["metrics"]["mel_distance"]["mean"] for k, v in s.items()}
     assert mel["opus 12k"] < mel["tiny"]
     assert s["opus 12k"]["metrics"]["si_sdr"]["mean"] > 5
-    assert len(result.rows) == 6
+    with (out / "per_file.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+
+
+def test_eval_command_without_ffmpeg_says_so(audio_dir, tmp_path, monkeypatch, capsys) -> None:
+    from soundry.cli import main
+    from soundry.eval import baselines
+
+    monkeypatch.setattr(baselines.shutil, "which", lambda name: None)
+    argv = ["eval", str(tmp_path / "no-model"), str(audio_dir), "--baseline", "opus:6k"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "baselines need ffmpeg" in err and "apt-get install ffmpeg" in err
+
+
+def test_eval_command_rejects_bad_levels(audio_dir: Path, tmp_path: Path, capsys) -> None:
+    from soundry.cli import main
+    from soundry.models.export import export_codec
+
+    model_dir = export_codec(tiny_codec(), tmp_path / "tiny")
+    argv = ["eval", str(model_dir), str(audio_dir), "--levels", "99", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "--levels must be between 1 and" in capsys.readouterr().err

@@ -12,7 +12,8 @@
 Inputs are float arrays `[channels, time]` (or `[time]`) at `sample_rate`, reference first.
 Multichannel audio is scored per channel and averaged (PESQ, STOI and ViSQOL are mono
 measures). A missing package raises `MissingDependencyError`; a clip a measure cannot score
-(too short, silent) gives NaN and a warning, so one bad file does not stop an evaluation.
+(too short, silent, no speech found) gives NaN, so one bad file does not stop an evaluation;
+the reasons are counted (`take_failures`) so the caller can report them once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import importlib
 import logging
 import math
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +83,16 @@ def _resample(a: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return resample(a.astype(np.float32), sr_in, sr_out).astype(np.float64)
 
 
+_FAILURES: dict[str, Counter[str]] = {}
+
+
+def take_failures() -> dict[str, Counter[str]]:
+    """Metric name -> Counter of reasons clips could not be scored since the last call."""
+    out = dict(_FAILURES)
+    _FAILURES.clear()
+    return out
+
+
 def _per_channel(
     name: str, score: Callable[[np.ndarray, np.ndarray], float], ref: np.ndarray, out: np.ndarray
 ) -> float:
@@ -89,7 +101,11 @@ def _per_channel(
         try:
             values.append(float(score(r, o)))
         except Exception as exc:  # noqa: BLE001  (each package raises its own error types)
-            log.warning("%s could not score a clip (%s); recorded as NaN", name, exc)
+            reason = exc.args[0] if exc.args else type(exc).__name__
+            if isinstance(reason, bytes):
+                reason = reason.decode(errors="replace")
+            log.debug("%s could not score a clip (%s); recorded as NaN", name, reason)
+            _FAILURES.setdefault(name, Counter())[str(reason)] += 1
             values.append(float("nan"))
     return float(np.mean(values)) if values else float("nan")
 
@@ -124,7 +140,7 @@ def pesq_wb(reference: Any, output: Any, sample_rate: int) -> float:
             warnings.simplefilter("ignore")  # pesq divides by the peak: warns on silence
             return pesq_mod.pesq(PESQ_RATE, r, o, "wb")
 
-    return _per_channel("PESQ", score, ref, out)
+    return _per_channel("pesq", score, ref, out)
 
 
 def stoi(reference: Any, output: Any, sample_rate: int) -> float:
@@ -137,7 +153,7 @@ def stoi(reference: Any, output: Any, sample_rate: int) -> float:
             warnings.simplefilter("ignore")  # pystoi warns on clips shorter than 30 frames
             return pystoi.stoi(r, o, sample_rate, extended=False)
 
-    return _per_channel("STOI", score, ref, out)
+    return _per_channel("stoi", score, ref, out)
 
 
 _VISQOL_API: Any = None
@@ -155,7 +171,7 @@ def visqol(reference: Any, output: Any, sample_rate: int) -> float:
     ref = _resample(ref, sample_rate, VISQOL_AUDIO_RATE)
     out = _resample(out, sample_rate, VISQOL_AUDIO_RATE)
     return _per_channel(
-        "ViSQOL",
+        "visqol",
         lambda r, o: _VISQOL_API.measure_from_arrays(r, o, VISQOL_AUDIO_RATE).moslqo,
         ref,
         out,

@@ -30,7 +30,7 @@ import numpy as np
 from soundry import __version__
 from soundry.errors import DataError, SoundryError
 from soundry.eval.baselines import BaselineSpec, check_encoders, roundtrip
-from soundry.eval.extra_metrics import EXTRA_METRICS, availability, compute_extra
+from soundry.eval.extra_metrics import EXTRA_METRICS, availability, compute_extra, take_failures
 
 log = logging.getLogger("soundry.eval")
 
@@ -261,6 +261,7 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     t0 = time.time()
+    take_failures()  # forget failures of earlier calls
     with _progress(progress) as bar:
         task = bar.add_task("evaluating", total=len(files) * len(systems), status="")
         for path in files:
@@ -272,7 +273,7 @@ def evaluate(
                 bar.advance(task, len(systems))
                 continue
             for system in systems:
-                bar.update(task, description=f"{system.name}: {_short(item.name)}")
+                bar.update(task, description=f"{system.name}: {_short(item.name, 24)}")
                 output = _match(system.fn(item.audio), item.audio)
                 scores = core_metrics(item.audio, output, sample_rate)
                 scores.update(compute_extra(list(extra_metrics), item.audio, output, sample_rate))
@@ -288,6 +289,10 @@ def evaluate(
                 bar.update(task, advance=1, status=f"mel {scores['mel_distance']:.3f}")
     if not rows:
         raise DataError("no file could be evaluated (see the warnings above)")
+    for metric, reasons in take_failures().items():
+        total = sum(reasons.values())
+        common = "; ".join(f"{r} ({n}x)" for r, n in reasons.most_common(3))
+        log.warning("%s could not score %d of %d clip(s): %s", metric, total, len(rows), common)
 
     summary = {
         "soundry_version": __version__,
@@ -372,15 +377,14 @@ def _progress(enabled: bool) -> Any:
     class RateColumn(ProgressColumn):
         def render(self, task: Any) -> Text:
             speed = task.finished_speed or task.speed
-            return Text("" if speed is None else f"{speed:.2f} clips/s", style="cyan")
+            return Text("" if speed is None else f"{speed:.2f}/s", style="cyan")
 
     return Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
         RateColumn(),
         TimeElapsedColumn(),
-        TextColumn("ETA"),
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
         disable=not enabled,
@@ -498,30 +502,31 @@ def run_eval(
 
 
 def format_table(summary: dict[str, Any]) -> Any:
-    """A rich Table: one row per system, 'mean [lo, hi]' per metric."""
+    """A rich Table: one row per metric, one column per system; mean over [95% CI]."""
     from rich.table import Table
 
-    metrics = summary["metrics"]
     higher = set(summary.get("higher_is_better", []))
     table = Table(
-        title=f"{summary['files']} file(s) at {summary['sample_rate']} Hz — mean "
-        "[bootstrap 95% CI]",
+        title=f"{summary['files']} file(s) at {summary['sample_rate']} Hz: mean and "
+        "bootstrap 95% CI of the mean",
         title_justify="left",
+        show_lines=True,
     )
-    table.add_column("system", style="bold")
-    table.add_column("kbps", justify="right")
-    for m in metrics:
-        table.add_column(f"{m} {'↑' if m in higher else '↓'}", justify="right")
+    table.add_column("metric", style="bold")
     for name, sys_summary in summary["systems"].items():
         kbps = sys_summary.get("bitrate_kbps")
-        cells = [name, f"{kbps:.2f}" if kbps is not None else "—"]
-        for m in metrics:
+        rate = f"\n[dim]{kbps:.2f} kbps[/]" if kbps is not None else ""
+        table.add_column(f"{name}{rate}", justify="right")
+    for m in summary["metrics"]:
+        cells = [f"{m} {'↑' if m in higher else '↓'}"]
+        for sys_summary in summary["systems"].values():
             d = sys_summary["metrics"][m]
             if d["mean"] is None:
-                cells.append("—")
-            else:
-                lo, hi = d["ci95"]
-                cells.append(f"{_fmt(d['mean'])} [{_fmt(lo)}, {_fmt(hi)}]")
+                cells.append("inf" if d.get("n_infinite") else "—")
+                continue
+            lo, hi = d["ci95"]
+            scored = f" [dim](n={d['n']})[/]" if d["n"] < sys_summary["n"] else ""
+            cells.append(f"{_fmt(d['mean'])}{scored}\n[dim][{_fmt(lo)}, {_fmt(hi)}][/]")
         table.add_row(*cells)
     return table
 
