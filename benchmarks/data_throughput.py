@@ -5,7 +5,8 @@ times the training loader (scan cache warm, 2 worker processes): random crops re
 seeking into the FLAC files, loudness measurement with silence retries and normalisation,
 and the augmentations (phase all-pass, gain, polarity, dequantisation, resampling-based
 pitch shift). Worker start-up is excluded by a few warm-up batches. Prints one JSON line
-with `clips_per_s` (target: >= 200 on two cores).
+with `clips_per_s` (target: >= 200 on two cores) and `cpu_ms_per_clip`, the CPU time one
+clip costs in a single process (less sensitive to other load on the machine).
 
     python benchmarks/data_throughput.py --sample-rate 44100 --workers 2
 """
@@ -68,11 +69,19 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         loader.close()
 
+        serial = build_train_loader(cfg, seed=1, num_workers=0)
+        next(serial)
+        cpu = time.process_time()
+        for _ in range(max(1, a.batches // 4)):
+            next(serial)
+        cpu_per_clip = (time.process_time() - cpu) / (max(1, a.batches // 4) * a.batch_size)
+
     print(
         json.dumps(
             {
                 "benchmark": "data_throughput",
                 "clips_per_s": round(clips / elapsed, 1),
+                "cpu_ms_per_clip": round(cpu_per_clip * 1000, 2),
                 "clip_seconds": a.seconds,
                 "sample_rate": a.sample_rate,
                 "workers": a.workers,
