@@ -40,7 +40,7 @@ def audio_info(path: str | Path) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise DataError(f"cannot read audio file '{path}': {_reason(exc)}") from None
+        raise DataError(f"cannot read audio file '{path}': {error_reason(exc)}") from None
     frames = max(int(info.frames), 0)
     sr = int(info.samplerate)
     return AudioInfo(sr, int(info.channels), frames, frames / sr if sr > 0 else 0.0)
@@ -69,7 +69,7 @@ def read_audio(
                 f.seek(min(int(offset), max(f.frames, 0)))
             data = f.read(frames=int(frames), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise DataError(f"cannot read audio file '{path}': {_reason(exc)}") from None
+        raise DataError(f"cannot read audio file '{path}': {error_reason(exc)}") from None
     audio = np.ascontiguousarray(data.T)
     if channels is not None:
         audio = convert_channels(audio, channels)
@@ -143,9 +143,10 @@ def write_audio(
     return path
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
+    """libsndfile's message without its "Error opening '<path>': " prefix or final dot."""
     text = str(exc).strip()
     # libsndfile prefixes messages with "Error opening '<path>': "; the caller names the path
     if text.startswith("Error opening") and "': " in text:
         text = text.split("': ", 1)[1]
-    return text or type(exc).__name__
+    return text.rstrip(".") or type(exc).__name__

@@ -28,7 +28,7 @@ The item records how many replacements it took (`replaced`) and which files fail
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch.utils.data
@@ -47,6 +47,8 @@ from soundry.data.samplers import (
 )
 from soundry.data.scan import AudioItem
 from soundry.errors import DataError
+
+T = TypeVar("T")
 
 #: replacement attempts within the item's own source, then across all sources
 SAME_SOURCE_ATTEMPTS = 8
@@ -331,12 +333,13 @@ def fixed_crops(
         n = max(1, total // frames)
         spare = max(0, total - n * frames)
         starts = [(spare // 2 + k * frames) // step * step for k in range(n)]
-        per_file.append(starts)
-    out: list[tuple[AudioItem, int, int]] = []
-    depth = 0
-    while len(out) < count and any(depth < len(s) for s in per_file):
-        for item, starts in zip(items, per_file, strict=True):
-            if depth < len(starts) and len(out) < count:
-                out.append((item, starts[depth], frames))
-        depth += 1
+        per_file.append([(item, start, frames) for start in starts])
+    return round_robin(per_file)[:count]
+
+
+def round_robin(lists: list[list[T]]) -> list[T]:
+    """The first element of every list, then the second of every list, and so on."""
+    out: list[T] = []
+    for depth in range(max((len(x) for x in lists), default=0)):
+        out.extend(x[depth] for x in lists if depth < len(x))
     return out

@@ -35,7 +35,7 @@ import torch
 from soundry.audio.augment import Degrader
 from soundry.audio.loudness import loudness_gain
 from soundry.data.config import DataConfig
-from soundry.data.datasets import DATASETS, ClipDataset, fixed_crops, read_crop
+from soundry.data.datasets import DATASETS, ClipDataset, fixed_crops, read_crop, round_robin
 from soundry.data.samplers import (
     DurationBucketSampler,
     EpochBatchSampler,
@@ -117,15 +117,8 @@ def _hold_out(
             return hashlib.sha1(rel.encode()).hexdigest()
 
         ranked.append(sorted(index.items, key=rank)[: len(index.items) // HOLDOUT_FRACTION])
-    held_paths: set[str] = set()
-    held: list[AudioItem] = []
-    depth = 0
-    while len(held) < count and any(depth < len(r) for r in ranked):
-        for r in ranked:
-            if depth < len(r) and len(held) < count:
-                held.append(r[depth])
-                held_paths.add(r[depth].path)
-        depth += 1
+    held = round_robin(ranked)[:count]
+    held_paths = {item.path for item in held}
     train = [[it for it in index.items if it.path not in held_paths] for index in indexes]
     return train, held
 
@@ -354,15 +347,7 @@ def _valid_files(cfg: DataConfig) -> list[AudioItem]:
         "validation crops come from training files: set data.valid, or give a source at "
         "least %d files so some can be held out", HOLDOUT_FRACTION,
     )
-    return _interleave(sources.train)
-
-
-def _interleave(lists: list[list[AudioItem]]) -> list[AudioItem]:
-    """Round-robin over the lists, so the first few items cover every source."""
-    out = []
-    for depth in range(max(len(x) for x in lists)):
-        out.extend(x[depth] for x in lists if depth < len(x))
-    return out
+    return round_robin(sources.train)
 
 
 def _valid_name(i: int, item: AudioItem) -> str:

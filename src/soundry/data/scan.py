@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from soundry.audio.io import AUDIO_EXTENSIONS
+from soundry.audio.io import AUDIO_EXTENSIONS, error_reason
 from soundry.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def probe(path: str | Path) -> dict[str, Any]:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        return {"reason": f"not readable as audio ({_clean(exc)})"}
+        return {"reason": f"not readable as audio ({error_reason(exc)})"}
     frames, sr, channels = int(info.frames), int(info.samplerate), int(info.channels)
     if sr <= 0 or channels <= 0:
         return {"reason": f"invalid header (sample rate {sr}, channels {channels})"}
@@ -250,7 +250,7 @@ def probe(path: str | Path) -> dict[str, Any]:
             f.seek(frames - n)
             tail = f.read(n, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        return {"reason": f"corrupt or truncated ({_clean(exc)})"}
+        return {"reason": f"corrupt or truncated ({error_reason(exc)})"}
     if len(head) < n or len(tail) < n:
         return {"reason": f"truncated (header declares {frames} frames, fewer can be decoded)"}
     if not (np.isfinite(head).all() and np.isfinite(tail).all()):
@@ -428,13 +428,6 @@ def _wav_declared_frames(path: Path, size: int) -> int | None:
             return length // block_align
         pos += 8 + length + (length & 1)
     return None
-
-
-def _clean(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if text.startswith("Error opening") and "': " in text:
-        text = text.split("': ", 1)[1]
-    return text.rstrip(".") or type(exc).__name__
 
 
 def _pair_key(item_path: str, root: str | Path) -> str:
