@@ -176,8 +176,8 @@ def test_batched_real_and_fake_equal_separate_calls() -> None:
         SR,
     )
     real, fake = _audio(b=2, seed=1), _audio(b=3, seed=2)
-    both = torch.cat([real, fake])
-    parts = split_outputs(disc(both, SpectrogramCache(both)), [2, 3])
+    both = SpectrogramCache.cat([SpectrogramCache(real), SpectrogramCache(fake)])
+    parts = split_outputs(disc(both.audio, both), [2, 3])
     for signal, outs in zip([real, fake], parts, strict=True):
         for a, b in zip(disc(signal), outs, strict=True):
             assert a.name == b.name

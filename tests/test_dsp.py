@@ -134,3 +134,21 @@ def test_downsample_keeps_passband_and_rejects_aliases() -> None:
     assert gain(1000, 4) == pytest.approx(1.0, abs=0.01)
     assert gain(3000, 4) < 1e-3
     assert dsp.downsample(t[None, None], 1) is not None
+
+
+def test_cat_cache_concatenates_parts_spectra_without_recomputing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = _noise((2, 1, 3000), seed=5), _noise((3, 1, 3000), seed=6).requires_grad_()
+    ca, cb = dsp.SpectrogramCache(a), dsp.SpectrogramCache(b)
+    sa, sb = ca.stft(512, 128), cb.stft(512, 128)
+    calls = []
+    real_stft = dsp.stft
+    monkeypatch.setattr(dsp, "stft", lambda *args: calls.append(args[1:]) or real_stft(*args))
+    both = dsp.SpectrogramCache.cat([ca, cb.detach()])
+    assert both.shape == (5, 1, 3000) and not both.audio.requires_grad
+    s = both.stft(512, 128)
+    assert calls == []  # built from the parts' spectra
+    torch.testing.assert_close(s, torch.cat([sa, sb.detach()]))
+    assert s.transpose(-1, -2).is_contiguous()  # frames-major, like a fresh STFT
+    torch.testing.assert_close(both.stft(256, 64), real_stft(both.audio, 256, 64))

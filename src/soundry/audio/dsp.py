@@ -161,8 +161,9 @@ class SpectrogramCache:
     `magnitude` and `mel` are memoised the same way. Share one cache per signal between
     every consumer of a training step (mel loss, STFT loss, multi-band discriminator).
 
-    Two derived views share the parent's work instead of recomputing it:
+    Derived views share the parent's work instead of recomputing it:
 
+    - `SpectrogramCache.cat(parts)`: the batch concatenation of several caches;
     - `detach()`: the same spectra without autograd history (for the discriminator update
       on a generated signal whose generator graph is still needed later);
     - `affine(scale, shift)`: spectra of `scale * (x - shift)` with per-item `scale`,
@@ -232,6 +233,18 @@ class SpectrogramCache:
         """A view of the same spectra without autograd history (shares computed work)."""
         return _DetachedCache(self)
 
+    @staticmethod
+    def cat(parts: list[SpectrogramCache]) -> SpectrogramCache:
+        """A cache of the batch concatenation of `parts`, built from their spectra.
+
+        For scoring real and generated audio as one discriminator batch: each part's STFT
+        is computed (once) by the part itself, where its other consumers (the mel loss)
+        need it anyway, and the batch only concatenates the results.
+        """
+        if not parts:
+            raise ValueError("SpectrogramCache.cat needs at least one part")
+        return _CatCache(parts)
+
     def affine(
         self, scale: torch.Tensor, shift: torch.Tensor, audio: torch.Tensor | None = None
     ) -> SpectrogramCache:
@@ -251,6 +264,19 @@ class _DetachedCache(SpectrogramCache):
 
     def _compute_stft(self, n_fft: int, hop: int) -> torch.Tensor:
         return self._parent.stft(n_fft, hop).detach()
+
+
+class _CatCache(SpectrogramCache):
+    """Spectra of `torch.cat([p.audio for p in parts])`, concatenated from the parts'."""
+
+    def __init__(self, parts: list[SpectrogramCache]) -> None:
+        super().__init__(torch.cat([p.audio for p in parts]))
+        self._parts = parts
+
+    def _compute_stft(self, n_fft: int, hop: int) -> torch.Tensor:
+        # Concatenate in the frames-major layout the parts have, and keep it.
+        spectra = [p.stft(n_fft, hop).transpose(-1, -2) for p in self._parts]
+        return torch.cat(spectra).transpose(-1, -2)
 
 
 class _AffineCache(SpectrogramCache):
