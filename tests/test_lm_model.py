@@ -158,3 +158,18 @@ def test_learned_level_weights_sum_to_one():
     w = model.level_weights()
     torch.testing.assert_close(w.sum(), torch.tensor(1.0))
     assert w[0] > w[1] > w[2]
+
+
+@pytest.mark.parametrize("name", ["tiny", "music-delay"])
+def test_recipes_validate(name):
+    from pathlib import Path
+
+    from soundry.config import load_recipe
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "lm" / f"{name}.yaml"
+    recipe = load_recipe(path)
+    assert recipe.task == "lm" and recipe.model.pattern.type == "delay"
+    assert recipe.model.uncond_frac > 0, "tag-conditioned recipes train for guidance"
+    if name == "tiny":
+        model = TokenLM(recipe.model)
+        assert sum(p.numel() for p in model.parameters()) < 2_000_000
