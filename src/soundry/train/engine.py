@@ -219,11 +219,13 @@ class StepUpdater:
         self._zeroed: set[str] = set()
         self._pending: set[str] = set()
         self._loss_ok: dict[str, torch.Tensor] = {}
+        self._called: set[str] = set()
         self.skipped: dict[str, int] = {s.name: 0 for s in specs}
         self.skipped_this_step = False
 
     def begin(self, micro: int) -> None:
         self.micro = micro
+        self._called.clear()
         if micro == 0:
             self._zeroed.clear()
             self.skipped_this_step = False
@@ -236,6 +238,10 @@ class StepUpdater:
         if loss.ndim != 0:
             raise ValueError(f"updater.update('{name}'): loss must be a scalar, got "
                              f"shape {tuple(loss.shape)}")
+        if name in self._called:
+            raise RuntimeError(f"updater.update('{name}') called twice in one train_step; sum "
+                               "the losses of one optimizer and update once")
+        self._called.add(name)
         if name not in self._zeroed:
             # drop gradients another optimizer's backward left on these parameters
             spec.optimizer.zero_grad(set_to_none=True)
@@ -257,14 +263,15 @@ class StepUpdater:
 
     def _boundary(self, spec: OptimizerSpec) -> bool:
         params = self.params[spec.name]
-        if self.world_size > 1:
-            self._all_reduce(params)
+        loss_ok = self._loss_ok.pop(spec.name)
+        if self.world_size > 1:  # every process must take the same decision
+            loss_ok = self._all_reduce(params, loss_ok)
         grads = [p.grad for p in params if p.grad is not None]
         if grads:
             norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False)
         else:
             norm = torch.zeros((), device=self.accelerator.device)
-        ok = torch.isfinite(norm) & self._loss_ok.pop(spec.name)
+        ok = torch.isfinite(norm) & loss_ok
         norm_value, ok_value = torch.stack([norm.float(), ok.float()]).tolist()  # one sync
         stepped = bool(ok_value)
         if stepped:
@@ -282,7 +289,9 @@ class StepUpdater:
         self._pending.discard(spec.name)
         return stepped
 
-    def _all_reduce(self, params: list[nn.Parameter]) -> None:
+    def _all_reduce(self, params: list[nn.Parameter], loss_ok: torch.Tensor) -> torch.Tensor:
+        """Average gradients over processes in one flat all-reduce; returns whether every
+        process's loss was finite."""
         import torch.distributed as dist
         from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
@@ -291,13 +300,13 @@ class StepUpdater:
             if p.grad is None:  # every process must reduce the same flat layout
                 p.grad = torch.zeros_like(p)
         grads = [p.grad for p in trainable]
-        if not grads:
-            return
-        flat = _flatten_dense_tensors(grads)
+        bad_loss = (~loss_ok).float().reshape(1)
+        flat = _flatten_dense_tensors([*(g.float() for g in grads), bad_loss])
         dist.all_reduce(flat)
-        flat /= self.world_size
-        for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-            g.copy_(reduced)
+        reduced = _unflatten_dense_tensors(flat, [*grads, bad_loss])
+        for g, r in zip(grads, reduced[:-1], strict=True):
+            g.copy_(r / self.world_size)
+        return reduced[-1].reshape(()) == 0
 
 
 # ----------------------------------------------------------------------------- engine
@@ -411,6 +420,8 @@ class Engine:
         seed_everything(derive_seed(recipe.seed, 1, self.rank))
         if resume_from is not None:
             self._load(resume_from)
+        if self.world_size > 1:
+            self._broadcast_weights()
         elif self.resume:
             log.info("no complete checkpoint in %s: starting from step 0", self.run_dir)
 
@@ -424,6 +435,20 @@ class Engine:
             )
             if resume_from is not None:
                 self.ckpt.write_index(resume_from.name)
+
+    def _broadcast_weights(self) -> None:
+        """Start every process from the main process's weights (and EMA), whatever the
+        task's initialisation did."""
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for net in self.networks.values():
+                for tensor in net.state_dict(keep_vars=True).values():
+                    dist.broadcast(tensor.data, src=0)
+            if self.ema is not None:
+                for name in self.ema.networks:
+                    for tensor in self.ema.state_dict(name).values():
+                        dist.broadcast(tensor, src=0)
 
     def _check_specs(self) -> None:
         names = [s.name for s in self.specs]
@@ -525,48 +550,61 @@ class Engine:
 
     # -- validation
 
-    def _validate(self, step: int) -> None:
-        self.last_valid_step = step
-        if self.is_main:
-            flags = {m: m.training for net in self.networks.values() for m in net.modules()}
-            for net in self.networks.values():
-                net.eval()
-            swap = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
-            try:
-                with swap, torch.no_grad(), self.accelerator.autocast(), \
-                        isolated_rng(derive_seed(self.recipe.seed, 2, step)):
-                    result = self.task.validate(step)
-            finally:
-                for module, flag in flags.items():
-                    module.training = flag
-            metrics = {f"valid/{k}": float(v) for k, v in result.metrics.items()}
-            self.last_valid = metrics
-            assert self.logger is not None
-            self.logger.valid(step, metrics)
-            self.logger.audio(step, result.audio, result.sample_rate)
-            key = self.cfg.best_key
-            if key is not None:
-                if key not in metrics:
-                    raise SoundryError(
-                        f"train.best_metric '{self.cfg.best_metric}' is not a validation metric"
-                        f"{did_you_mean(key, metrics)}; the task reports: "
-                        f"{', '.join(metrics) or 'none'}"
-                    )
-                value = metrics[key]
-                if np.isfinite(value) and self.ckpt.is_better(value):
-                    self._best_pending = (key, value)
-        self.accelerator.wait_for_everyone()
+    def _validate(self, step: int) -> tuple[str, float] | None:
+        """Validate on the main process; returns a new best (metric, value) on every process.
 
-    def _broadcast_best(self) -> tuple[str, float] | None:
-        """The new best (metric, value) found by this step's validation, on every process."""
-        best, self._best_pending = self._best_pending, None
+        An error on the main process is re-raised there and reported on the others, so no
+        process is left waiting.
+        """
+        self.last_valid_step = step
+        best: tuple[str, float] | None = None
+        failure: BaseException | None = None
+        if self.is_main:
+            try:
+                best = self._validate_main(step)
+            except Exception as exc:
+                if self.world_size == 1:
+                    raise
+                failure = exc
         if self.world_size > 1:
             from accelerate.utils import broadcast_object_list
 
-            box = [best]
+            box = [(best, None if failure is None else f"{type(failure).__name__}: {failure}")]
             broadcast_object_list(box, from_process=0)
-            best = box[0]
+            best, error = box[0]
+            if failure is not None:
+                raise failure
+            if error is not None:
+                raise SoundryError(f"validation failed on the main process: {error}")
         return best
+
+    def _validate_main(self, step: int) -> tuple[str, float] | None:
+        flags = {m: m.training for net in self.networks.values() for m in net.modules()}
+        for net in self.networks.values():
+            net.eval()
+        swap = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+        try:
+            with swap, torch.no_grad(), self.accelerator.autocast(), \
+                    isolated_rng(derive_seed(self.recipe.seed, 2, step)):
+                result = self.task.validate(step)
+        finally:
+            for module, flag in flags.items():
+                module.training = flag
+        metrics = {f"valid/{k}": float(v) for k, v in result.metrics.items()}
+        self.last_valid = metrics
+        assert self.logger is not None
+        self.logger.valid(step, metrics)
+        self.logger.audio(step, result.audio, result.sample_rate)
+        key = self.cfg.best_key
+        if key is None:
+            return None
+        if key not in metrics:
+            raise SoundryError(
+                f"train.best_metric '{self.cfg.best_metric}' is not a validation metric"
+                f"{did_you_mean(key, metrics)}; the task reports: {', '.join(metrics) or 'none'}"
+            )
+        value = metrics[key]
+        return (key, value) if np.isfinite(value) and self.ckpt.is_better(value) else None
 
     # -- logging
 
@@ -593,12 +631,10 @@ class Engine:
         self._setup()
         cfg = self.cfg
         self.progress = Progress(cfg.max_steps, self.step, cfg.progress and self.is_main)
-        self._best_pending: tuple[str, float] | None = None
         status = "completed"
         try:
             if cfg.valid_at_start and self.step == 0:
-                self._validate(0)
-                self._best_pending = None  # there is no checkpoint of step 0
+                self._validate(0)  # no checkpoint of step 0, so no best either
             summary = self._loop()
             status = summary["status"]
         finally:
@@ -618,6 +654,7 @@ class Engine:
 
         batches = iter(self.loader)
         start_step = self.step
+        self.valid_seconds = self.checkpoint_seconds = 0.0
         loop_t0 = t0 = time.perf_counter()
         data_wait = 0.0
         steps_since = 0
@@ -662,21 +699,25 @@ class Engine:
 
             best = None
             if step % cfg.valid_every == 0 or step == cfg.max_steps:
-                self._validate(step)
-                best = self._broadcast_best()
+                t_valid = time.perf_counter()
+                best = self._validate(step)
+                self.valid_seconds += time.perf_counter() - t_valid
             due = step % cfg.checkpoint_every == 0 or step == cfg.max_steps or best is not None
             if due:
                 if self.consecutive_skips == 0 or step == cfg.max_steps:
                     if best is not None:  # recorded only with the checkpoint it names
                         self.ckpt.set_best(step_name(step), *best)
+                    t_save = time.perf_counter()
                     self._save(step)
+                    self.checkpoint_seconds += time.perf_counter() - t_save
                 else:
                     log.warning("step %d: skipping the checkpoint during a run of non-finite "
                                 "updates", step)
             if self._kill_at == step:
                 os.kill(os.getpid(), signal.SIGKILL)
-        train_seconds = time.perf_counter() - loop_t0
-        return self._finish(status, message, start_step, train_seconds)
+        loop_seconds = time.perf_counter() - loop_t0
+        return self._finish(status, message, start_step,
+                            loop_seconds - self.valid_seconds - self.checkpoint_seconds)
 
     def _finish(self, status: str, message: str, start_step: int, seconds: float
                 ) -> dict[str, Any]:
@@ -688,8 +729,11 @@ class Engine:
             "run_dir": str(self.run_dir),
             "steps": self.step,
             "steps_this_session": steps_run,
+            # wall time of this session's steps, without validations and checkpoint writes
             "train_seconds": seconds,
             "steps_per_second": steps_run / seconds if seconds > 0 else None,
+            "valid_seconds": self.valid_seconds,
+            "checkpoint_seconds": self.checkpoint_seconds,
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "best_checkpoint": str(best) if best else None,
             "best_metric": self.ckpt.best_metric,

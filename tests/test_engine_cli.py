@@ -1,0 +1,80 @@
+"""`soundry train`: flags, overrides, errors before any work, --resume."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from soundry import cli
+from soundry.commands.train import _sugar, prepare
+from soundry.config import apply_overrides
+from soundry.train.logging import read_metrics
+
+RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "toy.yaml")
+SMALL = ["data.sample_rate=8000", "data.segment_seconds=0.032", "data.batch_size=2",
+         "data.valid_count=1", "data.valid_seconds=0.05", "model.channels=4", "model.layers=1",
+         "toy.items_per_epoch=8", "toy.valid_clips=0", "train.progress=false",
+         "train.tensorboard=false", "train.log_every=1"]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return cli.build_parser().parse_args(["train", *argv])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train.max_stepz=3"], "unknown key 'train.max_stepz' (did you mean 'max_steps'?)"),
+    (["--data", "/audio"], "makes its own data"),
+    (["--max-steps", "0"], "train.max_steps"),
+    (["optim.generator.type=sgd"], "optim.generator"),
+])
+def test_config_errors_come_before_any_work(tmp_path: Path, capsys: Any, argv: list[str],
+                                            message: str) -> None:
+    out = tmp_path / "run"
+    assert cli.main(["train", RECIPE, "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_resume_errors(tmp_path: Path, capsys: Any) -> None:
+    assert cli.main(["train", RECIPE, "--resume", str(tmp_path)]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(tmp_path / "nope")]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+    assert cli.main(["train"]) == 2
+    assert "missing RECIPE" in capsys.readouterr().err
+
+
+def test_flags_become_overrides() -> None:
+    args = parse(["--data", "a", "--data", "b c", "--valid", "v", "--max-steps", "5",
+                  "--init-from", "runs/x", "--overfit", "3"])
+    raw = apply_overrides({}, _sugar(args))
+    assert raw == {"data": {"sources": [{"path": "a"}, {"path": "b c"}], "valid": "v"},
+                   "train": {"max_steps": 5, "init_from": "runs/x", "overfit": 3}}
+    # overrides may follow options; explicit key=value wins over the flags
+    args = parse([RECIPE, "--out", "runs/y", "--max-steps", "5", "train.max_steps=7", "seed=3"])
+    recipe, run_dir = prepare(args)
+    assert recipe.train.max_steps == 7 and recipe.seed == 3 and run_dir == Path("runs/y")
+    recipe, run_dir = prepare(parse([RECIPE]))
+    assert run_dir.parent == Path("runs") and run_dir.name.startswith("toy-")
+
+
+def test_train_then_resume_longer(tmp_path: Path, capsys: Any) -> None:
+    run = tmp_path / "run"
+    assert cli.main(["train", RECIPE, "--out", str(run), "--max-steps", "2", "--overfit", "2",
+                     *SMALL]) == 0
+    assert f"run dir {run}" in capsys.readouterr().out
+    # a second start in the same directory must not clobber it
+    assert cli.main(["train", RECIPE, "--out", str(run), *SMALL]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(run), "train.max_steps=3"]) == 0
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == [1, 2, 3]
+    assert "overfit: 2" in (run / "config.yaml").read_text()
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["resumes"][0]["from_step"] == 2
+    assert prov["resumes"][0]["command"][0] == "soundry"
