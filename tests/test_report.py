@@ -272,3 +272,41 @@ def test_chart_ticks_gaps_log_scale_and_decimation() -> None:
     y[4321] = 99.0
     dx, dy = decimate(x, y, limit=200)
     assert len(dx) <= 200 and max(dy) == 99.0 and 4321 in dx
+
+
+def test_level_variants_share_a_chart_and_stay_out_of_the_headline_table(tmp_path: Path):
+    run = make_run(tmp_path / "run", steps=200, valid_every=100)
+    extra = [
+        {
+            "step": s,
+            "kind": "valid",
+            "valid/mel_distance@2": 2.0 - s / 400,
+            "valid/usage/l0": 0.5,
+            "valid/usage/l1": 0.25,
+            "valid/usage/mean": 0.375,
+            "valid/bitrate_kbps": 2.4,
+        }
+        for s in (200, 100)  # out of order on purpose
+    ]
+    extra.append({"step": 150, "kind": "train", "loss/mel": None})  # non-finite, written as null
+    with (run / "metrics.jsonl").open("a") as fh:
+        fh.writelines(json.dumps(e) + "\n" for e in extra)
+    html = write_report([run], tmp_path / "r.html").path.read_text()
+
+    def series_in(caption: str) -> list[str]:
+        svg = re.search(
+            rf"<figcaption>{re.escape(caption)}</figcaption>(<svg.*?</svg>)", html, re.S
+        ).group(1)
+        return list(dict.fromkeys(re.findall(r'data-name="([^"]+)"', svg)))
+
+    assert series_in("mel_distance (lower is better)") == ["all levels", "2 levels"]
+    assert series_in("usage (higher is better)") == ["mean", "level 0", "level 1"]
+    assert "<figcaption>bitrate_kbps</figcaption>" in html  # a setting, not a score
+    headline = re.search(r'<table class="valid-metrics">.*?</thead>', html, re.S).group(0)
+    assert "usage/mean" in headline and "bitrate_kbps" in headline
+    assert "mel_distance@2" not in headline and "usage/l0" not in headline
+    full = re.search(r'<table class="valid-metrics-all">.*?</thead>', html, re.S).group(0)
+    assert "mel_distance@2" in full and "usage/l1" in full
+    # The null at step 150 splits the training curve into two lines.
+    mel = re.search(r"<figcaption>loss/mel</figcaption>(<svg.*?</svg>)", html, re.S).group(1)
+    assert mel.count('class="line"') == 2

@@ -21,12 +21,15 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
+
+import soundfile as sf
 
 from soundry import __version__
 from soundry.config import flatten
@@ -57,6 +60,8 @@ HIGHER_IS_BETTER = (
     "perplexity",
     "accuracy",
 )
+# Logged values that are settings or bookkeeping rather than scores: no "best".
+NEUTRAL = ("bitrate", "kbps", "lr", "time", "seconds")
 CSP = (
     "default-src 'none'; img-src data: file: 'self'; media-src data: file: 'self'; "
     "style-src 'unsafe-inline'; script-src 'unsafe-inline'"
@@ -149,6 +154,31 @@ def higher_is_better(metric: str) -> bool:
     return not name.startswith("loss") and any(t in name for t in HIGHER_IS_BETTER)
 
 
+def direction(metric: str) -> str | None:
+    """'higher' or 'lower' (is better), or None for values that are settings, not scores."""
+    name = metric.lower().removeprefix("valid/")
+    if any(t in name for t in NEUTRAL):
+        return None
+    return "higher" if higher_is_better(name) else "lower"
+
+
+def _better_text(metric: str) -> str:
+    d = direction(metric)
+    return f" ({d} is better)" if d else ""
+
+
+def _arrow(metric: str) -> str:
+    d = direction(metric)
+    return {"higher": "↑", "lower": "↓"}.get(d or "", "")
+
+
+def _best(metric: str, values: list[float]) -> float | None:
+    d = direction(metric)
+    if d is None or not values:
+        return None
+    return max(values) if d == "higher" else min(values)
+
+
 def pick_evenly(items: Sequence[Any], n: int) -> list[Any]:
     """Up to `n` items spread evenly over `items`, always including the last one."""
     items = list(items)
@@ -165,6 +195,70 @@ def is_discriminator_key(key: str) -> bool:
     name = key.lower().removeprefix("loss/")
     parts = name.replace("-", "_").replace(".", "_").replace("/", "_").split("_")
     return "d" in parts or "disc" in name or "discriminator" in name
+
+
+# Validation metrics shown first, in this order (the rest follow alphabetically).
+METRIC_ORDER = [
+    "mel_distance",
+    "stft_distance",
+    "si_sdr",
+    "l1",
+    "loss",
+    "usage",
+    "perplexity",
+    "dead",
+    "bitrate_kbps",
+]
+_AT_LEVELS = re.compile(r"^(?P<base>.+)@(?P<n>\d+)$")
+_PER_LEVEL = re.compile(r"^(?P<base>.+)/(?P<var>l\d+|level_?\d+|mean|min|max)$")
+
+
+def metric_group(name: str) -> tuple[str, str]:
+    """'mel_distance@2' -> ('mel_distance', '2 levels'); 'usage/l3' -> ('usage', 'l3');
+    'loss/level_0' -> ('loss', 'level_0'); anything else -> (name, '')."""
+    m = _AT_LEVELS.match(name)
+    if m:
+        return m["base"], f"{m['n']} levels"
+    m = _PER_LEVEL.match(name)
+    if m:
+        return m["base"], m["var"]
+    return name, ""
+
+
+def is_primary(name: str) -> bool:
+    """A headline metric: not one of several per-level or fewer-levels variants."""
+    return metric_group(name)[1] in ("", "mean")
+
+
+def _group_order(group: str) -> tuple[int, str]:
+    return (METRIC_ORDER.index(group) if group in METRIC_ORDER else len(METRIC_ORDER), group)
+
+
+def _variant_label(group: str, variant: str, has_levels: bool) -> str:
+    if not variant:
+        return "all levels" if has_levels else group
+    if re.fullmatch(r"l\d+", variant):
+        return f"level {variant[1:]}"
+    return variant.replace("_", " ")
+
+
+def group_keys(keys: Sequence[str], prefix: str = "") -> dict[str, list[str]]:
+    """Keys (with an optional prefix such as 'valid/') grouped by `metric_group`, groups in
+    METRIC_ORDER, the primary key first within each group."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        group, _ = metric_group(key.removeprefix(prefix))
+        groups.setdefault(group, []).append(key)
+    ordered = dict(sorted(groups.items(), key=lambda kv: _group_order(kv[0])))
+    for members in ordered.values():
+        members.sort(
+            key=lambda k: (not is_primary(k.removeprefix(prefix)), _natural(k.removeprefix(prefix)))
+        )
+    return ordered
+
+
+def _natural(text: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
 def _value_text(v: Any) -> str:
@@ -289,27 +383,42 @@ class _Page:
         return f'<ul class="runs" aria-label="Runs">{"".join(items)}</ul>'
 
     # ---------------------------------------------------------------- overview
+    def _headline_keys(self, run: Run | None = None, limit: int = 6) -> list[str]:
+        runs = [run] if run else self.runs
+        keys: list[str] = []
+        for r in runs:
+            keys.extend(k for k in r.valid if k not in keys)
+        primary = [k for k in keys if is_primary(_valid_name(k))]
+        ordered = [k for members in group_keys(primary, "valid/").values() for k in members]
+        return ordered[:limit]
+
+    @staticmethod
+    def _facts(run: Run) -> list[tuple[str, str]]:
+        facts = []
+        if run.status:
+            facts.append(("status", run.status.replace("_", " ")))
+        facts.append(
+            ("last training step", _num(run.last_step) if run.last_step is not None else "—")
+        )
+        facts.append(("validations", str(len({s for c in run.valid.values() for s in c.steps}))))
+        facts.append(("wall time", _duration(run.wall_seconds)))
+        rate = (run.summary or {}).get("steps_per_second")
+        if isinstance(rate, int | float):
+            facts.append(("steps per second", _num(float(rate))))
+        skips = run.train.get("nonfinite_skips")
+        if skips is not None:
+            finite = [v for v in skips.values if math.isfinite(v)]
+            facts.append(("non-finite steps skipped", _num(max(finite, default=0.0))))
+        return facts
+
     def _overview_single(self) -> str:
         run = self.runs[0]
-        cards = [
-            ("last training step", _num(run.last_step) if run.last_step is not None else "—"),
-            ("validations", str(len({s for c in run.valid.values() for s in c.steps}))),
-            ("wall time", _duration(run.wall_seconds)),
-        ]
+        cards = self._facts(run)
         best = self._best_checkpoint(run)
         if best:
             cards.append(("best checkpoint", best))
-        skips = run.train.get("nonfinite_skips")
-        if skips is not None and skips.values:
-            cards.append(
-                (
-                    "non-finite steps skipped",
-                    _num(max((v for v in skips.values if math.isfinite(v)), default=0.0)),
-                )
-            )
-        for key in sorted(run.valid)[:8]:
-            last = _last_value(run.valid[key])
-            cards.append((f"{_valid_name(key)} (last)", _num(last)))
+        for key in self._headline_keys(run, limit=8):
+            cards.append((f"{_valid_name(key)} (last)", _num(_last_value(run.valid[key]))))
         html = (
             '<div class="cards">'
             + "".join(
@@ -322,31 +431,27 @@ class _Page:
         return html + self._problems([run])
 
     def _overview_multi(self) -> str:
-        valid_keys = sorted({k for r in self.runs for k in r.valid})[:6]
-        head = "".join(
-            f'<th scope="col" class="num">{escape(h)}</th>'
-            for h in ["last step", "validations", "wall time"]
-        )
+        valid_keys = self._headline_keys()
+        fact_names: list[str] = []
+        facts = [dict(self._facts(r)) for r in self.runs]
+        for f in facts:
+            fact_names.extend(k for k in f if k not in fact_names)
+        head = "".join(f'<th scope="col">{escape(h)}</th>' for h in fact_names)
         head += '<th scope="col">best checkpoint</th>'
         head += "".join(
             f'<th scope="col" class="num">{escape(_valid_name(k))} (last)</th>' for k in valid_keys
         )
         rows = []
-        for run in self.runs:
-            cells = [
-                _num(run.last_step) if run.last_step is not None else "—",
-                str(len({s for c in run.valid.values() for s in c.steps})),
-                _duration(run.wall_seconds),
-            ]
+        for run, f in zip(self.runs, facts, strict=True):
             row = f'<th scope="row">{escape(run.label)}</th>'
-            row += "".join(f'<td class="num">{escape(c)}</td>' for c in cells)
+            row += "".join(f"<td>{escape(f.get(name, '—'))}</td>" for name in fact_names)
             row += f"<td>{escape(self._best_checkpoint(run) or '—')}</td>"
             for k in valid_keys:
                 c = run.valid.get(k)
                 row += f'<td class="num">{escape(_num(_last_value(c)) if c else "—")}</td>'
             rows.append(f"<tr>{row}</tr>")
         table = (
-            '<div class="table-wrap"><table><caption>Runs at a glance</caption>'
+            '<div class="table-wrap"><table class="overview"><caption>Runs at a glance</caption>'
             f'<thead><tr><th scope="col">run</th>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div>"
         )
@@ -377,15 +482,17 @@ class _Page:
         run = self.runs[0]
         parts = []
         if run.provenance:
-            rows = "".join(
-                f'<tr><th scope="row"><code>{escape(k)}</code></th>'
-                f"<td><code>{escape(self._prov_text(v))}</code></td></tr>"
-                for k, v in flatten(run.provenance).items()
-            )
-            parts.append(
-                '<div class="table-wrap"><table class="kv"><caption>Provenance</caption>'
-                f"<tbody>{rows}</tbody></table></div>"
-            )
+            flat = flatten(run.provenance)
+            main = {k: v for k, v in flat.items() if not k.startswith("packages.")}
+            packages = {
+                k.removeprefix("packages."): v for k, v in flat.items() if k.startswith("packages.")
+            }
+            parts.append(self._kv_table("Provenance", main))
+            if packages:
+                parts.append(
+                    f"<details><summary>Package versions ({len(packages)})</summary>"
+                    f"{self._kv_table('Package versions', packages)}</details>"
+                )
         else:
             parts.append('<p class="empty-note">No provenance.json in this run.</p>')
         if run.config_text:
@@ -396,6 +503,17 @@ class _Page:
         else:
             parts.append('<p class="empty-note">No config.yaml in this run.</p>')
         return "".join(parts)
+
+    def _kv_table(self, caption: str, values: dict[str, Any]) -> str:
+        rows = "".join(
+            f'<tr><th scope="row"><code>{escape(k)}</code></th>'
+            f"<td><code>{escape(self._prov_text(v))}</code></td></tr>"
+            for k, v in values.items()
+        )
+        return (
+            f'<div class="table-wrap"><table class="kv"><caption>{escape(caption)}</caption>'
+            f"<tbody>{rows}</tbody></table></div>"
+        )
 
     @staticmethod
     def _prov_text(v: Any) -> str:
@@ -493,85 +611,55 @@ class _Page:
         note_html = f'<p class="note">{escape(note)}</p>' if note else ""
         return f'<h3>{escape(title)}</h3>{note_html}<div class="charts grid">{"".join(html)}</div>'
 
-    def _train_groups(self) -> dict[str, list[str]]:
+    def _keys(self, which: str) -> list[str]:
         keys: list[str] = []
         for r in self.runs:
-            keys.extend(k for k in sorted(r.train) if k not in keys)
-        groups: dict[str, list[str]] = {"gen": [], "disc": [], "grad": [], "lr": [], "other": []}
-        for key in keys:
-            if key.startswith("grad_norm/"):
+            keys.extend(k for k in sorted(getattr(r, which)) if k not in keys)
+        return keys
+
+    def _train_groups(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {
+            "gen": [],
+            "disc": [],
+            "grad": [],
+            "lr": [],
+            "perf": [],
+            "other": [],
+        }
+        for key in self._keys("train"):
+            if key.startswith("grad_norm"):
                 groups["grad"].append(key)
             elif key.startswith("lr/"):
                 groups["lr"].append(key)
+            elif key.startswith("perf/"):
+                groups["perf"].append(key)
             elif key.startswith("loss/"):
                 groups["disc" if is_discriminator_key(key) else "gen"].append(key)
-            elif key != "nonfinite_skips":
+            elif not key.startswith("nonfinite_skips"):
                 groups["other"].append(key)
         return groups
 
     def _curves(self) -> str:
+        out = [self._valid_curves()]
         groups = self._train_groups()
-        valid_keys: list[str] = []
-        for r in self.runs:
-            valid_keys.extend(k for k in sorted(r.valid) if k not in valid_keys)
-        out = []
-        used: set[str] = set()
-        charts = []
-        for key in valid_keys:
-            name = _valid_name(key)
-            series = []
-            if not self.multi:
-                run = self.runs[0]
-                for cand in (name, f"loss/{name}", name.removeprefix("loss/")):
-                    if cand in run.train and cand not in used:
-                        c = run.train[cand]
-                        series.append(
-                            Series(
-                                f"train {cand}", c.steps, c.values, color=color_for(0), smooth=True
-                            )
-                        )
-                        used.add(cand)
-                        break
-                c = run.valid[key]
-                series.append(
-                    Series(f"valid {name}", c.steps, c.values, color=color_for(1), style="both")
-                )
-            else:
-                series = self._per_run(key, valid=True)
-            better = "higher" if higher_is_better(name) else "lower"
-            charts.append(self._chart(f"{name} ({better} is better)", series))
-        out.append(
-            self._group(
-                charts,
-                "Validation metrics",
-                "Training curves are smoothed (raw values faint behind)."
-                if not self.multi
-                else "One colour and dash pattern per run.",
-            )
-        )
-
-        def train_chart(key: str) -> str:
-            if self.multi:
-                return self._chart(key, self._per_run(key))
-            c = self.runs[0].train[key]
-            return self._chart(key, [Series(key, c.steps, c.values, smooth=True)])
-
-        gen = [k for k in groups["gen"] if k not in used]
-        disc = [k for k in groups["disc"] if k not in used]
         balance = self._balance_chart(groups["gen"], groups["disc"])
-        out.append(self._group(balance + [train_chart(k) for k in gen], "Generator losses"))
-        out.append(self._group([train_chart(k) for k in disc], "Discriminator losses"))
-        for gkey, title in (("grad", "Gradient norms"), ("lr", "Learning rates")):
+        out.append(self._group(balance + self._train_charts(groups["gen"]), "Generator losses"))
+        out.append(self._group(self._train_charts(groups["disc"]), "Discriminator losses"))
+        for gkey, title, note in (
+            ("grad", "Gradient norms", "Before clipping, per optimizer."),
+            ("lr", "Learning rates", ""),
+            ("perf", "Throughput", ""),
+        ):
             keys = groups[gkey]
             if not keys:
                 continue
             if self.multi:
-                out.append(self._group([train_chart(k) for k in keys], title))
+                out.append(self._group([self._chart(k, self._per_run(k)) for k in keys], title))
             else:
                 run = self.runs[0]
                 series = [
                     Series(
-                        k.split("/", 1)[1],
+                        k,
                         run.train[k].steps,
                         run.train[k].values,
                         color=color_for(i),
@@ -580,19 +668,92 @@ class _Page:
                     )
                     for i, k in enumerate(keys)
                 ]
-                out.append(
-                    self._group(
-                        [self._chart(title, series)],
-                        title,
-                        "Before clipping, per optimizer." if gkey == "grad" else "",
+                out.append(self._group([self._chart(title, series)], title, note))
+        out.append(self._group(self._train_charts(groups["other"]), "Other training values"))
+        html = "".join(out)
+        return html or (
+            '<p class="empty-note">No metrics were logged (metrics.jsonl missing or empty).</p>'
+        )
+
+    def _valid_curves(self) -> str:
+        charts = []
+        for group, members in group_keys(self._keys("valid"), "valid/").items():
+            title = f"{group}{_better_text(group)}"
+            if self.multi:
+                primary = [k for k in members if is_primary(_valid_name(k))]
+                for key in primary or members:
+                    name = _valid_name(key)
+                    label = title if key == members[0] and primary else name
+                    charts.append(self._chart(label, self._per_run(key, valid=True)))
+                continue
+            run = self.runs[0]
+            has_levels = any("levels" in metric_group(_valid_name(k))[1] for k in members)
+            series = []
+            for i, key in enumerate(members):
+                name = _valid_name(key)
+                c = run.valid[key]
+                label = _variant_label(group, metric_group(name)[1], has_levels)
+                if len(members) == 1:
+                    label = f"valid {name}"
+                series.append(
+                    Series(
+                        label, c.steps, c.values, color=color_for(i), dash=dash_for(i), style="both"
                     )
                 )
-        out.append(self._group([train_chart(k) for k in groups["other"]], "Other training values"))
-        html = "".join(out)
-        return (
-            html
-            or '<p class="empty-note">No metrics were logged (metrics.jsonl missing or empty).</p>'
+            train_key = self._matching_train_key(group)
+            if train_key:
+                c = run.train[train_key]
+                series.append(
+                    Series(
+                        f"train {train_key}",
+                        c.steps,
+                        c.values,
+                        color=color_for(len(members)),
+                        smooth=True,
+                    )
+                )
+            charts.append(self._chart(title, series))
+        note = (
+            "One colour and dash pattern per run; per-level variants are charted one by one."
+            if self.multi
+            else "Variants with fewer codebook levels and per-level values share a chart."
         )
+        return self._group(charts, "Validation metrics", note)
+
+    def _matching_train_key(self, group: str) -> str | None:
+        """The training loss with the same name as a validation metric, if any."""
+        run = self.runs[0]
+        for cand in (group, f"loss/{group}", group.removeprefix("loss/")):
+            if cand in run.train:
+                return cand
+        return None
+
+    def _train_charts(self, keys: list[str]) -> list[str]:
+        charts = []
+        for group, members in group_keys(keys).items():
+            if self.multi:
+                charts.extend(self._chart(k, self._per_run(k)) for k in members)
+                continue
+            run = self.runs[0]
+            if len(members) == 1:
+                c = run.train[members[0]]
+                charts.append(
+                    self._chart(members[0], [Series(members[0], c.steps, c.values, smooth=True)])
+                )
+                continue
+            series = [
+                Series(
+                    _variant_label(group, metric_group(k)[1], False),
+                    run.train[k].steps,
+                    run.train[k].values,
+                    color=color_for(i),
+                    dash=dash_for(i),
+                    smooth=True,
+                )
+                for i, k in enumerate(members)
+            ]
+            charts.append(self._chart(f"{group} per level", series))
+        return charts
 
     def _balance_chart(self, gen: list[str], disc: list[str]) -> list[str]:
         """Generator adversarial loss against the discriminator's, on one chart (one run)."""
@@ -637,24 +798,51 @@ class _Page:
         return out
 
     # ---------------------------------------------------------------- metric tables
+    def _ordered_valid_keys(self) -> tuple[list[str], list[str]]:
+        """(headline keys, all other keys) of the runs' validation metrics, in display order."""
+        ordered = [
+            k for members in group_keys(self._keys("valid"), "valid/").values() for k in members
+        ]
+        primary = [k for k in ordered if is_primary(_valid_name(k))]
+        return primary, [k for k in ordered if k not in primary]
+
     def _metrics_single(self) -> str:
         run = self.runs[0]
-        keys = sorted(run.valid)
-        if not keys:
+        primary, rest = self._ordered_valid_keys()
+        if not primary and not rest:
             return '<p class="empty-note">No validation metrics were logged.</p>'
+        html = self._steps_table(
+            run,
+            primary or rest,
+            "valid-metrics",
+            "Validation metrics (↓ lower is better, ↑ higher is better; "
+            "best value of each column highlighted)",
+        )
+        if primary and rest:
+            html += (
+                f"<details><summary>All {len(primary) + len(rest)} validation values "
+                "(fewer levels, per level)</summary>"
+                + self._steps_table(
+                    run, primary + rest, "valid-metrics-all", "Every validation value by step"
+                )
+                + "</details>"
+            )
+        return html
+
+    @staticmethod
+    def _steps_table(run: Run, keys: list[str], cls: str, caption: str) -> str:
         table: dict[int, dict[str, float]] = {}
+        best = {}
         for key in keys:
             c = run.valid[key]
             for s, v in zip(c.steps, c.values, strict=True):
                 table.setdefault(s, {})[key] = v
-        best = {}
-        for key in keys:
-            vals = [v for v in run.valid[key].values if math.isfinite(v)]
+            vals = [v for v in c.values if math.isfinite(v)]
             if vals:
-                best[key] = max(vals) if higher_is_better(key) else min(vals)
+                best[key] = _best(key, vals)
         head = "".join(
             f'<th scope="col" class="num">{escape(_valid_name(k))}'
-            f' <span aria-hidden="true">{"↑" if higher_is_better(k) else "↓"}</span></th>'
+            f' <span aria-hidden="true">{_arrow(k)}</span></th>'
             for k in keys
         )
         rows = []
@@ -663,58 +851,61 @@ class _Page:
             for k in keys:
                 v = table[step].get(k)
                 is_best = v is not None and math.isfinite(v) and v == best.get(k)
-                cls = "num best" if is_best else "num"
+                kind = "num best" if is_best else "num"
                 label = ' aria-label="best"' if is_best else ""
-                cells.append(f'<td class="{cls}"{label}>{escape(_num(v))}</td>')
+                cells.append(f'<td class="{kind}"{label}>{escape(_num(v))}</td>')
             rows.append(f'<tr><th scope="row" class="num">{step}</th>{"".join(cells)}</tr>')
         return (
-            '<div class="table-wrap" style="max-height:32rem"><table class="valid-metrics">'
-            "<caption>Validation metrics (↓ lower is better, ↑ higher is better; best "
-            "value of each column highlighted)</caption>"
+            f'<div class="table-wrap" style="max-height:32rem"><table class="{cls}">'
+            f"<caption>{escape(caption)}</caption>"
             f'<thead><tr><th scope="col" class="num">step</th>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div>"
         )
 
     def _metrics_multi(self) -> str:
-        keys: list[str] = []
-        for r in self.runs:
-            keys.extend(k for k in sorted(r.valid) if k not in keys)
-        if not keys:
+        primary, rest = self._ordered_valid_keys()
+        if not primary and not rest:
             return '<p class="empty-note">No validation metrics were logged.</p>'
-        tables = []
-        heads = "".join(f'<th scope="col" class="num">{escape(r.label)}</th>' for r in self.runs)
-        for key in keys:
-            per_run = []
-            for r in self.runs:
-                c = r.valid.get(key)
-                per_run.append(dict(zip(c.steps, c.values, strict=True)) if c else {})
-            common = set.intersection(*(set(d) for d in per_run)) if per_run else set()
-            matched = bool(common)
-            steps = sorted(common) if matched else sorted(set().union(*per_run))
-            rows = []
-            for step in steps:
-                vals = [d.get(step) for d in per_run]
-                finite = [v for v in vals if v is not None and math.isfinite(v)]
-                best = (max(finite) if higher_is_better(key) else min(finite)) if finite else None
-                cells = []
-                for v in vals:
-                    is_best = len(finite) > 1 and v is not None and v == best
-                    cls = "num best" if is_best else "num"
-                    label = ' aria-label="best"' if is_best else ""
-                    cells.append(f'<td class="{cls}"{label}>{escape(_num(v))}</td>')
-                rows.append(f'<tr><th scope="row" class="num">{step}</th>{"".join(cells)}</tr>')
-            name = _valid_name(key)
-            better = "higher" if higher_is_better(key) else "lower"
-            note = "" if matched else " — no step validated by every run; all steps shown"
-            tables.append(
-                '<div class="table-wrap" style="max-height:26rem"><table class="side-by-side">'
-                f"<caption>{escape(name)} ({better} is better){escape(note)}</caption>"
-                f'<thead><tr><th scope="col" class="num">step</th>{heads}</tr></thead>'
-                f"<tbody>{''.join(rows)}</tbody></table></div>"
-            )
-        return (
+        html = (
             '<p class="note">Best value at each step highlighted.</p>'
-            f'<div class="grid">{"".join(tables)}</div>'
+            f'<div class="grid">{"".join(self._side_by_side(k) for k in primary or rest)}</div>'
+        )
+        if primary and rest:
+            html += (
+                f"<details><summary>{len(rest)} more validation values (fewer levels, per "
+                f'level)</summary><div class="grid">'
+                f"{''.join(self._side_by_side(k) for k in rest)}</div></details>"
+            )
+        return html
+
+    def _side_by_side(self, key: str) -> str:
+        heads = "".join(f'<th scope="col" class="num">{escape(r.label)}</th>' for r in self.runs)
+        per_run = []
+        for r in self.runs:
+            c = r.valid.get(key)
+            per_run.append(dict(zip(c.steps, c.values, strict=True)) if c else {})
+        common = set.intersection(*(set(d) for d in per_run)) if per_run else set()
+        matched = bool(common)
+        steps = sorted(common) if matched else sorted(set().union(*per_run))
+        rows = []
+        for step in steps:
+            vals = [d.get(step) for d in per_run]
+            finite = [v for v in vals if v is not None and math.isfinite(v)]
+            best = _best(key, finite)
+            cells = []
+            for v in vals:
+                is_best = len(finite) > 1 and v is not None and v == best
+                kind = "num best" if is_best else "num"
+                label = ' aria-label="best"' if is_best else ""
+                cells.append(f'<td class="{kind}"{label}>{escape(_num(v))}</td>')
+            rows.append(f'<tr><th scope="row" class="num">{step}</th>{"".join(cells)}</tr>')
+        name = _valid_name(key)
+        note = "" if matched else " — no step validated by every run; all steps shown"
+        return (
+            '<div class="table-wrap" style="max-height:26rem"><table class="side-by-side">'
+            f"<caption>{escape(name)}{escape(_better_text(key))}{escape(note)}</caption>"
+            f'<thead><tr><th scope="col" class="num">step</th>{heads}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>"
         )
 
     # ---------------------------------------------------------------- listening
@@ -857,10 +1048,17 @@ def _clip_block(title: str, cells: list[str], heading: str) -> str:
 
 
 def _same_audio(items: list[Media]) -> bool:
-    """True when every item has a WAV and all hold the same samples (same file bytes)."""
+    """True when every item has a WAV and all hold the same samples at the same rate.
+
+    Decoded samples are compared, not file bytes: float WAVs carry a timestamped PEAK chunk.
+    """
     digests = set()
     for m in items:
         if m.wav is None:
             return False
-        digests.add(hashlib.sha1(m.wav.read_bytes()).hexdigest())
+        try:
+            audio, sr = sf.read(str(m.wav), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError):
+            return False
+        digests.add((sr, audio.shape, hashlib.sha1(audio.tobytes()).hexdigest()))
     return len(digests) == 1

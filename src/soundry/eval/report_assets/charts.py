@@ -46,8 +46,9 @@ def dash_for(i: int) -> str:
     return DASHES[i % len(DASHES)]
 
 
-def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
-    """Round tick values (1, 2, 5 x 10^k steps) covering [lo, hi]."""
+def nice_ticks(lo: float, hi: float, target: int = 5, integer: bool = False) -> list[float]:
+    """Round tick values (1, 2, 5 x 10^k steps) covering [lo, hi]; whole numbers only when
+    `integer` (training steps)."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return []
     if hi <= lo:
@@ -55,6 +56,8 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
     raw = (hi - lo) / max(target, 1)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    if integer:
+        step = max(1.0, round(step)) if step >= 1 else 1.0
     first = math.ceil(lo / step - 1e-9) * step
     ticks = []
     v = first
@@ -216,7 +219,7 @@ class LineChart:
         w, h = self.width, self.height
         top, right, bottom, left = self.margin
         out = []
-        for t in nice_ticks(self.x_lo, self.x_hi, 5):
+        for t in nice_ticks(self.x_lo, self.x_hi, 5, integer=True):
             px = self._px(t)
             out.append(
                 f'<line class="gridline" x1="{px:.1f}" x2="{px:.1f}" y1="{top}" y2="{h - bottom}"/>'

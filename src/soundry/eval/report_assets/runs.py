@@ -90,9 +90,20 @@ class Run:
 
     @property
     def wall_seconds(self) -> float | None:
+        """Training + validation + checkpoint time from summary.json, else the log's span."""
+        s = self.summary or {}
+        parts = [s.get(k) for k in ("train_seconds", "valid_seconds", "checkpoint_seconds")]
+        if isinstance(parts[0], int | float):
+            return float(sum(p for p in parts if isinstance(p, int | float)))
         if self.first_time is None or self.last_time is None:
             return None
         return max(0.0, self.last_time - self.first_time)
+
+    @property
+    def status(self) -> str | None:
+        """How the run ended ('completed', 'stopped_nonfinite', ...), from summary.json."""
+        value = (self.summary or {}).get("status")
+        return str(value) if value else None
 
     def audio_steps(self) -> list[ValidStep]:
         return [s for s in self.valid_steps if any(m.wav for m in s.items.values())]
@@ -190,6 +201,8 @@ def _read_metrics(path: Path, run: Run) -> None:
             for key, value in rec.items():
                 if key in RESERVED or isinstance(value, bool):
                     continue
+                if value is None:  # the engine writes non-finite values as null
+                    value = float("nan")
                 if not isinstance(value, int | float):
                     continue
                 value = float(value)
@@ -202,6 +215,18 @@ def _read_metrics(path: Path, run: Run) -> None:
                 curve.values.append(value)
     if bad:
         run.problems.append(f"metrics.jsonl: {bad} unreadable line(s) skipped")
+    for curves in (run.train, run.valid):
+        for key, curve in curves.items():
+            curves[key] = _by_step(curve)
+
+
+def _by_step(curve: Curve) -> Curve:
+    """Points sorted by step; of several values logged at one step the last one counts."""
+    last: dict[int, float] = {}
+    for step, value in zip(curve.steps, curve.values, strict=True):
+        last[step] = value
+    steps = sorted(last)
+    return Curve(steps=steps, values=[last[s] for s in steps])
 
 
 def _read_valid_steps(folder: Path) -> list[ValidStep]:
