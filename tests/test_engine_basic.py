@@ -276,3 +276,43 @@ def test_overfit_uses_fixed_items(tmp_path: Path) -> None:
     assert a["audio"].shape[0] == 2
     assert {tuple(np.round(x.numpy().ravel()[:8], 5)) for x in a["audio"]} == \
         {tuple(np.round(x.numpy().ravel()[:8], 5)) for x in b["audio"]}
+
+
+class DrawingLoader(ListLoader):
+    """Draws from the global torch generator when started, as a DataLoader without
+    `generator=` does."""
+
+    def __iter__(self):
+        torch.rand(1)
+        yield from super().__iter__()
+
+
+class NoisyTask(LinearTask):
+    """Uses the global generator in every step (like dropout)."""
+
+    def train_loader(self) -> ListLoader:
+        return DrawingLoader(self.batches)
+
+    def train_step(self, batch: torch.Tensor, step: int, updater: Any) -> dict[str, Any]:
+        return super().train_step(batch + torch.randn_like(batch), step, updater)
+
+
+def test_in_process_resume_is_exact_with_a_loader_that_draws_on_start(tmp_path: Path) -> None:
+    import shutil
+
+    batches = [torch.randn(2, 4) for _ in range(3)]
+    recipe = toy_recipe({"max_steps": 4, "checkpoint_every": 2, "keep_last": 5})
+    full = tmp_path / "full"
+    Engine(NoisyTask(recipe, TaskContext(), batches, lr=0.1), recipe, full).fit()
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "checkpoints" / "step_00000004")
+    task = NoisyTask(recipe, TaskContext(), batches, lr=0.1)
+    Engine(task, recipe, part, resume=True).fit()
+    assert len(task.weights_at_step) == 2  # steps 3 and 4 only
+    final = [load_tensors(run / "checkpoints/step_00000004/net.safetensors")["weight"]
+             for run in (full, part)]
+    assert torch.equal(final[0], final[1])
+    strip = [[{k: v for k, v in r.items() if k != "time" and not k.startswith("perf/")}
+              for r in read_metrics(run / "metrics.jsonl")] for run in (full, part)]
+    assert strip[0] == strip[1]

@@ -38,6 +38,7 @@ checkpoint). Only the resume tests set it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -84,17 +85,24 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def isolated_rng(seed: int) -> Iterator[None]:
-    """Seed python/numpy/torch generators inside the block; restore their states after."""
+def preserved_rng() -> Iterator[None]:
+    """Draws from the python/numpy/torch generators inside the block leave no trace."""
     py_state, np_state = random.getstate(), np.random.get_state()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        seed_everything(seed)
         try:
             yield
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int) -> Iterator[None]:
+    """Seed python/numpy/torch generators inside the block; restore their states after."""
+    with preserved_rng():
+        seed_everything(seed)
+        yield
 
 
 def set_precision_flags(precision: str) -> None:
@@ -652,7 +660,14 @@ class Engine:
         device = self.device
         from accelerate.utils import send_to_device
 
-        batches = iter(self.loader)
+        # Starting a loader may draw from the global generators (a torch DataLoader draws its
+        # workers' base seed unless given a generator). An uninterrupted run makes that draw
+        # before its first checkpoint and a resumed run after restoring the RNG states, which
+        # would shift all later randomness; so the first batch of a session leaves no trace.
+        with preserved_rng():
+            batches = iter(self.loader)
+            first = next(batches)
+        batches = itertools.chain([first], batches)
         start_step = self.step
         self.valid_seconds = self.checkpoint_seconds = 0.0
         loop_t0 = t0 = time.perf_counter()
