@@ -13,7 +13,7 @@ def register(sub: Any) -> None:
         help="score a codec (and ffmpeg baselines) on a folder of audio",
         description="Reconstruct every file (or a centred crop of it) through the codec and "
         "any classical baselines, score each against the original, and write per_file.csv "
-        "and summary.json (mean, median and bootstrap 95%% CI of the mean per metric) to "
+        "and summary.json (mean, median and bootstrap 95% CI of the mean per metric) to "
         "--out. Core metrics: mel_distance, stft_distance, si_sdr, l1; with the [eval] "
         "extra also loudness_diff_lufs, pesq (wide-band), stoi and visqol (audio mode).",
     )
