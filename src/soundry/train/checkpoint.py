@@ -165,6 +165,16 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _json_default(value: Any) -> Any:
+    """numpy / torch scalars and arrays in task or loader state -> plain JSON values."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"checkpoint state holds a {type(value).__name__}, which JSON cannot store "
+                    "(Task.extra_state and TrainLoader.state_dict must be JSON-serialisable)")
+
+
 def _kill_hook(step: int) -> None:
     target = os.environ.get("SOUNDRY_TEST_KILL_IN_CHECKPOINT")
     if target and int(target) == step:
@@ -266,7 +276,7 @@ class CheckpointManager:
             tmp.mkdir()
         self.barrier()
         rank_file = tmp / f"rank{self.rank}.json"
-        rank_file.write_text(json.dumps(rank_state))
+        rank_file.write_text(json.dumps(rank_state, default=_json_default))
         _fsync_file(rank_file)
         self.barrier()
         if self.is_main:
@@ -281,7 +291,7 @@ class CheckpointManager:
             for opt_name, opt_state in optimizers.items():
                 torch.save(opt_state, tmp / f"optim.{opt_name}.pt")
             full_state = {"format": FORMAT_VERSION, "step": step, **state}
-            (tmp / STATE).write_text(json.dumps(full_state, indent=1))
+            (tmp / STATE).write_text(json.dumps(full_state, indent=1, default=_json_default))
             for p in tmp.iterdir():
                 _fsync_file(p)
             _fsync_dir(tmp)

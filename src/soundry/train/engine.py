@@ -601,7 +601,8 @@ class Engine:
         metrics = {f"valid/{k}": float(v) for k, v in result.metrics.items()}
         self.last_valid = metrics
         assert self.logger is not None
-        self.logger.valid(step, metrics)
+        if metrics:
+            self.logger.valid(step, metrics)
         self.logger.audio(step, result.audio, result.sample_rate)
         key = self.cfg.best_key
         if key is None:
@@ -617,7 +618,12 @@ class Engine:
     # -- logging
 
     def _log_train(self, step: int, t0: float, steps_since: int, data_wait: float) -> None:
-        values = self.acc.means()
+        means = self.acc.means()
+        # losses first, then the task's other scalars, then the engine's
+        engine_keys = ("grad_norm/", "grad_norm_max/")
+        values = {k: v for k, v in means.items() if k.startswith("loss")}
+        values.update({k: v for k, v in means.items() if not k.startswith(engine_keys)})
+        values.update(means)
         for spec in self.specs:
             values[f"lr/{spec.name}"] = float(spec.optimizer.param_groups[0]["lr"])
         values["nonfinite_skips"] = sum(self.updater.skipped.values())
