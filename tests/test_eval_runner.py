@@ -151,20 +151,8 @@ def test_evaluate_writes_per_file_and_summary(audio_dir: Path, tmp_path: Path, c
     assert half["loudness_diff_lufs"]["mean"] == pytest.approx(-6.02, abs=0.05)
     assert half["mel_distance"]["mean"] > 0  # mel distance sees the level change
 
-    # Same seed, same answer.
-    again = evaluate(
-        systems,
-        files_of(audio_dir),
-        root=audio_dir,
-        sample_rate=SR,
-        channels=1,
-        out_dir=tmp_path / "again",
-        extra_metrics=["loudness_diff_lufs"],
-        seed=0,
-        resamples=500,
-        progress=False,
-    )
-    assert again.summary["systems"] == summary["systems"]
+    # The intervals are a seeded function of the per-file values: recomputing gives the same.
+    assert describe(values, seed=0, resamples=500) == si
 
     table = Console(record=True, width=250)
     table.print(format_table(summary))
