@@ -10,9 +10,11 @@ from soundry.nn.conv import (
     Conv1d,
     ConvTranspose1d,
     ResizeUp,
+    from_channels_last,
     has_weight_norm,
     input_span,
     remove_weight_norm,
+    to_channels_last,
 )
 
 
@@ -182,3 +184,37 @@ def test_weight_norm_matches_torch_weight_norm() -> None:
         ref.bias.copy_(ours.bias)
         x = torch.randn(1, 3, 9)
         assert torch.allclose(ours(x), ref(x), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Conv1d(3, 4, 7, dilation=3),
+        lambda: Conv1d(3, 4, 7, dilation=3, padding="causal"),
+        lambda: Conv1d(3, 4, 4),  # even kernel: uneven centred padding
+        lambda: Conv1d(3, 4, 10, stride=5),
+        lambda: Conv1d(3, 4, 10, stride=5, padding="causal"),
+        lambda: Conv1d(3, 4, 1),
+        lambda: ConvTranspose1d(3, 4, 10, 5),
+        lambda: ConvTranspose1d(3, 4, 10, 5, output_padding=False),
+        lambda: ConvTranspose1d(3, 4, 8, 4, padding="causal"),
+        lambda: ResizeUp(3),
+        lambda: Snake(3),
+    ],
+)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_channels_last_layout_matches_1d(make, batch: int) -> None:
+    """[B, C, 1, T] channels-last inputs give the 1-D results, values and gradients."""
+    torch.manual_seed(0)
+    layer = make()
+    x = torch.randn(batch, 3, 40, requires_grad=True)
+    x4 = to_channels_last(x.detach()).requires_grad_()
+    y, y4 = layer(x), layer(x4)
+    assert y4.dim() == 4
+    assert torch.allclose(from_channels_last(y4), y, atol=1e-5)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, *layer.parameters()], g)
+    grads4 = torch.autograd.grad(y4, [x4, *layer.parameters()], to_channels_last(g))
+    assert torch.allclose(from_channels_last(grads4[0]), grads[0], atol=1e-5)
+    for a, b in zip(grads[1:], grads4[1:], strict=True):
+        assert torch.allclose(a, b, atol=1e-4)

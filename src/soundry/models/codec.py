@@ -13,8 +13,11 @@ Architecture (descript-audio-codec's, every part configurable by the recipe's `m
              -> act -> conv k7 to C_out -> [PQMF synthesis] -> tanh
 
 All convs are weight-normed when `weight_norm` (fold with `remove_weight_norm()` for
-inference); padding is centred (DAC) or causal. Stereo audio is folded into the batch: the
-network sees [B * C, 1, T], and codes are [B * C, levels, frames].
+inference); padding is centred (DAC) or causal. Inside the encoder and decoder activations are
+[B, C, 1, T] channels-last (time-major) tensors run through 2-D convs, much faster on CPU
+than 1-D convs (see `soundry.nn.conv`); inputs and outputs are ordinary [B, C, T]. Stereo
+audio is folded into the batch: the network sees [B * C, 1, T], and codes are
+[B * C, levels, frames].
 
 `codec_preset(name)` gives the `model:` values of DAC's published 44.1 kHz and 16 kHz
 generators ("dac-44k", "dac-16k", 76.7M and 74.2M parameters) and of a CPU-sized "tiny".
@@ -35,7 +38,15 @@ from torch import nn
 from soundry.config import Strict
 from soundry.errors import ConfigError, SoundryError
 from soundry.nn.activations import make_activation
-from soundry.nn.conv import Conv1d, ConvTranspose1d, ResizeUp, input_span, remove_weight_norm
+from soundry.nn.conv import (
+    Conv1d,
+    ConvTranspose1d,
+    ResizeUp,
+    from_channels_last,
+    input_span,
+    remove_weight_norm,
+    to_channels_last,
+)
 from soundry.nn.pqmf import PQMF, PQMFAnalysis, PQMFSynthesis
 from soundry.nn.quantize import FSQStage, QuantizerOutput, ResidualQuantizer, VQStage
 from soundry.registry import Registry
@@ -373,10 +384,10 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.analysis is not None:
             x = self.analysis(x)
-        x = self.stem(x)
+        x = self.stem(to_channels_last(x))
         for block in self.blocks:
             x = block(x)
-        return self.proj(self.act(x))
+        return from_channels_last(self.proj(self.act(x)))
 
     def span_layers(self) -> list[nn.Module]:
         head = [self.analysis] if self.analysis is not None else []
@@ -411,10 +422,10 @@ class Decoder(nn.Module):
         self.output_tanh = cfg.output_tanh
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.stem(z)
+        x = self.stem(to_channels_last(z))
         for block in self.blocks:
             x = block(x)
-        x = self.proj(self.act(x))
+        x = from_channels_last(self.proj(self.act(x)))
         if self.synthesis is not None:
             x = self.synthesis(x)
         return torch.tanh(x) if self.output_tanh else x

@@ -46,7 +46,8 @@ class _SnakeFunction(torch.autograd.Function):
             # dy/dalpha = x sin(2 alpha x) / (alpha + eps) - sin^2(alpha x) / (alpha + eps)^2
             s = torch.sin(ax)
             d_alpha = x * sin2 * inv - s.square() * inv.square()
-            grad_alpha = (grad * d_alpha).sum(dim=(0, 2), keepdim=True).to(alpha.dtype)
+            dims = [d for d in range(grad.dim()) if d != 1]
+            grad_alpha = (grad * d_alpha).sum(dim=dims, keepdim=True).to(alpha.dtype)
         return grad_x, grad_alpha
 
 
@@ -59,7 +60,7 @@ def _snake_fast(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 
 
 def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Snake activation. x: [B, C, T]; alpha: [1, C, 1]. Returns [B, C, T]."""
+    """Snake activation. x: [B, C, T] (or [B, C, 1, T]); alpha broadcastable: [1, C, 1(, 1)]."""
     if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad):
         return _SnakeFunction.apply(x, alpha)
     return _snake_fast(x, alpha)
@@ -78,7 +79,8 @@ class Snake(nn.Module):
         self.alpha = nn.Parameter(torch.full((1, channels, 1), float(alpha_init)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return snake(x, self.alpha)
+        alpha = self.alpha if x.dim() == 3 else self.alpha.view(1, -1, *([1] * (x.dim() - 2)))
+        return snake(x, alpha)
 
     def extra_repr(self) -> str:
         return f"channels={self.alpha.shape[1]}"
