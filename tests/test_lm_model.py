@@ -173,3 +173,10 @@ def test_recipes_validate(name):
     if name == "tiny":
         model = TokenLM(recipe.model)
         assert sum(p.numel() for p in model.parameters()) < 2_000_000
+
+
+def test_lm_recipe_refuses_bidirectional_next_step_training():
+    from soundry.config import recipe_from_dict
+
+    with pytest.raises(ConfigError, match="causal"):
+        recipe_from_dict({"task": "lm", "model": {"transformer": {"causal": False}}})

@@ -88,3 +88,8 @@ def test_overfit_four_items_then_reproduce_each(tmp_path, one_thread):
     assert main(["generate", str(tmp_path / "export"), "--tags", "style2", "--temperature",
                  "0", "--out", str(wav)]) == 0
     assert audio_info(wav).frames == LENGTHS[2] * HOP
+    # An audio prompt is encoded by the same codec and prefixes the generation.
+    prompted = tmp_path / "prompted.wav"
+    assert main(["generate", str(tmp_path / "export"), "--tags", "style1", "--prompt", str(wav),
+                 "--seconds", "0.005", "--out", str(prompted)]) == 0
+    assert 0 < audio_info(prompted).frames <= 40 * HOP

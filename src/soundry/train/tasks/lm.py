@@ -81,6 +81,10 @@ class LMRecipe(RecipeBase):
         if self.data.sources or self.data.valid:
             raise ValueError("the lm task reads token shards from tokens.path; data.sources "
                              "and data.valid must be empty")
+        if not self.model.transformer.causal:
+            # Next-step targets with bidirectional attention would let the model copy them.
+            raise ValueError("the lm task trains next-step prediction and needs "
+                             "model.transformer.causal: true")
         return self
 
 
