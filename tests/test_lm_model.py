@@ -180,3 +180,12 @@ def test_lm_recipe_refuses_bidirectional_next_step_training():
 
     with pytest.raises(ConfigError, match="causal"):
         recipe_from_dict({"task": "lm", "model": {"transformer": {"causal": False}}})
+
+
+def test_coverage_counts_distinct_valid_codes():
+    from soundry.train.tasks.lm import coverage
+
+    codes = torch.tensor([[[0, 1, 1, 3], [2, 2, 2, 2]]])  # [B=1, K=2, T=4]
+    assert coverage(codes, card=4) == [0.75, 0.25]
+    valid = torch.tensor([[[True, True, False, False], [True] * 4]])
+    assert coverage(codes, card=4, valid=valid) == [0.5, 0.25]

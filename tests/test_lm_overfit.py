@@ -4,6 +4,8 @@ reproduces item i exactly at temperature 0 and stops at its end."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,13 @@ def test_overfit_four_items_then_reproduce_each(tmp_path, one_thread):
     assert summary["valid"]["valid/loss"] < 0.01  # teacher-forced, the four training items
     assert summary["valid"]["valid/accuracy/level_0"] == 1.0
     assert list((tmp_path / "run" / "valid").rglob("gen_t0_00.wav")), "demo decoded to audio"
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if x["kind"] == "train"]
+    assert train[-1]["loss/lm"] < 0.05, "training loss near zero"
+    assert {"loss/level_1", "acc/level_0", "entropy/level_1"} <= set(train[-1])
+    valid = [x for x in lines if x["kind"] == "valid"][-1]
+    assert {"valid/data_coverage/level_0", "valid/gen_coverage_t0/level_1",
+            "valid/gen_entropy_t0"} <= set(valid)
 
     export_run(tmp_path / "run", tmp_path / "export")
     model = load_export(tmp_path / "export")
