@@ -6,13 +6,18 @@ reports that bound (at `--bandwidth-gbs`, ~24 GB/s on the reference machine) and
 fraction of it reached.
 
     python benchmarks/lm_generate.py --dim 512 --layers 8 --heads 8 --codebooks 4 \
-        --card 1024 --steps 250 [--precision bf16]
+        --card 1024 --steps 250 [--precision bf16] [--peer ../shared/peers/hf_lm_generate.py]
+
+With `--peer`, the transformers MusicGen peer script runs right after at the same size (same
+machine, same moment) and the line adds its frames/s and the speed ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 
 import torch
@@ -33,6 +38,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported")
     p.add_argument("--bandwidth-gbs", type=float, default=24.0)
+    p.add_argument("--peer", default=None, help="path of hf_lm_generate.py to compare with")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -65,6 +71,9 @@ def main() -> None:
         best = min(best, time.perf_counter() - start)
     bound_steps = a.bandwidth_gbs * 1e9 / bytes_per_step
     steps_per_s = out.steps / best
+    peer = _run_peer(a) if a.peer else {}
+    if peer:
+        peer["speedup_vs_peer"] = round(a.steps / best / peer["peer_frames_per_s"], 2)
     print(
         json.dumps(
             {
@@ -83,9 +92,20 @@ def main() -> None:
                 "weight_bytes_per_step": bytes_per_step,
                 "memory_bound_steps_per_s": round(bound_steps, 1),
                 "fraction_of_bound": round(steps_per_s / bound_steps, 3),
+                **peer,
             }
         )
     )
+
+
+def _run_peer(a: argparse.Namespace) -> dict:
+    """frames/s of the peer script at the same size, and soundry's speed ratio over it."""
+    cmd = [sys.executable, a.peer, "--dim", str(a.dim), "--layers", str(a.layers),
+           "--heads", str(a.heads), "--codebooks", str(a.codebooks), "--card", str(a.card),
+           "--steps", str(a.steps), "--threads", str(a.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    line = [x for x in done.stdout.splitlines() if x.startswith("{")][-1]
+    return {"peer_frames_per_s": json.loads(line)["frames_per_s"]}
 
 
 if __name__ == "__main__":

@@ -142,3 +142,28 @@ def test_tokenize_command(tiny_codec, dataset, tmp_path, capsys):
 def test_not_a_codec_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     assert main(["tokenize", str(tmp_path), str(tmp_path), str(tmp_path / "o")]) == 2
+
+
+def test_lm_export_with_embedded_codec_generates(tiny_codec, tmp_path):
+    import shutil
+
+    from soundry.audio.io import audio_info
+    from soundry.models.export import load_export
+    from soundry.models.lm import TokenLM, TokenLMConfig, export_lm
+
+    codec = open_codec(tiny_codec)
+    lm = TokenLM(TokenLMConfig(levels=2, card=16,
+                               transformer={"dim": 32, "layers": 1, "heads": 2, "max_len": 128}))
+    copy = tmp_path / "codec-copy"
+    shutil.copytree(tiny_codec, copy)
+    out = export_lm(lm, tmp_path / "lm", codec={**open_codec(copy).record()}, embed_codec=True,
+                    frame_rate=codec.frame_rate, sample_rate=codec.sample_rate)
+    shutil.rmtree(copy)  # the export must not depend on the original codec directory
+    loaded = load_export(out)
+    assert loaded.codec_record["path"] == "codec" and loaded.codec_record["embedded"]
+    for a, b in zip(lm.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    wav = tmp_path / "out.wav"
+    assert main(["generate", str(out), "--text", "anything", "--seconds", "0.01", "--seed", "3",
+                 "--out", str(wav)]) == 0
+    assert 0 <= audio_info(wav).frames <= 0.01 * SR + 8
