@@ -20,23 +20,6 @@ from soundry.losses.config import CodecLossConfig
 from soundry.losses.spectral import MelLoss, MultiResolutionSTFTLoss, waveform_l1
 
 
-def _weight(section: Any) -> float:
-    return float(section if isinstance(section, int | float) else section.weight)
-
-
-def loss_weights(cfg: CodecLossConfig) -> dict[str, float]:
-    """Loss name -> weight, as the recipe sets them."""
-    return {
-        "mel": _weight(cfg.mel),
-        "stft": _weight(cfg.stft),
-        "waveform": _weight(cfg.waveform),
-        "adversarial": _weight(cfg.adversarial),
-        "feature_matching": _weight(cfg.feature_matching),
-        "commitment": _weight(cfg.commitment),
-        "codebook": _weight(cfg.codebook),
-    }
-
-
 class CodecLosses(nn.Module):
     """Reconstruction and adversarial terms of a codec step (filterbanks built once)."""
 
@@ -45,12 +28,15 @@ class CodecLosses(nn.Module):
         self.cfg = cfg
         self.kind = cfg.adversarial.type
         self.mel = MelLoss(cfg.mel, sample_rate)
-        self.stft = MultiResolutionSTFTLoss(cfg.stft)
+        self.stft = MultiResolutionSTFTLoss(cfg.stft, sample_rate)
 
     def reconstruction(
-        self, real: torch.Tensor, fake: torch.Tensor, weights: dict[str, float]
+        self, real: Any, fake: Any, weights: dict[str, float]
     ) -> dict[str, torch.Tensor]:
-        """Unweighted reconstruction terms of [N, 1, T] signals with non-zero weight."""
+        """Unweighted reconstruction terms with non-zero weight.
+
+        `real`, `fake`: [N, 1, T] signals or `SpectrogramCache`s of them (shared STFTs).
+        """
         terms: dict[str, torch.Tensor] = {}
         if weights.get("mel", 0.0):
             terms["mel"] = self.mel(fake, real)

@@ -1,0 +1,285 @@
+"""The codec system: a DAC/EnCodec-class generator trained against discriminators.
+
+One step (see `CodecTask.train_step`):
+
+1. generator forward: x -> codes -> y (quantizer dropout in training mode);
+2. discriminator update on real x vs detached y (skipped in reconstruction-only phases);
+   real audio goes through the discriminator once per step and its feature maps are kept
+   (detached) for the generator's feature-matching loss;
+3. generator update with reconstruction, feature-matching, adversarial and quantizer
+   losses, weighted by the recipe and the current schedule phase. The discriminator is
+   frozen during this pass, so none of its weight gradients are computed.
+
+Stereo audio is folded into the batch ([B, C, T] -> [B*C, 1, T]) for losses and
+discriminators, as for the generator.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from soundry.audio.dsp import SpectrogramCache
+from soundry.config import Strict
+from soundry.data.config import DataConfig
+from soundry.losses.config import LOSS_TERMS, CodecLossConfig, weighted_total
+from soundry.models.codec import CodecConfig, build_codec
+from soundry.models.discriminators import DiscriminatorConfig, build_discriminator
+from soundry.train.config import AdamWConfig, ExponentialSchedule, OptimizerConfig
+from soundry.train.export import EXPORTERS
+from soundry.train.gan_schedule import GanScheduleConfig
+from soundry.train.optim import build_spec
+from soundry.train.recipe import RecipeBase
+from soundry.train.task import OptimizerSpec, Task, TaskContext, Updater, Validation, frozen
+from soundry.train.tasks import register_task
+
+LOSS_NAMES = LOSS_TERMS
+
+
+class CodecOptimConfig(Strict):
+    """One optimizer per network (DAC: AdamW lr 1e-4, betas (0.8, 0.99), exponential decay)."""
+
+    generator: OptimizerConfig = Field(default_factory=lambda: _dac_adamw(clip=1000.0))
+    discriminator: OptimizerConfig = Field(default_factory=lambda: _dac_adamw(clip=10.0))
+
+
+def _dac_adamw(clip: float) -> AdamWConfig:
+    return AdamWConfig(
+        lr=1e-4, betas=(0.8, 0.99), clip=clip, schedule=ExponentialSchedule(gamma=0.999996)
+    )
+
+
+class CodecValidConfig(Strict):
+    """What validation measures and logs."""
+
+    levels: list[int] = Field(default_factory=list)  # extra level counts to score (bitrates)
+    audio_clips: int = Field(4, ge=0)  # validation clips whose audio is logged
+
+
+class CodecRecipe(RecipeBase):
+    """A codec recipe: data, model, discriminator, losses, schedule, optimizers."""
+
+    task: Literal["codec"] = "codec"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: CodecConfig = Field(default_factory=CodecConfig)
+    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
+    losses: CodecLossConfig = Field(default_factory=CodecLossConfig)
+    schedule: GanScheduleConfig = Field(default_factory=GanScheduleConfig)
+    optim: CodecOptimConfig = Field(default_factory=CodecOptimConfig)
+    valid: CodecValidConfig = Field(default_factory=CodecValidConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CodecRecipe:
+        if self.model.sample_rate != self.data.sample_rate:
+            raise ValueError(
+                f"model.sample_rate ({self.model.sample_rate}) must equal data.sample_rate "
+                f"({self.data.sample_rate})"
+            )
+        if self.model.channels != self.data.channels:
+            raise ValueError(
+                f"model.channels ({self.model.channels}) must equal data.channels "
+                f"({self.data.channels})"
+            )
+        for phase in self.schedule.phases:
+            for key in phase.weights:
+                if key not in LOSS_NAMES:
+                    raise ValueError(
+                        f"schedule phase '{phase.name}': unknown loss '{key}' in weights "
+                        f"(valid: {', '.join(LOSS_NAMES)})"
+                    )
+        return self
+
+
+def fold_channels(audio: torch.Tensor) -> torch.Tensor:
+    """[B, C, T] -> [B*C, 1, T] (channels become batch items)."""
+    b, c, t = audio.shape
+    return audio.reshape(b * c, 1, t)
+
+
+@register_task("codec")
+class CodecTask(Task):
+    """Trains a codec generator against its discriminators."""
+
+    recipe_class = CodecRecipe
+
+    def __init__(self, recipe: CodecRecipe, ctx: TaskContext) -> None:
+        super().__init__(recipe, ctx)
+        self.generator = build_codec(recipe.model)
+        self.discriminator = build_discriminator(recipe.discriminator, recipe.model.sample_rate)
+        self._losses: Any = None  # built on first use, on the training device
+        self._valid_items: list[tuple[str, np.ndarray]] | None = None
+
+    # -- Task interface --------------------------------------------------------------------
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def optimizers(self) -> list[OptimizerSpec]:
+        steps = self.recipe.train.max_steps
+        return [
+            build_spec(name, getattr(self.recipe.optim, name), {name: getattr(self, name)}, steps)
+            for name in ("discriminator", "generator")
+        ]
+
+    def train_loader(self) -> Any:
+        from soundry.data.loader import build_train_loader
+
+        return build_train_loader(
+            self.recipe.data,
+            seed=self.recipe.seed,
+            hop=self.generator.hop_length,
+            overfit=self.ctx.overfit,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+        )
+
+    def ema_networks(self) -> list[str]:
+        return ["generator"]
+
+    # -- training --------------------------------------------------------------------------
+
+    def losses(self, device: torch.device) -> Any:
+        if self._losses is None:
+            from soundry.losses.codec import CodecLosses
+
+            self._losses = CodecLosses(self.recipe.losses, self.recipe.model.sample_rate)
+        return self._losses.to(device)
+
+    def weights_at(self, step: int) -> dict[str, float]:
+        """Loss weights in force at `step`: the recipe's, overridden by the phase's."""
+        base = dict(self.recipe.losses.weights())
+        base.update(self.recipe.schedule.phase_at(step).weights)
+        return base
+
+    def train_step(self, batch: Any, step: int, updater: Updater) -> dict[str, Any]:
+        x = batch["audio"]
+        phase = self.recipe.schedule.phase_at(step)
+        weights = self.weights_at(step)
+        losses = self.losses(x.device)
+        gen = self.generator
+        disc = self.discriminator
+
+        if phase.generator:
+            out = gen(x)
+        else:  # discriminator-only phase: the generator only supplies fakes
+            with torch.no_grad():
+                out = gen(x)
+        real, fake = fold_channels(x), fold_channels(out.audio)
+        # One spectrogram cache per signal: the mel/STFT losses and the multi-band
+        # discriminator read the same STFTs instead of computing their own.
+        real_spec, fake_spec = SpectrogramCache(real), SpectrogramCache(fake)
+        logs: dict[str, Any] = {}
+        use_adv = phase.generator and phase.adversarial
+
+        # Discriminator: real passes through once; its features are reused (detached) below.
+        real_outs = None
+        if phase.discriminator:
+            real_outs = disc(real, real_spec)
+            fake_outs = disc(fake.detach(), fake_spec.detach())
+            loss_d = losses.discriminator(real_outs, fake_outs)
+            updater.update("discriminator", loss_d)
+            logs["loss/d"] = loss_d.detach()
+            real_outs = [o.detached() for o in real_outs]
+        elif use_adv:
+            with torch.no_grad():
+                real_outs = disc(real, real_spec)
+
+        if not phase.generator:
+            return logs
+
+        terms = losses.reconstruction(real_spec, fake_spec, weights)
+        terms["commitment"] = out.commitment_loss
+        terms["codebook"] = out.codebook_loss
+        if use_adv:
+            with frozen(disc):
+                fake_outs = disc(fake, fake_spec)
+            terms.update(losses.generator_adversarial(real_outs, fake_outs))
+        loss_g = weighted_total(terms, weights)
+        updater.update("generator", loss_g)
+        logs["loss/g"] = loss_g.detach()
+        for name, value in terms.items():
+            logs[f"loss/{name}"] = value.detach()
+        return logs
+
+    # -- validation ------------------------------------------------------------------------
+
+    def valid_items(self) -> list[tuple[str, np.ndarray]]:
+        if self._valid_items is None:
+            from soundry.data.loader import build_valid_items
+
+            self._valid_items = build_valid_items(self.recipe.data, hop=self.generator.hop_length)
+        return self._valid_items
+
+    @torch.no_grad()
+    def validate(self, step: int) -> Validation:
+        from soundry.eval.metrics import codebook_usage
+
+        gen = self.generator
+        device = next(gen.parameters()).device
+        levels = [gen.n_codebooks, *[n for n in self.recipe.valid.levels if n < gen.n_codebooks]]
+        scores: dict[str, list[float]] = {}
+        audio: dict[str, Any] = {}
+        all_codes = []
+        for i, (name, clip) in enumerate(self.valid_items()):
+            x = torch.from_numpy(clip).to(device)[None]
+            codes = gen.encode(x)
+            all_codes.append(codes)
+            for n in levels:
+                y = gen.decode_codes(codes[:, :n])[..., : x.shape[-1]]
+                suffix = "" if n == gen.n_codebooks else f"@{n}"
+                for key, value in score_pair(x[0], y[0], gen.sample_rate).items():
+                    scores.setdefault(key + suffix, []).append(value)
+                if n == gen.n_codebooks and i < self.recipe.valid.audio_clips:
+                    audio[f"{safe_name(name, i)}_ref"] = clip
+                    audio[f"{safe_name(name, i)}_out"] = y[0].float().cpu().numpy()
+        metrics = {k: float(np.mean(v)) for k, v in scores.items()}
+        codes = torch.cat([c.reshape(-1, c.shape[1], c.shape[2]) for c in all_codes], dim=-1)
+        usage = codebook_usage(codes, gen.codebook_size)
+        metrics.update(summarize_usage(usage))
+        metrics["bitrate_kbps"] = gen.bitrate_kbps()
+        return Validation(metrics=metrics, audio=audio, sample_rate=gen.sample_rate)
+
+
+def score_pair(ref: torch.Tensor, est: torch.Tensor, sample_rate: int) -> dict[str, float]:
+    """Core reconstruction metrics of one clip [C, T]."""
+    from soundry.eval.metrics import l1, mel_distance, si_sdr, stft_distance
+
+    return {
+        "mel_distance": float(mel_distance(ref, est, sample_rate)),
+        "stft_distance": float(stft_distance(ref, est, sample_rate)),
+        "si_sdr": float(si_sdr(ref, est)),
+        "l1": float(l1(ref, est)),
+    }
+
+
+def summarize_usage(usage: dict[str, Any]) -> dict[str, float]:
+    """Flatten per-level codebook usage into scalar metrics."""
+    out: dict[str, float] = {}
+    for key, values in usage.items():
+        if isinstance(values, list | tuple | np.ndarray | torch.Tensor):
+            vals = [float(v) for v in values]
+            for level, v in enumerate(vals):
+                out[f"{key}/l{level}"] = v
+            out[f"{key}/mean"] = float(np.mean(vals)) if vals else 0.0
+        else:
+            out[key] = float(values)
+    return out
+
+
+def safe_name(name: str, index: int) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))[:40]
+    return f"clip{index:02d}_{stem}" if stem else f"clip{index:02d}"
+
+
+@EXPORTERS.register("codec")
+def export_codec_run(recipe: CodecRecipe, load_network: Any) -> tuple[str, dict, dict]:
+    """The generator of a codec run as a codec export (weight norm folded)."""
+    from soundry.models.export import codec_export_config
+
+    codec = build_codec(recipe.model)
+    codec.load_state_dict(load_network("generator"))
+    codec.remove_weight_norm()
+    return "codec", codec_export_config(codec, folded=True), codec.state_dict()
