@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--segment-seconds", type=float, default=0.384)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mode", choices=["both", "naive", "shared"], default="both")
     a = p.parse_args()
@@ -96,24 +96,30 @@ def main() -> None:
         terms["feature_matching"] = feature_matching_loss(real_outs, fake_outs)
         g_update(weighted_total(terms, weights))
 
-    def timed(step: Callable[[], None]) -> float:
+    modes = {"naive": naive, "shared": shared}
+    if a.mode != "both":
+        modes = {a.mode: modes[a.mode]}
+    times: dict[str, list[float]] = {name: [] for name in modes}
+    for step in modes.values():
         step()  # warm-up
-        start = time.perf_counter()
-        for _ in range(a.steps):
+    # Interleave the modes so both see the same machine load; report medians.
+    for _ in range(a.steps):
+        for name, step in modes.items():
+            start = time.perf_counter()
             step()
-        return (time.perf_counter() - start) / a.steps
+            times[name].append(time.perf_counter() - start)
 
     result: dict[str, object] = {
         "benchmark": "losses_step", "sample_rate": a.sample_rate, "batch_size": a.batch_size,
         "samples": n, "threads": a.threads,
         "D_params": sum(q.numel() for q in disc.parameters()),
     }
-    if a.mode in ("both", "naive"):
-        result["naive_s_per_step"] = round(timed(naive), 4)
-    if a.mode in ("both", "shared"):
-        result["shared_s_per_step"] = round(timed(shared), 4)
-    if a.mode == "both":
-        result["speedup"] = round(result["naive_s_per_step"] / result["shared_s_per_step"], 3)
+    for name, values in times.items():
+        result[f"{name}_s_per_step"] = round(statistics.median(values), 4)
+    if len(times) == 2:
+        result["speedup"] = round(
+            statistics.median(times["naive"]) / statistics.median(times["shared"]), 3
+        )
     print(json.dumps(result))
 
 

@@ -183,3 +183,18 @@ def test_loss_modules_ignore_the_weight_and_zero_weights_are_skipped() -> None:
     assert total.item() == 15.0
     with pytest.raises(KeyError, match="no weight"):
         weighted_total({"bogus": torch.tensor(1.0)}, CodecLossConfig().weights())
+
+
+def test_losses_reduce_in_fp32_under_bf16_autocast() -> None:
+    x = _audio(seed=8)
+    y = x + 0.02 * _audio(seed=9)
+    loss = MelLoss(MelLossConfig(), SR)
+    fp32 = loss(y, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss(y, x)
+        logits = torch.randn(2, 1, 10).bfloat16()
+        outs = _outs(logits, features=[[torch.randn(2, 3).bfloat16()]])
+        adv = discriminator_loss(outs, outs, "lsgan")
+        fm = feature_matching_loss(outs, outs)
+    assert mixed.dtype == torch.float32 and adv.dtype == fm.dtype == torch.float32
+    torch.testing.assert_close(mixed, fp32, rtol=1e-5, atol=1e-6)

@@ -224,8 +224,10 @@ class SpectrogramCache:
         if mel is None:
             mag = self.magnitude(n_fft, hop)
             bank = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax, mag.device, mag.dtype)
-            # mag is frames-major, so [.., frames, bins] @ [bins, mels] is one plain matmul.
-            mel = torch.matmul(mag.transpose(-1, -2), bank.t()).transpose(-1, -2)
+            # Full precision even under autocast: log-mel losses need more than bf16's 3 digits.
+            with torch.autocast(mag.device.type, enabled=False):
+                # mag is frames-major: [.., frames, bins] @ [bins, mels] is one plain matmul.
+                mel = torch.matmul(mag.transpose(-1, -2), bank.t()).transpose(-1, -2)
             self._mel[key] = mel
         return mel
 

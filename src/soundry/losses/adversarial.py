@@ -6,6 +6,8 @@ summed over sub-discriminators (DAC's reduction, so values match DAC's logs).
 - lsgan: D = sum_d mean((1 - D(real))^2) + mean(D(fake)^2);  G = sum_d mean((1 - D(fake))^2)
 - hinge: D = sum_d mean(relu(1 - D(real))) + mean(relu(1 + D(fake)));  G = sum_d mean(-D(fake))
 - feature matching: sum_d sum_l mean(|F_l(fake) - F_l(real)|), real maps detached.
+
+Losses are reduced in float32 even when the discriminator ran under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ def discriminator_loss(
     _check_pairs(real, fake)
     total: torch.Tensor | None = None
     for r, f in zip(real, fake, strict=True):
+        real_logits, fake_logits = r.logits.float(), f.logits.float()
         if kind == "lsgan":
-            term = (1.0 - r.logits).square().mean() + f.logits.square().mean()
+            term = (1.0 - real_logits).square().mean() + fake_logits.square().mean()
         else:
-            term = F.relu(1.0 - r.logits).mean() + F.relu(1.0 + f.logits).mean()
+            term = F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
         total = term if total is None else total + term
     if total is None:
         raise ValueError("no discriminator outputs")
@@ -55,7 +58,8 @@ def generator_adversarial_loss(
     _check_kind(kind)
     total: torch.Tensor | None = None
     for f in fake:
-        term = (1.0 - f.logits).square().mean() if kind == "lsgan" else -f.logits.mean()
+        logits = f.logits.float()
+        term = (1.0 - logits).square().mean() if kind == "lsgan" else -logits.mean()
         total = term if total is None else total + term
     if total is None:
         raise ValueError("no discriminator outputs")
@@ -70,7 +74,7 @@ def feature_matching_loss(real: list[DiscOutput], fake: list[DiscOutput]) -> tor
         if len(r.features) != len(f.features):
             raise ValueError(f"discriminator '{f.name}': feature map counts differ")
         for fr, ff in zip(r.features, f.features, strict=True):
-            term = F.l1_loss(ff, fr.detach())
+            term = F.l1_loss(ff.float(), fr.detach().float())
             total = term if total is None else total + term
     if total is None:
         raise ValueError("no discriminator feature maps")
