@@ -123,3 +123,17 @@ def test_overfit_loader_repeats_the_same_windows(tmp_path):
 def test_tag_list():
     assert tag_list({"keywords": "rock, loud", "genre": "metal"}) == ["rock", "loud", "metal"]
     assert tag_list(["a", " b "]) == ["a", "b"] and tag_list(None) == []
+
+
+def test_data_parallel_ranks_split_each_batch(tmp_path):
+    write_tokens(tmp_path, [8, 30, 12, 50, 9, 25, 60, 14, 33, 41])
+    cfg = TokenDataConfig(path=str(tmp_path), window_seconds=2.0, max_batch_size=4,
+                          valid_count=0)
+    whole = build_token_loader(cfg, seed=2)
+    parts = [build_token_loader(cfg, seed=2, rank=r, world_size=2) for r in range(2)]
+    for _ in range(4):
+        batch = next(whole)
+        shares = [next(p) for p in parts]
+        assert sorted(shares[0]["id"] + shares[1]["id"]) == sorted(batch["id"]) or \
+            len(batch["id"]) == 1
+        assert not set(shares[0]["id"]) & set(shares[1]["id"]) or len(batch["id"]) == 1

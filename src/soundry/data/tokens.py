@@ -37,6 +37,7 @@ from soundry.data.samplers import (
     EpochBatchSampler,
     FixedItemsSampler,
     ItemKey,
+    ShardedSampler,
     item_rng,
 )
 from soundry.errors import DataError
@@ -414,9 +415,13 @@ def split_items(index: TokenIndex, valid_count: int) -> tuple[list[int], list[in
 
 
 def build_token_loader(cfg: TokenDataConfig, seed: int, levels: int | None = None,
-                       overfit: int | None = None,
-                       index: TokenIndex | None = None) -> TokenLoader:
-    """The training loader of a `tokens:` section; `overfit` cycles over N fixed items."""
+                       overfit: int | None = None, index: TokenIndex | None = None,
+                       rank: int = 0, world_size: int = 1) -> TokenLoader:
+    """The training loader of a `tokens:` section; `overfit` cycles over N fixed items.
+
+    With several data-parallel processes, each batch is a global batch and process `rank`
+    takes its share of it (`ShardedSampler`).
+    """
     index = index or TokenIndex.load(cfg.path)
     if overfit:
         train = list(range(len(index.items)))
@@ -431,6 +436,8 @@ def build_token_loader(cfg: TokenDataConfig, seed: int, levels: int | None = Non
     if overfit:
         count = min(int(overfit), len(train))
         sampler = FixedItemsSampler(sampler, count, min(count, cfg.max_batch_size or count))
+    if world_size > 1:
+        sampler = ShardedSampler(sampler, rank, world_size)
     log.info("token data: %d training items (%.2f h) from %s", len(train),
              sum(index.items[i].frames for i in train) / index.frame_rate / 3600, index.root)
     return TokenLoader(dataset, sampler, cfg.num_workers)

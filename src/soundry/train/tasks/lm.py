@@ -155,7 +155,8 @@ class LMTask(Task):
     def train_loader(self) -> Any:
         return build_token_loader(self.recipe.tokens, self.recipe.seed,
                                   levels=self.recipe.model.levels, overfit=self.ctx.overfit,
-                                  index=self.index)
+                                  index=self.index, rank=self.ctx.rank,
+                                  world_size=self.ctx.world_size)
 
     def ema_networks(self) -> list[str]:
         return ["lm"]
