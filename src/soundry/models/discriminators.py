@@ -10,12 +10,25 @@ to 0.8. The MRD takes complex STFTs from a `SpectrogramCache`; when the caller p
 cache of the raw signal that the generator's spectral losses already used, the STFTs of the
 normalised signal are derived from it (`SpectrogramCache.affine`) instead of recomputed.
 
-Deviation from DAC, on purpose: the MRD uses the plain centred STFT (frame j centred on
-sample j * hop, 1 + T // hop frames), the same transform as the mel loss, so the two share
-work. DAC's MRD pads the signal by 3/8 of a window on each side and drops two frames at
-either end, which shifts its frame grid by half a hop and yields ceil(T / hop) frames. The
-convolutions are translation-equivariant, so this changes no parameter shapes, and DAC
-discriminator weights remain usable.
+Use in a GAN step (real [N, 1, T], fake from the generator)::
+
+    real_spec, fake_spec = SpectrogramCache(real), SpectrogramCache(fake)
+    # D step: real and detached fake as one batch (one weight-norm pass, larger GEMMs)
+    both = SpectrogramCache.cat([real_spec, fake_spec.detach()])
+    real_outs, fake_outs = split_outputs(disc(both.audio, both), [n, n])
+    ...  # discriminator_loss, D update; keep [o.detached() for o in real_outs]
+    # G step: the mel loss and the MRD read the same fake_spec STFTs
+    with frozen(disc):
+        fake_outs = disc(fake, fake_spec)
+
+Deviations from DAC, on purpose (no parameter shape changes):
+- the MRD uses the plain centred STFT (frame j centred on sample j * hop, 1 + T // hop
+  frames), the transform the mel loss uses, so the two share work. DAC's MRD pads the signal
+  by 3/8 of a window on each side and drops two frames at either end, which shifts its frame
+  grid by half a hop and yields ceil(T / hop) frames; the convolutions are
+  translation-equivariant, so only the frame grid differs;
+- the MPD reflect-pads to the next multiple of the period (DAC pads a whole extra period
+  when T is already a multiple).
 """
 
 from __future__ import annotations
