@@ -136,7 +136,7 @@ def test_peak_memory_does_not_grow_with_file_length(tmp_path) -> None:
     # A fixed mmap threshold makes glibc return freed large blocks at once, so the peak
     # reflects live memory rather than the allocator's adaptive caching.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
-    runs = [("chunked", 2.0), ("chunked", 8.0), ("whole", 2.0), ("whole", 8.0)]
+    runs = [("chunked", 2.0), ("chunked", 8.0), ("whole", 8.0)]
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), str(seconds), mode],
@@ -152,8 +152,8 @@ def test_peak_memory_does_not_grow_with_file_length(tmp_path) -> None:
         assert proc.returncode == 0
         peaks[run] = json.loads(stdout.strip().splitlines()[-1])["peak_mb"]
     chunked_growth = peaks["chunked", 8.0] - peaks["chunked", 2.0]
-    whole_growth = peaks["whole", 8.0] - peaks["whole", 2.0]
+    whole_excess = peaks["whole", 8.0] - peaks["chunked", 8.0]
     # 6 more seconds of input and output are < 1 MB; the chunk activations must not scale.
     assert chunked_growth < 8.0, peaks
-    # The whole-file pass does grow with length (so the measurement can tell).
-    assert whole_growth > 25.0, peaks
+    # A whole-file pass of the long file does need more (so the measurement can tell).
+    assert whole_excess > 25.0, peaks

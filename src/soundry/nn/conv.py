@@ -50,6 +50,20 @@ def from_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.squeeze(2).contiguous()
 
 
+def _keep_channels_last(y: torch.Tensor) -> torch.Tensor:
+    """Restore the channels-last layout a conv may drop (with one input channel, torch cannot
+    tell the layouts apart and picks the default; every later layer would follow it)."""
+    if y.is_contiguous(memory_format=CHANNELS_LAST):
+        return y
+    return y.contiguous(memory_format=CHANNELS_LAST)
+
+
+def _time_major(w: torch.Tensor) -> torch.Tensor:
+    """A copy of a conv weight [A, B, K] stored as [A, K, B] in memory (same values and
+    shape): `w.unsqueeze(2)` is then channels-last, so 2-D convs use it without a reorder."""
+    return w.unsqueeze(2).contiguous(memory_format=CHANNELS_LAST).squeeze(2)
+
+
 def norm_except_dim0(v: torch.Tensor) -> torch.Tensor:
     """||v|| over all dims but 0, shape [v.shape[0], 1, 1]."""
     return torch.linalg.vector_norm(v, dim=tuple(range(1, v.dim())), keepdim=True)
@@ -79,7 +93,7 @@ class _WeightNormMixin(nn.Module):
         if not self.weight_norm:
             return
         with torch.no_grad():
-            w = self.effective_weight().detach().clone()
+            w = _time_major(self.effective_weight().detach())
         del self.weight_g
         del self.weight_v
         self.weight_norm = False
@@ -134,6 +148,7 @@ class Conv1d(_WeightNormMixin):
         w = self.effective_weight()
         if x.dim() == 4:
             return self._forward_2d(x, w)
+        w = w.contiguous()  # folded weights are stored time-major for the 2-D path
         if self.pointwise:
             return _pointwise(x, w[:, :, 0], self.bias)
         if self.pad_left == self.pad_right:
@@ -144,6 +159,10 @@ class Conv1d(_WeightNormMixin):
     def _forward_2d(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """[B, C, 1, T] channels-last. Uneven padding: pad both sides by the larger amount
         and drop the outputs that only the extra padding produced (at most a few frames)."""
+        if self.pointwise:
+            # 1x1 conv on time-major memory: a matrix product over the channel dim.
+            y = F.linear(x.permute(0, 2, 3, 1), w[:, :, 0], self.bias)
+            return y.permute(0, 3, 1, 2)
         pad = max(self.pad_left, self.pad_right)
         y = F.conv2d(
             x,
@@ -154,10 +173,10 @@ class Conv1d(_WeightNormMixin):
             (1, self.dilation),
             self.groups,
         )
-        if self.pad_left == self.pad_right:
-            return y
-        start = (pad - self.pad_left) // self.stride
-        return y[..., start : start + self.output_length(x.shape[-1])]
+        if self.pad_left != self.pad_right:
+            start = (pad - self.pad_left) // self.stride
+            y = y[..., start : start + self.output_length(x.shape[-1])]
+        return _keep_channels_last(y)
 
     def input_span(self, lo: int, hi: int) -> tuple[int, int]:
         """Input positions (may lie in the padding) that outputs lo..hi depend on."""
@@ -229,10 +248,12 @@ class ConvTranspose1d(_WeightNormMixin):
                 (0, self.out_pad),
             )
         else:
-            y = F.conv_transpose1d(x, w, self.bias, self.stride, self.torch_padding, self.out_pad)
+            y = F.conv_transpose1d(
+                x, w.contiguous(), self.bias, self.stride, self.torch_padding, self.out_pad
+            )
         if self.trim:
             y = y[..., : y.shape[-1] - self.trim]
-        return y
+        return _keep_channels_last(y) if y.dim() == 4 else y
 
     def input_span(self, lo: int, hi: int) -> tuple[int, int]:
         """Input frames that output samples lo..hi depend on."""
