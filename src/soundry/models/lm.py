@@ -46,7 +46,7 @@ from soundry.generate.patterns import (
     SpecialTokens,
     build_pattern,
 )
-from soundry.nn.transformer import KVCache, Transformer, TransformerConfig
+from soundry.nn.transformer import KVCache, Transformer, TransformerConfig, linear
 
 # ----------------------------------------------------------------------------- configs
 
@@ -335,10 +335,10 @@ class TokenLM(nn.Module):
         """Hidden [B, S, dim] -> logits [B, K, S, V] (V = card + 1: audio codes and EOS)."""
         batch, steps, _ = hidden.shape
         n_out = self.tokens.n_output
+        logits = linear(hidden, self.head.weight)
         if self.cfg.shared_head:
-            logits = self.head(hidden)[:, None] + self.head_level_bias[None, :, None, :]
-            return logits
-        return self.head(hidden).view(batch, steps, self.cfg.levels, n_out).transpose(1, 2)
+            return logits[:, None] + self.head_level_bias[None, :, None, :]
+        return logits.view(batch, steps, self.cfg.levels, n_out).transpose(1, 2)
 
     # -- forward ---------------------------------------------------------------------------
 

@@ -107,6 +107,17 @@ class RotaryTables(nn.Module):
         return cos[:, :, None, None].to(dtype), sin[:, :, None, None].to(dtype)
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [..., in] @ weight[out, in].T; a single row goes through a matrix-vector product.
+
+    Batch-1 decoding multiplies one row by every weight matrix; CPU GEMV kernels (in
+    particular for bf16 weights) are much faster than GEMM kernels for that case.
+    """
+    if x.numel() == x.shape[-1]:
+        return torch.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight)
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each pair (x[i], x[i + half]) of the last dim by its position angle.
 
@@ -140,7 +151,7 @@ class Attention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         batch, length, dim = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.heads, self.head_dim)
+        qkv = linear(x, self.qkv.weight).view(batch, length, 3, self.heads, self.head_dim)
         qk = apply_rotary(qkv[:, :, :2], *rope)  # q and k rotated in one go
         q = qk[:, :, 0].transpose(1, 2)  # [B, H, L, Dh]
         k = qk[:, :, 1].transpose(1, 2)
@@ -159,7 +170,7 @@ class Attention(nn.Module):
             is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.out(y.transpose(1, 2).reshape(batch, length, dim))
+        return linear(y.transpose(1, 2).reshape(batch, length, dim), self.out.weight)
 
 
 class SwiGLU(nn.Module):
@@ -171,8 +182,8 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        gate, up = linear(x, self.gate_up.weight).chunk(2, dim=-1)
+        return linear(F.silu(gate) * up, self.down.weight)
 
 
 class Block(nn.Module):
