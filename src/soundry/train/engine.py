@@ -617,7 +617,9 @@ class Engine:
 
     # -- logging
 
-    def _log_train(self, step: int, t0: float, steps_since: int, data_wait: float) -> None:
+    def _log_train(self, step: int, t0: float, steps_since: int, data_wait: float) -> float:
+        """Write the train line of the interval ending at `step`; returns the time the
+        interval was measured up to (the next one starts there, so logging itself counts)."""
         means = self.acc.means()
         # losses first, then the task's other scalars, then the engine's
         engine_keys = ("grad_norm/", "grad_norm_max/")
@@ -630,13 +632,15 @@ class Engine:
         if len(self.specs) > 1:
             for name, count in self.updater.skipped.items():
                 values[f"nonfinite_skips/{name}"] = count
-        elapsed = max(time.perf_counter() - t0, 1e-9)
+        now = time.perf_counter()
+        elapsed = max(now - t0, 1e-9)
         values["perf/steps_per_s"] = steps_since / elapsed
         values["perf/data_fraction"] = min(1.0, data_wait / elapsed)
         self.acc.reset()
         if self.logger is not None:
             self.logger.train(step, values)
             self.progress.update(step, values)
+        return now
 
     # -- the loop
 
@@ -675,7 +679,8 @@ class Engine:
             first = next(batches)
         batches = itertools.chain([first], batches)
         start_step = self.step
-        self.valid_seconds = self.checkpoint_seconds = 0.0
+        self.valid_seconds = self.checkpoint_seconds = self.side_cpu_seconds = 0.0
+        loop_c0 = time.process_time()
         loop_t0 = t0 = time.perf_counter()
         data_wait = 0.0
         steps_since = 0
@@ -700,8 +705,8 @@ class Engine:
             self.consecutive_skips = self.consecutive_skips + 1 if updater.skipped_this_step else 0
 
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                self._log_train(step, t0, steps_since, data_wait)
-                t0, data_wait, steps_since = time.perf_counter(), 0.0, 0
+                t0 = self._log_train(step, t0, steps_since, data_wait)
+                data_wait, steps_since = 0.0, 0
             elif self.logger is not None:
                 self.progress.update(step)
 
@@ -720,23 +725,26 @@ class Engine:
 
             best = None
             if step % cfg.valid_every == 0 or step == cfg.max_steps:
-                t_valid = time.perf_counter()
+                t_valid, c_valid = time.perf_counter(), time.process_time()
                 best = self._validate(step)
                 self.valid_seconds += time.perf_counter() - t_valid
+                self.side_cpu_seconds += time.process_time() - c_valid
             due = step % cfg.checkpoint_every == 0 or step == cfg.max_steps or best is not None
             if due:
                 if self.consecutive_skips == 0 or step == cfg.max_steps:
                     if best is not None:  # recorded only with the checkpoint it names
                         self.ckpt.set_best(step_name(step), *best)
-                    t_save = time.perf_counter()
+                    t_save, c_save = time.perf_counter(), time.process_time()
                     self._save(step)
                     self.checkpoint_seconds += time.perf_counter() - t_save
+                    self.side_cpu_seconds += time.process_time() - c_save
                 else:
                     log.warning("step %d: skipping the checkpoint during a run of non-finite "
                                 "updates", step)
             if self._kill_at == step:
                 os.kill(os.getpid(), signal.SIGKILL)
         loop_seconds = time.perf_counter() - loop_t0
+        self.train_cpu_seconds = time.process_time() - loop_c0 - self.side_cpu_seconds
         return self._finish(status, message, start_step,
                             loop_seconds - self.valid_seconds - self.checkpoint_seconds)
 
@@ -753,6 +761,8 @@ class Engine:
             # wall time of this session's steps, without validations and checkpoint writes
             "train_seconds": seconds,
             "steps_per_second": steps_run / seconds if seconds > 0 else None,
+            # CPU time of this process (all threads) for the same steps
+            "train_cpu_seconds": self.train_cpu_seconds,
             "valid_seconds": self.valid_seconds,
             "checkpoint_seconds": self.checkpoint_seconds,
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
