@@ -333,3 +333,29 @@ def test_validation_does_not_perturb_training(tmp_path: Path) -> None:
     assert torch.equal(finals[0], finals[1])
     assert sorted(noises[0]) == [1, 2, 3] and noises[0][3] == noises[1][3]
     assert len(set(noises[0].values())) == 3  # differs per step
+
+
+def test_toy_items_vary_per_epoch_and_resume_exactly_with_workers() -> None:
+    from soundry.train.tasks.toy import ToyTask
+
+    recipe = toy_recipe(toy={"items_per_epoch": 6}, data={"batch_size": 2})
+    task = ToyTask(recipe, TaskContext())
+    dataset = task.train_loader().dataset
+    assert torch.equal(dataset[(0, 1)]["audio"], dataset[(0, 1)]["audio"])
+    assert not torch.equal(dataset[(0, 1)]["audio"], dataset[(1, 1)]["audio"])
+    assert not torch.equal(dataset[(0, 1)]["noisy"], dataset[(0, 1)]["audio"])
+
+    def take(loader: Any, n: int) -> list[torch.Tensor]:
+        it = iter(loader)
+        return [next(it)["noisy"] for _ in range(n)]
+
+    plain = take(task.train_loader(), 7)  # 3 batches an epoch: crosses two epoch ends
+    assert not torch.equal(plain[0], plain[3])  # epoch 1 differs from epoch 0
+    loader = task.train_loader()
+    loader.num_workers = 2
+    first = take(loader, 4)
+    assert all(torch.equal(a, b) for a, b in zip(first, plain, strict=False))
+    resumed = task.train_loader()
+    resumed.load_state_dict(loader.state_dict())
+    assert loader.state_dict() == {"epoch": 1, "batch": 1}
+    assert all(torch.equal(a, b) for a, b in zip(take(resumed, 3), plain[4:], strict=True))

@@ -78,3 +78,16 @@ def test_train_then_resume_longer(tmp_path: Path, capsys: Any) -> None:
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["resumes"][0]["from_step"] == 2
     assert prov["resumes"][0]["command"][0] == "soundry"
+
+
+def test_wandb_without_the_package_fails_before_work(tmp_path: Path, capsys: Any) -> None:
+    try:
+        import wandb  # noqa: F401
+
+        pytest.skip("wandb is installed")
+    except ImportError:
+        pass
+    out = tmp_path / "run"
+    assert cli.main(["train", RECIPE, "--out", str(out), "train.wandb.enabled=true"]) == 2
+    assert "wandb" in capsys.readouterr().err
+    assert not out.exists()

@@ -421,17 +421,16 @@ class Engine:
         self.step = 0
         self.consecutive_skips = 0
         self.last_valid: dict[str, Any] = {}
-        self.last_valid_step = -1
         self.last_checkpoint: Path | None = None
 
         # per-process randomness for training (dropout, ...) differs between processes
         seed_everything(derive_seed(recipe.seed, 1, self.rank))
         if resume_from is not None:
             self._load(resume_from)
-        if self.world_size > 1:
-            self._broadcast_weights()
         elif self.resume:
             log.info("no complete checkpoint in %s: starting from step 0", self.run_dir)
+        if self.world_size > 1:
+            self._broadcast_weights()
 
         self.logger: RunLogger | None = None
         if self.is_main:
@@ -506,7 +505,6 @@ class Engine:
                 "best": [self.ckpt.best, self.ckpt.best_metric, self.ckpt.best_value],
                 "log": self.acc.state_dict(),
                 "last_valid": self.last_valid,
-                "last_valid_step": self.last_valid_step,
             },
             "task": self.task.extra_state(),
             "networks": list(self.networks),
@@ -534,6 +532,10 @@ class Engine:
                 else:  # EMA switched on for a resumed run: start it from the weights
                     self.ema.load_state_dict(name, {k: v.detach().float() for k, v in
                                                     self.networks[name].state_dict().items()})
+        missing = [s.name for s in self.specs if s.name not in state["optimizers"]]
+        if missing:
+            raise SoundryError(f"checkpoint {path} has no state for optimizer(s) "
+                               f"{', '.join(missing)}; it holds {', '.join(state['optimizers'])}")
         for spec in self.specs:
             saved = self.ckpt.read_optimizer(path, spec.name)
             spec.optimizer.load_state_dict(saved["optimizer"])
@@ -547,7 +549,6 @@ class Engine:
             self.ckpt.set_best(best, metric, value)
         self.acc.load_state_dict(engine["log"])
         self.last_valid = engine["last_valid"]
-        self.last_valid_step = engine["last_valid_step"]
         self.task.load_extra_state(state["task"])
         rank_state = self.ckpt.read_rank_state(path)
         self.loader.load_state_dict(rank_state["loader"])
@@ -564,7 +565,6 @@ class Engine:
         An error on the main process is re-raised there and reported on the others, so no
         process is left waiting.
         """
-        self.last_valid_step = step
         best: tuple[str, float] | None = None
         failure: BaseException | None = None
         if self.is_main:
