@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from soundry.config import save_resolved, to_dict
+from soundry.config import to_dict
 from soundry.errors import ConfigError, SoundryError
 from soundry.registry import did_you_mean
 from soundry.train.checkpoint import (
@@ -434,7 +434,7 @@ class Engine:
 
         self.logger: RunLogger | None = None
         if self.is_main:
-            save_resolved(recipe, self.run_dir / "config.yaml")
+            _write_config(recipe, self.run_dir / "config.yaml")
             write_provenance(self.run_dir, self.step if self.resume else None, self.command)
             self.logger = RunLogger(
                 self.run_dir, cfg.tensorboard, cfg.tensorboard_audio, cfg.wandb,
@@ -777,6 +777,15 @@ class Engine:
 
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
+
+
+def _write_config(recipe: Any, path: Path) -> None:
+    """The fully resolved recipe as YAML, replaced atomically (--resume reads it back)."""
+    import yaml
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+    os.replace(tmp, path)
 
 
 def summary_line(summary: dict[str, Any]) -> str:

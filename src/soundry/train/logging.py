@@ -213,7 +213,9 @@ def write_provenance(run_dir: Path, resumed_from: int | None, command: list[str]
     else:
         data = json.loads(path.read_text())
         data.setdefault("resumes", []).append({**info, "from_step": resumed_from})
-    path.write_text(json.dumps(data, indent=1))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- progress
