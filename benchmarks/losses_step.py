@@ -1,6 +1,6 @@
 """Time the discriminator and loss part of one codec GAN step (no generator network).
 
-Two ways of doing the same D update and G losses with DAC's discriminator (MPD + MRD),
+Three ways of doing the same D update and G losses with DAC's discriminator (MPD + MRD),
 LSGAN, 7-scale mel loss and feature matching:
 
 - `naive`: as DAC's training script does it: D(fake.detach()) and D(real) in the D step;
@@ -8,7 +8,8 @@ LSGAN, 7-scale mel loss and feature matching:
   discriminator's weight gradients are computed (and discarded);
 - `shared`: real and fake scored as one batch in the D step, real features reused (detached)
   in the G step, D frozen in the G step (no weight gradients), one `SpectrogramCache` per
-  signal shared by the mel loss and the MRD.
+  signal shared by the mel loss and the MRD;
+- `shared_separate`: as `shared` but with two discriminator calls (real, fake) in the D step.
 
 The generated signal comes from a trainable stand-in ([B, 1, T] parameters through tanh),
 so the G backward reaches a leaf as it would reach the generator. Prints one JSON line.
@@ -44,7 +45,8 @@ def main() -> None:
     p.add_argument("--segment-seconds", type=float, default=0.384)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--mode", choices=["both", "naive", "shared"], default="both")
+    p.add_argument("--mode", choices=["all", "naive", "shared_separate", "shared"],
+                   default="all")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -81,6 +83,20 @@ def main() -> None:
         terms["feature_matching"] = feature_matching_loss(d_real, d_fake)
         g_update(weighted_total(terms, weights))
 
+    def shared_separate() -> None:
+        # As `shared`, but real and fake scored by two discriminator calls in the D step.
+        fake = torch.tanh(g_param)
+        real_spec, fake_spec = SpectrogramCache(real), SpectrogramCache(fake)
+        real_outs = disc(real, real_spec)
+        d_update(discriminator_loss(real_outs, disc(fake.detach(), fake_spec.detach())))
+        real_outs = [o.detached() for o in real_outs]
+        terms = {"mel": mel_loss(fake_spec, real_spec)}
+        with frozen(disc):
+            fake_outs = disc(fake, fake_spec)
+        terms["adversarial"] = generator_adversarial_loss(fake_outs)
+        terms["feature_matching"] = feature_matching_loss(real_outs, fake_outs)
+        g_update(weighted_total(terms, weights))
+
     def shared() -> None:
         fake = torch.tanh(g_param)
         b = real.shape[0]
@@ -96,8 +112,8 @@ def main() -> None:
         terms["feature_matching"] = feature_matching_loss(real_outs, fake_outs)
         g_update(weighted_total(terms, weights))
 
-    modes = {"naive": naive, "shared": shared}
-    if a.mode != "both":
+    modes = {"naive": naive, "shared_separate": shared_separate, "shared": shared}
+    if a.mode != "all":
         modes = {a.mode: modes[a.mode]}
     times: dict[str, list[float]] = {name: [] for name in modes}
     for step in modes.values():
@@ -116,7 +132,7 @@ def main() -> None:
     }
     for name, values in times.items():
         result[f"{name}_s_per_step"] = round(statistics.median(values), 4)
-    if len(times) == 2:
+    if "naive" in times and "shared" in times:
         result["speedup"] = round(
             statistics.median(times["naive"]) / statistics.median(times["shared"]), 3
         )
