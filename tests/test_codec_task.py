@@ -137,8 +137,11 @@ def test_real_audio_goes_through_the_discriminator_once_per_step() -> None:
     x = 0.3 * torch.randn(2, 1, 1600)
     task.train_step({"audio": x}, 0, RecordingUpdater(task))
     real_passes = [a for a in seen if torch.equal(a, x.reshape(2, 1, -1))]
-    assert len(seen) == 3  # real, detached fake (D step), fake (G step)
-    assert len(real_passes) == 1
+    # D step: one batch [real; detached fake]; G step: fake alone.
+    assert len(seen) == 2
+    assert torch.equal(seen[0][:2], x) and seen[0].shape[0] == 4
+    assert not torch.equal(seen[1], x)
+    assert not real_passes
 
 
 def test_schedule_phases_switch_at_the_right_steps() -> None:
@@ -172,6 +175,8 @@ def test_recipe_rejects_unknown_phase_loss_and_rate_mismatch() -> None:
         _task("schedule.phases=[{name: gan, weights: {mell: 1.0}}]")
     with pytest.raises(ConfigError, match="model.sample_rate"):
         _task("data.sample_rate=24000")
+    with pytest.raises(ConfigError, match="too short for the largest STFT window"):
+        _task("data.segment_seconds=0.005")
     with pytest.raises(ConfigError, match="no 'steps' but is not the last"):
         _task("schedule.phases=[{name: a}, {name: b}]")
 

@@ -27,7 +27,11 @@ from soundry.config import Strict
 from soundry.data.config import DataConfig
 from soundry.losses.config import LOSS_TERMS, CodecLossConfig, weighted_total
 from soundry.models.codec import CodecConfig, build_codec
-from soundry.models.discriminators import DiscriminatorConfig, build_discriminator
+from soundry.models.discriminators import (
+    DiscriminatorConfig,
+    build_discriminator,
+    split_outputs,
+)
 from soundry.train.config import AdamWConfig, ExponentialSchedule, OptimizerConfig
 from soundry.train.export import EXPORTERS
 from soundry.train.gan_schedule import GanScheduleConfig
@@ -83,6 +87,16 @@ class CodecRecipe(RecipeBase):
                 f"model.channels ({self.model.channels}) must equal data.channels "
                 f"({self.data.channels})"
             )
+        segment = int(self.data.segment_seconds * self.data.sample_rate)
+        windows = [*self.losses.mel.windows, *self.discriminator_windows()]
+        if self.losses.stft.weight:
+            windows += list(self.losses.stft.windows)
+        if windows and segment <= max(windows) // 2:
+            raise ValueError(
+                f"data.segment_seconds ({self.data.segment_seconds} s = {segment} samples) "
+                f"is too short for the largest STFT window ({max(windows)}); use more than "
+                f"{max(windows) // 2 / self.data.sample_rate:.3f} s"
+            )
         for phase in self.schedule.phases:
             for key in phase.weights:
                 if key not in LOSS_NAMES:
@@ -91,6 +105,9 @@ class CodecRecipe(RecipeBase):
                         f"(valid: {', '.join(LOSS_NAMES)})"
                     )
         return self
+
+    def discriminator_windows(self) -> list[int]:
+        return [w for m in self.discriminator.members for w in getattr(m, "windows", [])]
 
 
 def fold_channels(audio: torch.Tensor) -> torch.Tensor:
@@ -177,8 +194,10 @@ class CodecTask(Task):
         # Discriminator: real passes through once; its features are reused (detached) below.
         real_outs = None
         if phase.discriminator:
-            real_outs = disc(real, real_spec)
-            fake_outs = disc(fake.detach(), fake_spec.detach())
+            # Real and detached fake as one batch: fewer, larger convolutions.
+            both = SpectrogramCache.cat([real_spec, fake_spec.detach()])
+            outs = disc(both.audio, both)
+            real_outs, fake_outs = split_outputs(outs, [real.shape[0], fake.shape[0]])
             loss_d = losses.discriminator(real_outs, fake_outs)
             updater.update("discriminator", loss_d)
             logs["loss/d"] = loss_d.detach()
