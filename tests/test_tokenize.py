@@ -118,7 +118,7 @@ def test_tokenize_with_transformers_encodec(hf_encodec, dataset, tmp_path):
     summary = tokenize_dataset(codec, dataset, out, progress=False)
     index = TokenIndex.load(out)
     assert summary["items"] == 3 and index.levels == levels and index.frame_rate == 250
-    codes = np.asarray(index.codes(1))
+    codes = np.array(index.codes(1))
     assert codes.shape == (levels, index.items[1].frames) and codes.max() < 32
     # Exactly what the transformers model itself gives for the file.
     from soundry.audio.io import read_audio
