@@ -254,3 +254,25 @@ def test_dac_preset_parameter_counts() -> None:
     speech = codec_from_preset("dac-16k")
     assert _count(speech) == pytest.approx(74.2e6, rel=0.01)
     assert speech.n_codebooks == 12 and speech.hop_length == 320 and speech.frame_rate == 50
+
+
+def test_optimize_for_inference_precisions() -> None:
+    codec = small()
+    x = torch.randn(2, 1, 4000) * 0.3
+    codec.eval()
+    with torch.inference_mode():
+        ref_codes = codec.encode(x)
+        ref = codec.decode_codes(ref_codes)
+    codec.optimize_for_inference("bf16")
+    assert not codec.training and not any(k.endswith("weight_g") for k in codec.state_dict())
+    assert codec.decoder.stem.weight.dtype == torch.bfloat16
+    assert codec.encoder.stem.weight.dtype == torch.float32
+    with torch.inference_mode():
+        codes = codec.encode(x)
+        y = codec.decode_codes(codes)
+    assert torch.equal(codes, ref_codes)  # the encoder stays fp32: the same codes
+    assert y.dtype == torch.float32
+    snr = 10 * torch.log10(ref.pow(2).mean() / (y - ref).pow(2).mean())
+    assert snr > 30.0
+    with pytest.raises(ValueError):
+        codec.optimize_for_inference("fp16")

@@ -58,9 +58,8 @@ def _check_audio(codec: Any, audio: torch.Tensor) -> torch.Tensor:
     return audio
 
 
-def _device_dtype(codec: Any) -> tuple[torch.device, torch.dtype]:
-    p = next(codec.parameters())
-    return p.device, p.dtype
+def _device(codec: Any) -> torch.device:
+    return next(codec.parameters()).device
 
 
 def encode_chunked(
@@ -76,13 +75,13 @@ def encode_chunked(
     chunk = _chunk_frames(codec, chunk_seconds)
     left, right = codec.receptive_field().encoder_context_frames()
     left, right = left + MARGIN_FRAMES, right + MARGIN_FRAMES
-    device, dtype = _device_dtype(codec)
+    device = _device(codec)
     out = []
     with _inference(codec):
         for f0 in range(0, frames, chunk):
             f1 = min(frames, f0 + chunk)
             a, b = max(0, f0 - left), min(frames, f1 + right)
-            piece = audio[:, a * hop : b * hop].to(device=device, dtype=dtype)
+            piece = audio[:, a * hop : b * hop].to(device=device, dtype=torch.float32)
             # The last chunk may be shorter than b * hop; the codec pads it like the whole file.
             codes = codec.encode(piece[None], n_levels)  # [C, K, b - a]
             out.append(codes[:, :, f0 - a : f1 - a].cpu())
@@ -104,7 +103,7 @@ def decode_chunked(
     chunk = _chunk_frames(codec, chunk_seconds)
     rf = codec.receptive_field()
     left, right = rf.decoder_left + MARGIN_FRAMES, rf.decoder_right + MARGIN_FRAMES
-    device, _ = _device_dtype(codec)
+    device = _device(codec)
     out = []
     with _inference(codec):
         for f0 in range(0, frames, chunk):

@@ -592,12 +592,22 @@ class Codec(nn.Module):
 
     # -- forward / encode / decode ---------------------------------------------------------
 
+    def _encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Folded audio [N, 1, T] -> encoder output [N, D, F] in float32 for the quantizer."""
+        dtype = _dtype_of(self.encoder)
+        return self.encoder(x.to(dtype)).float()
+
+    def _decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """Quantized latents [N, D, F] -> waveform [N, 1, T'] in float32."""
+        dtype = _dtype_of(self.decoder)
+        return self.decoder(latents.to(dtype)).float()
+
     def forward(self, audio: torch.Tensor, n_levels: int | None = None) -> CodecOutput:
         """Encode, quantize and decode audio [B, C, T]; see `CodecOutput`."""
         x, length = self._fold(audio)
-        z = self.encoder(x)
+        z = self._encode_latent(x)
         q: QuantizerOutput = self.quantizer(z, n_levels)
-        y = self._unfold(self.decoder(q.quantized), z.shape[-1])[..., :length]
+        y = self._unfold(self._decode_latent(q.quantized), z.shape[-1])[..., :length]
         return CodecOutput(
             audio=y,
             codes=q.codes,
@@ -612,7 +622,7 @@ class Codec(nn.Module):
     def encode(self, audio: torch.Tensor, n_levels: int | None = None) -> torch.Tensor:
         """Audio [B, C, T] -> codes [B * C, n_levels, ceil(T / hop)] (long)."""
         x, _ = self._fold(audio)
-        return self.quantizer.encode(self.encoder(x), n_levels)
+        return self.quantizer.encode(self._encode_latent(x), n_levels)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B * C, K', F] (any prefix K' <= K of the levels) -> audio [B, C, F * hop]."""
@@ -620,13 +630,31 @@ class Codec(nn.Module):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Quantized latents [B * C, D, F] -> audio [B, C, F * hop]."""
-        return self._unfold(self.decoder(latents), latents.shape[-1])
+        return self._unfold(self._decode_latent(latents), latents.shape[-1])
 
     # -- inference helpers -----------------------------------------------------------------
 
     def remove_weight_norm(self) -> Codec:
         """Fold weight norm into plain weights (same outputs, faster); returns self."""
         remove_weight_norm(self)
+        return self
+
+    def optimize_for_inference(self, precision: str = "fp32") -> Codec:
+        """Eval mode and weight norm folded (same outputs); optionally bfloat16 compute.
+
+        precision: "fp32"; "bf16" runs the decoder in bfloat16 (on CPUs with AMX/AVX512-BF16
+        several times faster; about 37 dB SNR against fp32) while the encoder and quantizer
+        stay in float32, so the codes are exactly the fp32 codes; "bf16-all" also runs the
+        encoder in bfloat16 (fastest, but near-tie codes may differ from fp32). Converting to
+        bfloat16 rounds the weights: build or load a fresh codec to go back. Returns self.
+        """
+        if precision not in ("fp32", "bf16", "bf16-all"):
+            raise ValueError(f"precision must be fp32, bf16 or bf16-all, not '{precision}'")
+        self.eval()
+        self.remove_weight_norm()
+        half = torch.bfloat16
+        self.decoder.to(half if precision != "fp32" else torch.float32)
+        self.encoder.to(half if precision == "bf16-all" else torch.float32)
         return self
 
     def receptive_field(self) -> ReceptiveField:
@@ -638,6 +666,10 @@ class Codec(nn.Module):
         enc_right = max(hi - ((n + 1) * hop - 1), 0)
         lo, hi = input_span(self.decoder, n * hop, (n + 1) * hop - 1)
         return ReceptiveField(enc_left, enc_right, max(n - lo, 0), max(hi - n, 0), hop)
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
 
 
 def build_codec(cfg: CodecConfig) -> Codec:
