@@ -74,7 +74,8 @@ def test_batched_prompts_equal_separate_generation():
 
 
 def force_eos_at(model: TokenLM, frames: list[int]) -> None:
-    """Make level 0 emit EOS once row b has produced `frames[b]` level-0 frames."""
+    """Make level 0 emit EOS from the logits of step `frames[b]` of row b (never before);
+    with level 0 at step t + 1 (delay 0), that ends row b after `frames[b]` frames."""
     decode, prefill = model.decode, model.prefill
     count = {"step": 0}
 
@@ -158,3 +159,17 @@ def test_audio_prompt_generation_matches_recomputation():
     cached = generate(model, cond, max_frames=8, top_k=8, seed=2, cfg_scale=2.0)
     full = generate(model, cond, max_frames=8, top_k=8, seed=2, cfg_scale=2.0, use_cache=False)
     assert torch.equal(cached.seq, full.seq)
+
+
+@pytest.mark.parametrize("pattern", ["delay", "parallel", "flatten", "valle"])
+def test_generated_sequences_are_valid_layouts(pattern):
+    """Whatever the pattern, each item's sequence is exactly the layout of its own codes."""
+    model = make({"type": pattern})
+    # The logits of step s - 1 predict step s, where level 0 holds frame n's EOS.
+    force_eos_at(model, [model.pattern.eos_step(n) - 1 for n in (3, 5)])
+    out = generate(model, conditioning(model), max_frames=9, top_k=8, seed=4)
+    assert out.lengths.tolist() == [3, 5]
+    for b, n in enumerate([3, 5]):
+        layout = model.pattern.build(out.codes[b : b + 1, :, :n])[0]
+        assert torch.equal(out.seq[b, :, : layout.shape[1]], layout)
+        assert (out.seq[b, :, layout.shape[1] :] == model.tokens.pad).all()
