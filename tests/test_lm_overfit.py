@@ -102,3 +102,40 @@ def test_overfit_four_items_then_reproduce_each(tmp_path, one_thread):
     assert main(["generate", str(tmp_path / "export"), "--tags", "style1", "--prompt", str(wav),
                  "--seconds", "0.005", "--out", str(prompted)]) == 0
     assert 0 < audio_info(prompted).frames <= 40 * HOP
+
+
+def test_training_prompts_are_cut_from_the_window(tmp_path):
+    from soundry.data.tokens import TokenDataConfig, build_token_loader
+    from soundry.train.task import TaskContext
+    from soundry.train.tasks.lm import LMTask
+
+    meta = {"codec": {}, "levels": 2, "codebook_size": 16, "frame_rate": 10.0,
+            "sample_rate": SR, "channels": 1}
+    writer = TokenShardWriter(tmp_path / "tokens", meta)
+    rng = np.random.default_rng(1)
+    for i, n in enumerate([30, 5, 40, 25]):
+        writer.add(f"s{i}", [rng.integers(0, 16, (2, n))], [f"i{i}"], tags=[f"t{i}"])
+    writer.flush()
+    recipe = recipe_from_dict({
+        "task": "lm", "model": {"levels": 2, "card": 16,
+                                "transformer": {"dim": 32, "layers": 1, "heads": 2}},
+        "tokens": {"path": str(tmp_path / "tokens"), "max_batch_size": 4, "valid_count": 0},
+        "prompt": {"frac": 1.0, "seconds": 1.0},
+    })
+    task = LMTask(recipe, TaskContext())
+    task.networks()
+    batch = next(build_token_loader(TokenDataConfig(path=str(tmp_path / "tokens"),
+                                                    max_batch_size=4, valid_count=0), seed=0))
+    rest, prompt, valid = task.split_prompts(batch)
+    for b in range(len(batch["id"])):
+        n = int(batch["lengths"][b])
+        if n > 10:  # long enough: the first second became the prompt
+            assert valid[b].all() and torch.equal(prompt[b], batch["codes"][b, :, :10])
+            assert rest["lengths"][b] == n - 10
+            assert torch.equal(rest["codes"][b, :, : n - 10], batch["codes"][b, :, 10:n])
+        else:
+            assert not valid[b].any() and rest["lengths"][b] == n
+    seq, _ = task._sequences(rest)
+    cond = task.model.make_conditioning(tags=rest["tags"], seeds=rest["seed"], train=True,
+                                        prompt=prompt, prompt_valid=valid)
+    assert torch.isfinite(task.model.loss(seq, cond).loss)

@@ -4,6 +4,8 @@ A training step lays the batch's windows out with the model's codebook pattern (
 window reaches its item's end, PAD past it), builds the text/tag prefix (tags shuffled and
 conditions dropped per item, from the item's seed) and minimises the per-level
 cross-entropy. Logged per step: loss, and per level the loss, accuracy and output entropy.
+With `prompt.frac` > 0, the start of some windows becomes an audio-prompt prefix, so the
+model learns to continue a prompt (`soundry generate --prompt`).
 
 Validation: teacher-forced loss on held-out windows, the vocabulary coverage of the
 training data per level, and demo generations at each of `valid.temperatures` for the
@@ -15,6 +17,7 @@ level and the mean entropy of the model's predictions while generating.
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any, Literal
 
 import numpy as np
@@ -50,6 +53,15 @@ class LMOptim(Strict):
     lm: OptimizerConfig = Field(default_factory=_default_optimizer)
 
 
+class LMPromptConfig(Strict):
+    """Audio prompts in training: for a fraction `frac` of the items (chosen by the item's
+    seed) the first `seconds` of the window become the prompt prefix and the model learns to
+    continue it. Items shorter than the prompt plus one frame keep no prompt."""
+
+    frac: float = Field(0.0, ge=0.0, le=1.0)
+    seconds: float = Field(3.0, gt=0)
+
+
 class LMValidConfig(Strict):
     """Validation: held-out windows for the loss; demo generations per temperature.
 
@@ -74,6 +86,7 @@ class LMRecipe(RecipeBase):
     model: TokenLMConfig = Field(default_factory=TokenLMConfig)
     tokens: TokenDataConfig = Field(default_factory=TokenDataConfig)
     optim: LMOptim = Field(default_factory=LMOptim)
+    prompt: LMPromptConfig = Field(default_factory=LMPromptConfig)
     valid: LMValidConfig = Field(default_factory=LMValidConfig)
 
     @model_validator(mode="after")
@@ -171,11 +184,44 @@ class LMTask(Task):
                                   ends=batch["ends"].to(device))
         return seq, device
 
+    def split_prompts(self, batch: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
+        """Move the first `prompt.seconds` of chosen windows into a prompt.
+
+        Returns (batch with the remaining codes, prompt [B, K, P] or None, prompt_valid
+        [B, P] or None); prompts are left-padded, items without one have no valid frames.
+        """
+        cfg = self.recipe.prompt
+        if cfg.frac <= 0:
+            return batch, None, None
+        frames = max(1, round(cfg.seconds * self.index.frame_rate))
+        codes, lengths = batch["codes"], batch["lengths"]
+        chosen = [
+            random.Random(seed + 1).random() < cfg.frac and int(n) > frames
+            for seed, n in zip(batch["seed"], lengths.tolist(), strict=True)
+        ]
+        if not any(chosen):
+            return batch, None, None
+        batch_size, levels, _ = codes.shape
+        prompt = codes.new_zeros(batch_size, levels, frames)
+        prompt_valid = torch.zeros(batch_size, frames, dtype=torch.bool, device=codes.device)
+        rest = codes.clone()
+        new_lengths = lengths.clone()
+        for b, take in enumerate(chosen):  # per item in the batch, not per frame
+            if take:
+                prompt[b] = codes[b, :, :frames]
+                prompt_valid[b] = True
+                rest[b, :, : codes.shape[2] - frames] = codes[b, :, frames:]
+                rest[b, :, codes.shape[2] - frames :] = 0
+                new_lengths[b] = lengths[b] - frames
+        return {**batch, "codes": rest, "lengths": new_lengths}, prompt, prompt_valid
+
     def train_step(self, batch: dict[str, Any], step: int, updater: Any) -> dict[str, Any]:
         model = self.model
+        batch, prompt, prompt_valid = self.split_prompts(batch)
         seq, device = self._sequences(batch)
         cond = model.make_conditioning(texts=batch["text"], tags=batch["tags"],
-                                       seeds=batch["seed"], train=True).to(device)
+                                       seeds=batch["seed"], train=True, prompt=prompt,
+                                       prompt_valid=prompt_valid).to(device)
         out = model.loss(seq, cond)
         updater.update("lm", out.loss)
         logs: dict[str, Any] = {"loss/lm": out.loss.detach()}
