@@ -63,10 +63,11 @@ def test_codec_round_trip_gives_identical_outputs(tmp_path, fold: bool) -> None:
     assert codec.encoder.stem.weight_norm  # exporting does not fold the caller's module
 
 
-def test_lead_style_export_from_a_state_dict(tmp_path) -> None:
-    """save_export with the config of a recipe's model section and a training state dict."""
+def test_export_from_a_config_and_a_training_state_dict(tmp_path) -> None:
+    """What a run exporter has: the recipe's `model:` config and checkpoint weights."""
     codec = trained_codec()
-    config = codec_export_config(codec)
+    config = codec_export_config(codec.config)
+    assert config["codebook_size"] == 256 and config["frame_rate"] == 50.0
     save_export(tmp_path / "m", "codec", config, codec.state_dict())
     loaded = load_export(tmp_path / "m")
     x = torch.randn(1, 1, 1600) * 0.3

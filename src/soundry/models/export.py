@@ -7,15 +7,17 @@ import of) `soundry.models.<kind>` or any module imported before loading; "codec
 registered here.
 
 Codec exports: config {"model": <CodecConfig values>, "sample_rate", "channels",
-"hop_length", "frame_rate", "n_codebooks", "codebook_size", "weight_norm_folded"}. The
-weights may be weight-normed (as trained) or folded; the loader builds the codec, matches the
-layout of the weights, and returns it in eval mode with weight norm folded (same outputs).
+"hop_length", "frame_rate", "n_codebooks", "codebook_size", ["weight_norm_folded"]} (see
+`codec_export_config`; only "model" is required to load). The weights may be weight-normed
+(as trained) or folded; the loader builds the codec, matches the layout of the weights, and
+returns it in eval mode with weight norm folded (bit-identical outputs).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -105,21 +107,39 @@ def load_export(path: str | Path) -> torch.nn.Module:
 # ----------------------------------------------------------------------------- codec
 
 
-def codec_export_config(codec: Any, folded: bool | None = None) -> dict[str, Any]:
-    """The config.json body (without kind/version) of a codec export."""
+def codec_export_config(source: Any, folded: bool | None = None) -> dict[str, Any]:
+    """The config.json body (without kind/version) of a codec export.
+
+    `source` is a `Codec` or its `CodecConfig` (e.g. a recipe's `model:` section). `folded`
+    records whether the saved weights are weight-norm folded (informative: the loader reads
+    the layout from the weights); by default it is taken from a Codec source.
+    """
     from soundry.config import to_dict
+    from soundry.models.codec import Codec, CodecConfig
     from soundry.nn.conv import has_weight_norm
 
-    return {
-        "model": to_dict(codec.config),
-        "sample_rate": codec.sample_rate,
-        "channels": codec.channels,
-        "hop_length": codec.hop_length,
-        "frame_rate": codec.frame_rate,
-        "n_codebooks": codec.n_codebooks,
-        "codebook_size": codec.codebook_size,
-        "weight_norm_folded": (not has_weight_norm(codec)) if folded is None else folded,
+    if isinstance(source, Codec):
+        cfg = source.config
+        if folded is None:
+            folded = not has_weight_norm(source)
+    elif isinstance(source, CodecConfig):
+        cfg = source
+    else:
+        raise TypeError(f"expected a Codec or CodecConfig, got {type(source).__name__}")
+    q = cfg.quantizer
+    codebook_size = q.codebook_size if q.type == "rvq" else math.prod(q.levels)
+    out: dict[str, Any] = {
+        "model": to_dict(cfg),
+        "sample_rate": cfg.sample_rate,
+        "channels": cfg.channels,
+        "hop_length": cfg.hop_length,
+        "frame_rate": cfg.sample_rate / cfg.hop_length,
+        "n_codebooks": q.n_codebooks,
+        "codebook_size": codebook_size,
     }
+    if folded is not None:
+        out["weight_norm_folded"] = bool(folded)
+    return out
 
 
 def export_codec(codec: Any, out_dir: str | Path, fold: bool = True) -> Path:
