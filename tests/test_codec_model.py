@@ -229,6 +229,10 @@ def test_config_errors_are_clear() -> None:
     assert cfg.quantizer.type == "rvq" and cfg.quantizer.n_codebooks == 3
 
 
+def test_defaults_are_the_tiny_preset() -> None:
+    assert CodecConfig() == CodecConfig.model_validate(codec_preset("tiny"))
+
+
 def test_presets_are_valid_configs() -> None:
     assert set(preset_names()) >= {"dac-44k", "dac-16k", "tiny"}
     for name in preset_names():

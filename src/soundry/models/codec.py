@@ -93,7 +93,7 @@ QuantizerConfig = Annotated[RVQConfig | FSQConfig, Field(discriminator="type")]
 
 
 class CodecConfig(Strict):
-    """The `model:` section of a codec recipe. Defaults: a small CPU-friendly model."""
+    """The `model:` section of a codec recipe. Defaults: the "tiny" preset (CPU minutes)."""
 
     sample_rate: int = Field(16000, gt=0)
     channels: Literal[1, 2] = 1
@@ -115,7 +115,9 @@ class CodecConfig(Strict):
     pqmf_bands: int = Field(0, ge=0)  # 0: no PQMF; else a power of 2
     pqmf_taps: int | None = Field(None, ge=3)
     output_tanh: bool = True
-    quantizer: QuantizerConfig = Field(default_factory=RVQConfig)
+    quantizer: QuantizerConfig = Field(
+        default_factory=lambda: RVQConfig(dead_code_threshold=1.0)  # as the "tiny" preset
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CodecConfig:
