@@ -26,7 +26,14 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from soundry.config import Strict
-from soundry.data.tokens import TokenDataConfig, TokenIndex, build_token_loader, split_items
+from soundry.data.samplers import FixedItemsSampler
+from soundry.data.tokens import (
+    TokenDataConfig,
+    TokenIndex,
+    build_token_loader,
+    collate_tokens,
+    split_items,
+)
 from soundry.errors import ConfigError, SoundryError
 from soundry.models.lm import TokenLM, TokenLMConfig, lm_export_config
 from soundry.train.config import AdamWConfig, OptimizerConfig, WarmupSchedule
@@ -166,10 +173,21 @@ class LMTask(Task):
                            self.recipe.train.max_steps)]
 
     def train_loader(self) -> Any:
-        return build_token_loader(self.recipe.tokens, self.recipe.seed,
-                                  levels=self.recipe.model.levels, overfit=self.ctx.overfit,
-                                  index=self.index, rank=self.ctx.rank,
-                                  world_size=self.ctx.world_size)
+        self._loader = build_token_loader(
+            self.recipe.tokens, self.recipe.seed, levels=self.recipe.model.levels,
+            overfit=self.ctx.overfit, index=self.index, rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+        )
+        return self._loader
+
+    def _overfit_batch(self) -> dict[str, Any]:
+        """The very windows `--overfit` trains on (same items, same crops), as one batch."""
+        loader = getattr(self, "_loader", None) or self.train_loader()
+        sampler = loader.sampler
+        while not isinstance(sampler, FixedItemsSampler):
+            sampler = sampler.base  # ShardedSampler
+        unique = list(dict.fromkeys(sampler.keys))
+        return collate_tokens([loader.dataset[key] for key in unique])
 
     def ema_networks(self) -> list[str]:
         return ["lm"]
@@ -233,26 +251,45 @@ class LMTask(Task):
 
     # -- validation ------------------------------------------------------------------------
 
-    def _items_for_validation(self) -> list[int]:
-        index = self.index
+    def _validation_batch(self) -> dict[str, Any] | None:
+        """Held-out windows from each item's start; with --overfit, the training windows."""
         if self.ctx.overfit:
-            return list(range(min(int(self.ctx.overfit), len(index.items))))
+            return self._overfit_batch()
+        index, levels = self.index, self.recipe.model.levels
         _, valid = split_items(index, self.recipe.tokens.valid_count)
-        return valid
+        window = max(1, round(self.recipe.tokens.window_seconds * index.frame_rate))
+        items = []
+        for i in valid:
+            item = index.items[i]
+            items.append({
+                "codes": np.asarray(index.codes(i, 0, window)[:levels], dtype=np.int64),
+                "offset": 0, "end": item.frames <= window, "text": item.text,
+                "tags": list(item.tags), "speaker": item.speaker, "seed": 0, "id": item.id,
+            })
+        return collate_tokens(items) if items else None
 
     def data_coverage(self) -> list[float]:
-        """Per level, the fraction of the codebook that occurs in the training items."""
+        """Per level, the fraction of the codebook that occurs in the training data."""
         if self._data_coverage is None:
             index, levels, card = self.index, self.recipe.model.levels, self.index.codebook_size
+            if self.ctx.overfit:
+                batch = self._overfit_batch()
+                self._data_coverage = coverage(batch["codes"], card, self._frame_mask(batch))
+                return self._data_coverage
             seen = np.zeros((levels, card), dtype=bool)
-            items = (range(min(int(self.ctx.overfit), len(index.items))) if self.ctx.overfit
-                     else split_items(index, self.recipe.tokens.valid_count)[0])
-            for i in items:
+            for i in split_items(index, self.recipe.tokens.valid_count)[0]:
                 codes = np.asarray(index.codes(i)[:levels], dtype=np.int64)
                 for k in range(levels):
                     seen[k, codes[k]] = True
             self._data_coverage = seen.mean(axis=1).tolist()
         return self._data_coverage
+
+    @staticmethod
+    def _frame_mask(batch: dict[str, Any]) -> torch.Tensor:
+        """[B, K, T] bool: frames inside each item's length."""
+        codes, lengths = batch["codes"], batch["lengths"]
+        frames = torch.arange(codes.shape[2])[None, None, :] < lengths[:, None, None]
+        return frames.expand(codes.shape)
 
     def codec(self) -> Any:
         """The codec recorded in the token index (None when it cannot be opened)."""
@@ -275,34 +312,23 @@ class LMTask(Task):
         for k, value in enumerate(self.data_coverage()):
             metrics[f"data_coverage/level_{k}"] = value
 
-        items = self._items_for_validation()
-        window = max(1, round(self.recipe.tokens.window_seconds * index.frame_rate))
-        chosen = items[: cfg.windows]
-        if chosen:
-            levels = model.cfg.levels
-            lengths = [min(index.items[i].frames, window) for i in chosen]
-            codes = torch.zeros(len(chosen), levels, max(lengths), dtype=torch.long)
-            for b, i in enumerate(chosen):
-                codes[b, :, : lengths[b]] = torch.from_numpy(
-                    np.asarray(index.codes(i, 0, lengths[b])[:levels], dtype=np.int64))
-            ends = torch.tensor([index.items[i].frames <= window for i in chosen])
-            seq = model.pattern.build(codes.to(device), torch.tensor(lengths, device=device),
-                                      ends.to(device))
-            cond = model.make_conditioning(
-                texts=[index.items[i].text for i in chosen],
-                tags=[index.items[i].tags for i in chosen],
-            ).to(device)
-            out = model.loss(seq, cond)
+        batch = self._validation_batch()
+        if batch is not None and cfg.windows > 0:
+            chosen = {k: (v[: cfg.windows] if isinstance(v, list | torch.Tensor) else v)
+                      for k, v in batch.items()}
+            seq = model.pattern.build(chosen["codes"].to(device),
+                                      chosen["lengths"].to(device), chosen["ends"].to(device))
+            cond = model.make_conditioning(texts=chosen["text"], tags=chosen["tags"])
+            out = model.loss(seq, cond.to(device))
             metrics.update(out.metrics())
 
         audio: dict[str, Any] = {}
-        demos = items[: cfg.demo_count]
+        n_demos = min(cfg.demo_count, len(batch["id"]) if batch is not None else 0)
+        demos = range(n_demos)
         sample_rate = 0
-        if demos and cfg.temperatures:
-            cond = model.make_conditioning(
-                texts=[index.items[i].text for i in demos],
-                tags=[index.items[i].tags for i in demos],
-            )
+        if n_demos and cfg.temperatures:
+            cond = model.make_conditioning(texts=batch["text"][:n_demos],
+                                           tags=batch["tags"][:n_demos])
             max_frames = max(1, round(cfg.demo_seconds * index.frame_rate))
             max_frames = min(max_frames, self._max_frames(cond.length))
             codec = self.codec() if cfg.decode else None
