@@ -10,23 +10,25 @@ is timed twice:
           log accumulators, metrics.jsonl, TensorBoard, progress bar; EMA off, no
           validation or checkpoint inside the timed steps).
 
-Both run `warmup` steps first and are timed in the steady state after them: the engine's
-time comes from the perf/steps_per_s of its metrics.jsonl lines after the first
-(log_every = warmup), so one-time costs (first TensorBoard write, first progress render,
-kernel selection) are left out of both. Rounds alternate bare / engine and the fastest
-round of each counts.
+Both run `chunk` (5) steps first and are then timed in chunks of 5 steps: the engine's
+chunks are the intervals of its metrics.jsonl lines after the first (log_every = 5, from
+perf/steps_per_s), so one-time costs (first TensorBoard write, first progress render,
+kernel selection) are left out of both. Rounds alternate which of bare / engine goes
+first; the median chunk over all rounds counts, which shrugs off bursts of load from other
+processes.
 
 The engine's fixed cost per step is also measured directly (`fixed_overhead_ms_per_step`):
 the same comparison on a task whose step is a tiny linear layer, where nearly all the time
 is the engine's own. Prints one JSON line.
 
-    python benchmarks/engine_overhead.py [--steps 20] [--rounds 3] [--threads N]
+    python benchmarks/engine_overhead.py [--steps 20] [--rounds 5] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -72,8 +74,8 @@ class BareUpdater:
         return True
 
 
-def bare_seconds(task_cls: type[Task], recipe: Any, warmup: int, steps: int) -> float:
-    """Seconds for `steps` steps of a hand-written loop, after `warmup` steps."""
+def bare_seconds(task_cls: type[Task], recipe: Any, warmup: int, steps: int) -> list[float]:
+    """Seconds per chunk of `warmup` steps of a hand-written loop, after `warmup` steps."""
     seed_everything(recipe.seed)
     task = task_cls(recipe, TaskContext())
     for net in task.networks().values():
@@ -82,20 +84,25 @@ def bare_seconds(task_cls: type[Task], recipe: Any, warmup: int, steps: int) -> 
     batches = iter(task.train_loader())
     for step in range(1, warmup + 1):
         task.train_step(next(batches), step, updater)
+    chunks = []
     start = time.perf_counter()
     for step in range(warmup + 1, warmup + steps + 1):
         task.train_step(next(batches), step, updater)
-    return time.perf_counter() - start
+        if (step - warmup) % warmup == 0:
+            now = time.perf_counter()
+            chunks.append(now - start)
+            start = now
+    return chunks
 
 
-def engine_seconds(task_cls: type[Task], recipe: Any, warmup: int) -> float:
-    """Seconds the engine spent on the steps after the first log interval (`warmup`)."""
+def engine_seconds(task_cls: type[Task], recipe: Any, warmup: int) -> list[float]:
+    """Seconds per log interval (`warmup` steps) of the engine, after the first."""
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         Engine(task_cls(recipe, TaskContext()), recipe, run).fit()
         lines = [r for r in read_metrics(run / "metrics.jsonl")
                  if r["kind"] == "train" and r["step"] > warmup]
-    return sum(warmup / r["perf/steps_per_s"] for r in lines)
+    return [warmup / r["perf/steps_per_s"] for r in lines]
 
 
 class TinyTask(Task):
@@ -137,43 +144,43 @@ class _CycleLoader:
         self.i = state["i"]
 
 
-def compare(task_cls: type[Task], warmup: int, steps: int, rounds: int
-            ) -> tuple[list[float], list[float]]:
-    recipe = load_recipe(RECIPE, overrides(warmup + steps, warmup))
-    bare, engine = [], []
-    for _ in range(rounds):
-        bare.append(bare_seconds(task_cls, recipe, warmup, steps))
-        engine.append(engine_seconds(task_cls, recipe, warmup))
-    return bare, engine
+def compare(task_cls: type[Task], chunk: int, steps: int, rounds: int
+            ) -> tuple[float, float]:
+    """Median seconds per step: (bare, engine)."""
+    recipe = load_recipe(RECIPE, overrides(chunk + steps, chunk))
+    bare: list[float] = []
+    engine: list[float] = []
+    for i in range(rounds):  # alternate which goes first
+        if i % 2:
+            engine += engine_seconds(task_cls, recipe, chunk)
+        bare += bare_seconds(task_cls, recipe, chunk, steps)
+        if not i % 2:
+            engine += engine_seconds(task_cls, recipe, chunk)
+    return statistics.median(bare) / chunk, statistics.median(engine) / chunk
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps (a multiple of 5)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default); 1 is steadier on a busy machine")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    warmup = 5
-    steps = max(warmup, args.steps // warmup * warmup)
-    bare, engine = compare(ToyTask, warmup, steps, args.rounds)
-    tiny_steps = 400
-    tiny_bare, tiny_engine = compare(TinyTask, tiny_steps // 4, tiny_steps, args.rounds)
-    b, e = min(bare), min(engine)
+    chunk = 5
+    steps = max(chunk, args.steps // chunk * chunk)
+    b, e = compare(ToyTask, chunk, steps, args.rounds)
+    tiny_b, tiny_e = compare(TinyTask, 50, 400, args.rounds)
     print(json.dumps({
         "benchmark": "engine_overhead",
         "steps": steps,
         "rounds": args.rounds,
         "torch_threads": torch.get_num_threads(),
-        "bare_ms_per_step": round(1000 * b / steps, 2),
-        "engine_ms_per_step": round(1000 * e / steps, 2),
+        "bare_ms_per_step": round(1000 * b, 2),
+        "engine_ms_per_step": round(1000 * e, 2),
         "overhead_pct": round(100 * (e - b) / b, 2),
-        "fixed_overhead_ms_per_step": round(1000 * (min(tiny_engine) - min(tiny_bare))
-                                            / tiny_steps, 3),
-        "bare_rounds_s": [round(t, 3) for t in bare],
-        "engine_rounds_s": [round(t, 3) for t in engine],
+        "fixed_overhead_ms_per_step": round(1000 * (tiny_e - tiny_b), 3),
     }))
 
 
