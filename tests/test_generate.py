@@ -173,3 +173,9 @@ def test_generated_sequences_are_valid_layouts(pattern):
         layout = model.pattern.build(out.codes[b : b + 1, :, :n])[0]
         assert torch.equal(out.seq[b, :, : layout.shape[1]], layout)
         assert (out.seq[b, :, layout.shape[1] :] == model.tokens.pad).all()
+
+
+def test_generation_restores_the_training_mode():
+    model = make().train()
+    generate(model, None, max_frames=3)
+    assert model.training

@@ -93,7 +93,28 @@ def generate(
     """
     if max_frames < 0:
         raise ValueError(f"max_frames must be >= 0, got {max_frames}")
+    was_training = model.training
     model.eval()
+    try:
+        return _generate(model, cond, batch, max_frames, temperature, top_k, top_p, cfg_scale,
+                         seed, use_cache, trace)
+    finally:
+        model.train(was_training)
+
+
+def _generate(
+    model: TokenLM,
+    cond: Conditioning | None,
+    batch: int | None,
+    max_frames: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    cfg_scale: float,
+    seed: int,
+    use_cache: bool,
+    trace: list[torch.Tensor] | None,
+) -> Generated:
     pattern, tokens = model.pattern, model.tokens
     device = next(model.parameters()).device
     levels, eos = model.cfg.levels, tokens.eos
