@@ -262,7 +262,7 @@ def load_dac_state_dict(
             w = params.pop("weight")
             params["weight_g"] = norm_except_dim0(w)
             params["weight_v"] = w
-        elif has_wn and not wants_wn and f"{module}.weight" in target and "codebook" not in module:
+        elif has_wn and not wants_wn:
             g, v = params.pop("weight_g"), params.pop("weight_v")
             params["weight"] = v * (g / norm_except_dim0(v))
         for name, value in params.items():
