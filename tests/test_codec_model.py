@@ -280,3 +280,17 @@ def test_optimize_for_inference_precisions() -> None:
     assert snr > 30.0
     with pytest.raises(ValueError):
         codec.optimize_for_inference("fp16")
+
+
+@pytest.mark.parametrize("weight_norm", [True, False])
+def test_optimize_for_inference_fp32_keeps_outputs(weight_norm: bool) -> None:
+    codec = small(weight_norm=weight_norm).eval()
+    x = torch.randn(1, 1, 800) * 0.3
+    with torch.inference_mode():
+        ref = codec(x)
+        codec.optimize_for_inference("fp32")
+        out = codec(x)
+    assert torch.equal(out.codes, ref.codes)
+    assert torch.allclose(out.audio, ref.audio, atol=1e-5)
+    w = codec.decoder.blocks[0].res[0].conv1.weight.unsqueeze(2)
+    assert w.is_contiguous(memory_format=torch.channels_last)  # no reorder per call

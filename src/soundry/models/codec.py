@@ -44,6 +44,7 @@ from soundry.nn.conv import (
     ResizeUp,
     from_channels_last,
     input_span,
+    prepare_for_inference,
     remove_weight_norm,
     to_channels_last,
 )
@@ -655,7 +656,7 @@ class Codec(nn.Module):
         if precision not in ("fp32", "bf16", "bf16-all"):
             raise ValueError(f"precision must be fp32, bf16 or bf16-all, not '{precision}'")
         self.eval()
-        self.remove_weight_norm()
+        prepare_for_inference(self)
         half = torch.bfloat16
         self.decoder.to(half if precision != "fp32" else torch.float32)
         self.encoder.to(half if precision == "bf16-all" else torch.float32)

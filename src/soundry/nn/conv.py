@@ -282,6 +282,19 @@ class ResizeUp(nn.Module):
         return lo // self.stride, hi // self.stride
 
 
+def prepare_for_inference(module: nn.Module) -> nn.Module:
+    """Fold weight norm and store every conv weight time-major (in place); returns `module`.
+
+    The values are unchanged; 2-D channels-last convs then skip a weight reorder per call.
+    """
+    for sub in module.modules():
+        if isinstance(sub, _WeightNormMixin):
+            sub.remove_weight_norm()
+            with torch.no_grad():
+                sub.weight.data = _time_major(sub.weight.data)
+    return module
+
+
 def remove_weight_norm(module: nn.Module) -> nn.Module:
     """Fold every weight-normed conv inside `module` (in place); returns `module`."""
     for sub in module.modules():
