@@ -169,3 +169,12 @@ def test_lm_export_with_embedded_codec_generates(tiny_codec, tmp_path):
     assert 0 <= audio_info(wav).frames <= 0.01 * SR + 8
     assert main(["generate", str(out), "--seconds", "0.01", "--precision", "bf16",
                  "--out", str(wav)]) == 0
+
+
+def test_cli_errors_are_clear(tiny_codec, dataset, tmp_path, capsys):
+    # A codec export is not an LM; too many levels for the codec.
+    assert main(["generate", str(tiny_codec), "--out", str(tmp_path / "x.wav")]) == 2
+    assert "not a token LM export" in capsys.readouterr().err
+    assert main(["tokenize", str(tiny_codec), str(dataset), str(tmp_path / "t"),
+                 "--levels", "9"]) == 2
+    assert "levels" in capsys.readouterr().err

@@ -67,6 +67,9 @@ class SoundryCodecHandle(CodecHandle):
         self.sample_rate = int(self.model.sample_rate)
         self.channels = int(self.model.channels)
         self.levels = int(levels or self.model.n_codebooks)
+        if not 1 <= self.levels <= self.model.n_codebooks:
+            raise SoundryError(f"{path} has {self.model.n_codebooks} codebooks; "
+                               f"{self.levels} were asked for")
         self.codebook_size = int(self.model.codebook_size)
         self.frame_rate = float(self.model.frame_rate)
         self.chunk_seconds = chunk_seconds
@@ -125,7 +128,7 @@ class HFCodecHandle(CodecHandle):
             self.channels = int(getattr(c, "audio_channels", 1))
             full = int(c.num_quantizers)
         self.levels = int(levels or full)
-        if self.levels > full:
+        if not 1 <= self.levels <= full:
             raise SoundryError(f"{path} has {full} codebooks; {self.levels} were asked for")
 
     @torch.inference_mode()
