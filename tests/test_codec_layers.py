@@ -50,6 +50,15 @@ def test_snake_gradients_match_autograd_of_the_formula() -> None:
     gx, ga = torch.autograd.grad(snake(x, alpha), (x, alpha), g)
     rx, ra = torch.autograd.grad(snake_reference(x, alpha), (x, alpha), g)
     assert torch.allclose(gx, rx) and torch.allclose(ga, ra)
+    # only one of the two needing a gradient
+    (gx_only,) = torch.autograd.grad(snake(x, alpha.detach()), (x,), g)
+    assert torch.allclose(gx_only, rx)
+    (ga_only,) = torch.autograd.grad(snake(x.detach(), alpha), (alpha,), g)
+    assert torch.allclose(ga_only, ra)
+    # channels-last 4-D input with alpha [1, C, 1, 1]
+    x4 = x.detach()[:, :, None, :].requires_grad_()
+    a4 = alpha.detach().view(1, 3, 1, 1).requires_grad_()
+    assert torch.autograd.gradcheck(snake, (x4, a4))
 
 
 def test_snake_module_layout_and_elu() -> None:
