@@ -49,9 +49,9 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "toy.yaml"
 
 def overrides(total_steps: int, log_every: int) -> list[str]:
     return [
-        "data.sample_rate=16000", "data.segment_seconds=1.0", "data.batch_size=2",
-        "model.channels=16", "model.layers=3", "model.kernel_size=7", "model.dropout=0.0",
-        "model.disc_channels=8", "toy.items_per_epoch=64", "train.ema=null",
+        "data.sample_rate=16000", "data.segment_seconds=1.0", "data.batch_size=4",
+        "model.channels=32", "model.layers=3", "model.kernel_size=7", "model.dropout=0.0",
+        "model.disc_channels=16", "toy.items_per_epoch=64", "train.ema=null",
         f"train.max_steps={total_steps}", f"train.log_every={log_every}",
         f"train.valid_every={10 * total_steps}", f"train.checkpoint_every={10 * total_steps}",
         "train.best_metric=null",

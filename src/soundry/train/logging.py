@@ -222,10 +222,17 @@ def write_provenance(run_dir: Path, resumed_from: int | None, command: list[str]
 
 
 class Progress:
-    """A rich progress bar: step, it/s, ETA and the main losses (main process only)."""
+    """A rich progress bar: step, it/s, ETA and the main losses (main process only).
+
+    Redrawn from the training thread at most twice a second (no refresh thread competing
+    with the step for the GIL and the CPU).
+    """
+
+    REFRESH_SECONDS = 0.5
 
     def __init__(self, total: int, start: int, enabled: bool) -> None:
         self._progress: Any = None
+        self._last_refresh = 0.0
         if not enabled:
             return
         from rich.progress import (
@@ -246,7 +253,7 @@ class Progress:
         self._progress = RichProgress(
             TextColumn("step"), MofNCompleteColumn(), BarColumn(), Rate(),
             TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-            refresh_per_second=2, transient=False,
+            auto_refresh=False, transient=False,
         )
         self._task = self._progress.add_task("train", total=total, completed=start, losses="")
         self._progress.start()
@@ -259,6 +266,10 @@ class Progress:
             shown = [(k, v) for k, v in metrics.items() if k.startswith("loss/") and v is not None]
             fields["losses"] = "  ".join(f"{k[5:]} {v:.4g}" for k, v in shown[:4])
         self._progress.update(self._task, completed=step, **fields)
+        now = time.monotonic()
+        if now - self._last_refresh >= self.REFRESH_SECONDS:
+            self._last_refresh = now
+            self._progress.refresh()
 
     def close(self) -> None:
         if self._progress is not None:
