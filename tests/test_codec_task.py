@@ -270,6 +270,13 @@ def test_cli_encode_then_decode_equals_reconstruct(trained_run: Path) -> None:
     assert sr_a == sr_b == 16000
     assert a.shape == b.shape == (16000 * 2 + 123,)
     np.testing.assert_allclose(a, b, atol=1e-4)
+    # bf16 decoding: same codes, output close to fp32.
+    rec16 = trained_run / "rec16.wav"
+    assert cli(["reconstruct", str(model), str(src), str(rec16), "--chunk-seconds", "0.5",
+                "--precision", "bf16"]) == 0
+    c, _ = sf.read(rec16, dtype="float32")
+    snr = 10 * np.log10(np.sum(b**2) / max(np.sum((b - c) ** 2), 1e-20))
+    assert snr > 25.0, snr
     # Fewer levels: a valid, different file; too many: a clear error.
     assert cli(["encode", str(model), str(src), str(codes), "--levels", "2"]) == 0
     assert np.load(codes)["codes"].shape[1] == 2

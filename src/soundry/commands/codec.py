@@ -38,6 +38,7 @@ def register(sub: Any) -> None:
     p.add_argument("input", type=Path, help="codes .npz file or folder")
     p.add_argument("output", type=Path, help="OUT.wav (or a folder)")
     p.add_argument("--chunk-seconds", type=float, default=10.0)
+    _precision_arg(p)
     p.set_defaults(func=_decode)
 
     p = sub.add_parser("reconstruct", help="encode then decode audio (files or folders)")
@@ -46,7 +47,18 @@ def register(sub: Any) -> None:
     p.add_argument("output", type=Path)
     p.add_argument("--levels", type=int, default=None)
     p.add_argument("--chunk-seconds", type=float, default=10.0)
+    _precision_arg(p)
     p.set_defaults(func=_reconstruct)
+
+
+def _precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16 runs the decoder in bfloat16 (several times faster on CPUs with AMX / "
+        "AVX512-BF16; codes unchanged, output within about 35 dB SNR of fp32)",
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -84,7 +96,7 @@ def _encode(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     from soundry.models.codec_io import decode_file, load_codec
 
-    codec = load_codec(args.model)
+    codec = load_codec(args.model).optimize_for_inference(args.precision)
     for src, dst in _pairs(args.input, args.output, {".npz"}, ".wav"):
         decode_file(codec, src, dst, chunk_seconds=args.chunk_seconds)
         print(f"{src} -> {dst}")
@@ -94,7 +106,7 @@ def _decode(args: argparse.Namespace) -> int:
 def _reconstruct(args: argparse.Namespace) -> int:
     from soundry.models.codec_io import load_codec, reconstruct_file
 
-    codec = load_codec(args.model)
+    codec = load_codec(args.model).optimize_for_inference(args.precision)
     for src, dst in _pairs(args.input, args.output, AUDIO_EXTS, ".wav"):
         reconstruct_file(codec, src, dst, levels=args.levels, chunk_seconds=args.chunk_seconds)
         print(f"{src} -> {dst}")

@@ -125,6 +125,8 @@ class CodecTask(Task):
     def __init__(self, recipe: CodecRecipe, ctx: TaskContext) -> None:
         super().__init__(recipe, ctx)
         self.generator = build_codec(recipe.model)
+        # Quantizer dropout and dead-code restarts draw from the run's seed (and the step).
+        self.generator.quantizer.seed = recipe.seed
         self.discriminator = build_discriminator(recipe.discriminator, recipe.model.sample_rate)
         self._losses: Any = None  # built on first use, on the training device
         self._valid_items: list[tuple[str, np.ndarray]] | None = None
