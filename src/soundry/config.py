@@ -275,7 +275,10 @@ def to_dict(cfg: BaseModel) -> dict[str, Any]:
 
 def save_resolved(cfg: BaseModel, path: str | Path) -> None:
     """Write the fully resolved config as YAML (keys in schema order)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)  # atomic: a reader never sees a half-written config
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

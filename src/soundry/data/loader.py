@@ -215,6 +215,9 @@ class ClipLoader:
             collate_fn=collate,
             persistent_workers=False,
             prefetch_factor=2 if self.num_workers > 0 else None,
+            # Items seed themselves from (seed, epoch, index); this generator only keeps the
+            # DataLoader from drawing its workers' base seed from the global generator.
+            generator=torch.Generator().manual_seed(self.epoch),
         )
         return iter(loader)
 

@@ -772,6 +772,8 @@ class Engine:
             "nonfinite_skips": sum(self.updater.skipped.values()),
             "valid": self.last_valid,
         }
+        if hasattr(self.loader, "summary"):  # data loaders report usable / skipped files
+            summary["data"] = self.loader.summary()
         if self.is_main:
             import json
 
@@ -797,8 +799,11 @@ def summary_line(summary: dict[str, Any]) -> str:
     label = "best checkpoint" if summary["best_checkpoint"] else "last checkpoint"
     value = (f" ({summary['best_metric']} = {summary['best_value']:.4g})"
              if summary["best_checkpoint"] else "")
+    data = summary.get("data") or {}
+    skipped = (f"; data: {data['usable_files']} files used, {data['skipped_files']} skipped, "
+               f"{data['replaced_items']} items replaced" if data else "")
     return (f"trained {summary['steps']} steps in {took}: run dir {summary['run_dir']}; "
-            f"{label} {best}{value}")
+            f"{label} {best}{value}{skipped}")
 
 
 def run_training(
