@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument(
+        "--samples", type=int, default=0, help="exact segment length (overrides seconds)"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,9 +60,8 @@ def main() -> None:
         task.discriminator = torch.compile(task.discriminator)
     updater = _Updater(task.optimizers())
     sr = recipe.model.sample_rate
-    n = int(round(args.segment_seconds * sr))
-    hop = task.generator.hop_length
-    n = max(hop, n // hop * hop)
+    # Not snapped to the hop: the codec pads internally, as DAC's own step does.
+    n = args.samples or int(round(args.segment_seconds * sr))
     gen = torch.Generator().manual_seed(0)
     x = 0.3 * torch.randn(args.batch_size, recipe.model.channels, n, generator=gen)
 

@@ -403,7 +403,10 @@ def build_optimizer(
             groups = [g for g in groups if g["params"]]
         else:
             groups = [{"params": [p for _, p in params], "weight_decay": cfg.weight_decay}]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        # fused: one kernel for all parameters (CPU and CUDA), not a Python loop per tensor.
+        optimizer = torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=_fusable(params)
+        )
     elif isinstance(cfg, MuonConfig):
         routes = route_parameters(cfg, modules)
         if not routes:
@@ -445,3 +448,8 @@ def build_spec(
     return OptimizerSpec(
         name=name, networks=list(modules), optimizer=optimizer, scheduler=scheduler, clip=cfg.clip
     )
+
+
+def _fusable(params: list[tuple[str, nn.Parameter]]) -> bool:
+    """Fused AdamW needs floating-point parameters on CPU or CUDA."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for _, p in params)
