@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"soundry.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command module still being written
-            if exc.name != f"soundry.commands.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"soundry.commands.{name}").register(sub)
     return parser
 
 
