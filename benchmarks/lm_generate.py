@@ -67,8 +67,11 @@ def main() -> None:
     best = float("inf")
     for r in range(a.repeats):
         start = time.perf_counter()
-        out = generate(model, None, batch=1, max_frames=a.steps, top_k=250, seed=r)
+        # min_frames: a random model may sample EOS early; time exactly `steps` frames.
+        out = generate(model, None, batch=1, max_frames=a.steps, top_k=250, seed=r,
+                       min_frames=a.steps)
         best = min(best, time.perf_counter() - start)
+    assert int(out.lengths[0]) == a.steps
     bound_steps = a.bandwidth_gbs * 1e9 / bytes_per_step
     steps_per_s = out.steps / best
     peer = _run_peer(a) if a.peer else {}

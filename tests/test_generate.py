@@ -179,3 +179,14 @@ def test_generation_restores_the_training_mode():
     model = make().train()
     generate(model, None, max_frames=3)
     assert model.training
+
+
+def test_min_frames_blocks_an_early_end():
+    model = make()
+    force_eos_at(model, [2, 2])
+    out = generate(model, None, batch=2, max_frames=7, min_frames=5, seed=1)
+    assert out.lengths.tolist() == [7, 7]
+    model = make()
+    force_eos_at(model, [6, 6])
+    out = generate(model, None, batch=2, max_frames=9, min_frames=5, seed=1)
+    assert out.lengths.tolist() == [6, 6]

@@ -82,6 +82,7 @@ def generate(
     seed: int = 0,
     use_cache: bool = True,
     trace: list[torch.Tensor] | None = None,
+    min_frames: int = 0,
 ) -> Generated:
     """Generate up to `max_frames` frames for each row of `cond` (or `batch` unconditioned
     rows when `cond` is None).
@@ -90,6 +91,8 @@ def generate(
     use_cache: False recomputes the whole sequence every step (reference path for tests).
     trace: when a list, each step's raw row logits [rows, K, V] are appended to it (rows =
       2B under guidance: conditional rows first).
+    min_frames: level 0 may not emit EOS before this many frames (benchmarks, fixed-length
+      generation).
     """
     if max_frames < 0:
         raise ValueError(f"max_frames must be >= 0, got {max_frames}")
@@ -97,7 +100,7 @@ def generate(
     model.eval()
     try:
         return _generate(model, cond, batch, max_frames, temperature, top_k, top_p, cfg_scale,
-                         seed, use_cache, trace)
+                         seed, use_cache, trace, min_frames)
     finally:
         model.train(was_training)
 
@@ -114,6 +117,7 @@ def _generate(
     seed: int,
     use_cache: bool,
     trace: list[torch.Tensor] | None,
+    min_frames: int,
 ) -> Generated:
     pattern, tokens = model.pattern, model.tokens
     device = next(model.parameters()).device
@@ -143,6 +147,9 @@ def _generate(
     # Only level 0 may choose to end; the other levels end where the pattern says.
     level_bias = torch.zeros(levels, tokens.n_output, device=device)
     level_bias[1:, eos] = float("-inf")
+    # Before `min_frames` frames, level 0 may not end either.
+    early_bias = level_bias.clone()
+    early_bias[0, eos] = float("-inf")
     generator = torch.Generator(device=device).manual_seed(seed)
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
     end_step = [n_steps - 1] * batch
@@ -164,7 +171,7 @@ def _generate(
         scores = logits.float()
         if guided:
             scores = scores[batch:] + (scores[:batch] - scores[batch:]) * cfg_scale
-        scores = scores + level_bias
+        scores = scores + (early_bias if level0_frame[s] < min_frames else level_bias)
         vocab = scores.shape[-1]
         sampled = sample_next(scores.view(-1, vocab), temperature, top_k, top_p, generator)
         sampled = sampled.view(batch, levels)
