@@ -124,10 +124,16 @@ class CodecTask(Task):
 
     def __init__(self, recipe: CodecRecipe, ctx: TaskContext) -> None:
         super().__init__(recipe, ctx)
-        self.generator = build_codec(recipe.model)
+        # Initial weights come from the run's seed alone (the networks are built here, before
+        # the engine seeds its RNGs), without disturbing the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            self.generator = build_codec(recipe.model)
+            self.discriminator = build_discriminator(
+                recipe.discriminator, recipe.model.sample_rate
+            )
         # Quantizer dropout and dead-code restarts draw from the run's seed (and the step).
         self.generator.quantizer.seed = recipe.seed
-        self.discriminator = build_discriminator(recipe.discriminator, recipe.model.sample_rate)
         self._losses: Any = None  # built on first use, on the training device
         self._valid_items: list[tuple[str, np.ndarray]] | None = None
 
