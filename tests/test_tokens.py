@@ -137,3 +137,15 @@ def test_data_parallel_ranks_split_each_batch(tmp_path):
         assert sorted(shares[0]["id"] + shares[1]["id"]) == sorted(batch["id"]) or \
             len(batch["id"]) == 1
         assert not set(shares[0]["id"]) & set(shares[1]["id"]) or len(batch["id"]) == 1
+
+
+def test_worker_processes_give_the_same_batches(tmp_path):
+    write_tokens(tmp_path, [30, 40, 50, 60, 70, 20])
+    cfg = TokenDataConfig(path=str(tmp_path), window_seconds=2.0, max_batch_size=2,
+                          valid_count=0)
+    inline = build_token_loader(cfg, seed=5)
+    workers = build_token_loader(cfg.model_copy(update={"num_workers": 2}), seed=5)
+    for _ in range(4):
+        a, b = next(inline), next(workers)
+        assert torch.equal(a["codes"], b["codes"]) and a["id"] == b["id"]
+    workers.close()
