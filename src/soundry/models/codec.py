@@ -275,9 +275,7 @@ class ResidualUnit(nn.Module):
         self.conv2 = Conv1d(channels, channels, 1, padding=pad, weight_norm=weight_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv2(self.act2(self.conv1(self.act1(x))))
-        # In place into the fresh conv output (autograd keeps conv inputs, not outputs).
-        return y.add_(x) if y.dtype == x.dtype else x + y
+        return self.conv2.forward_add(self.act2(self.conv1(self.act1(x))), x)
 
     def span_layers(self) -> list[nn.Module]:
         return [self.act1, self.conv1, self.act2, self.conv2]
