@@ -131,12 +131,14 @@ class RotaryTables(nn.Module):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [..., in] @ weight[out, in].T; a single row goes through a matrix-vector product.
+    """x [..., in] @ weight[out, in].T; a single row of bf16/fp16 goes through a
+    matrix-vector product.
 
-    Batch-1 decoding multiplies one row by every weight matrix; CPU GEMV kernels (in
-    particular for bf16 weights) are much faster than GEMM kernels for that case.
+    Batch-1 decoding multiplies one row by every weight matrix. For bf16 weights the CPU
+    GEMV kernel is much faster than the GEMM path `F.linear` takes; for fp32 the two are
+    about equal, so fp32 keeps `F.linear`.
     """
-    if x.numel() == x.shape[-1]:
+    if x.dtype in (torch.bfloat16, torch.float16) and x.numel() == x.shape[-1]:
         return torch.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight)
 
