@@ -180,33 +180,6 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "dead_code_threshold": 0.0,
         },
     },
-    # descript-audio-codec 16 kHz, 6 kbps (12 x 10 bits at 50 Hz)
-    "dac-16k": {
-        "sample_rate": 16000,
-        "channels": 1,
-        "encoder_dim": 64,
-        "strides": [2, 4, 5, 8],
-        "latent_dim": 1024,
-        "decoder_dim": 1536,
-        "kernel_size": 7,
-        "latent_kernel_size": 3,
-        "dilations": [1, 3, 9],
-        "activation": "snake",
-        "weight_norm": True,
-        "causal": False,
-        "upsample": "transposed",
-        "upsample_output_padding": True,
-        "pqmf_bands": 0,
-        "output_tanh": True,
-        "quantizer": {
-            "type": "rvq",
-            "n_codebooks": 12,
-            "codebook_size": 1024,
-            "codebook_dim": 8,
-            "dropout": 0.5,
-            "dead_code_threshold": 0.0,
-        },
-    },
     # CPU minutes: 16 kHz, 50 Hz frames, 6 x 8 bits = 2.4 kbps, about 2.5M parameters
     "tiny": {
         "sample_rate": 16000,
@@ -236,6 +209,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "restart_candidates": 256,
         },
     },
+}
+
+# descript-audio-codec 16 kHz, 6 kbps (12 x 10 bits at 50 Hz): the 44.1 kHz architecture
+# with strides [2, 4, 5, 8] and 12 codebooks.
+_PRESETS["dac-16k"] = {
+    **_PRESETS["dac-44k"],
+    "sample_rate": 16000,
+    "strides": [2, 4, 5, 8],
+    "quantizer": {**_PRESETS["dac-44k"]["quantizer"], "n_codebooks": 12},
 }
 
 
