@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import random
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
+from soundry import cli
+from soundry.errors import SoundryError
 from soundry.train.checkpoint import (
     CheckpointManager,
     capture_rng,
     load_tensors,
+    load_weights_only,
     restore_rng,
     save_tensors,
     step_name,
 )
+
+RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "toy.yaml")
+SMALL = ["data.sample_rate=8000", "data.segment_seconds=0.032", "data.batch_size=2",
+         "data.valid_count=1", "data.valid_seconds=0.05", "model.channels=4", "model.layers=1",
+         "toy.items_per_epoch=8", "toy.valid_clips=0", "train.progress=false",
+         "train.tensorboard=false", "train.log_every=1", "train.max_steps=2"]
 
 
 def _save(manager: CheckpointManager, step: int, net: nn.Module) -> Path:
@@ -98,3 +112,97 @@ def test_save_tensors_handles_tied_weights(tmp_path: Path) -> None:
         emb.weight.zero_()
     net.load_state_dict(loaded)
     assert net["head"].weight is net["emb"].weight and net["emb"].weight.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- tampered files
+
+
+class _Payload:
+    """Unpickling this creates the directory `marker` (it would run code)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> Any:
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run directory from a 2-step `soundry train` of the toy recipe."""
+    run = tmp_path_factory.mktemp("ckpt") / "run"
+    assert cli.main(["train", RECIPE, "--out", str(run), *SMALL]) == 0
+    return run
+
+
+def _copy_run(run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the run and its newest checkpoint directory."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    latest = CheckpointManager(copy, 2).latest()
+    assert latest is not None
+    return copy, latest
+
+
+def _resume_error(run: Path, capsys: Any) -> str:
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), "train.max_steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("form", ["torch.save", "raw pickle"])
+def test_tampered_optimizer_state_is_refused(trained_run: Path, tmp_path: Path, capsys: Any,
+                                             form: str) -> None:
+    run, latest = _copy_run(trained_run, tmp_path)
+    target = sorted(latest.glob("optim.*.pt"))[0]
+    marker = tmp_path / "payload-ran"
+    if form == "torch.save":
+        torch.save({"optimizer": _Payload(marker), "scheduler": None}, target)
+    else:
+        target.write_bytes(pickle.dumps({"optimizer": _Payload(marker)}, protocol=2))
+    err = _resume_error(run, capsys)
+    assert f"refusing to load {target}" in err
+    assert "objects other than tensors and plain numbers" in err
+    assert "weights_only" not in err
+    assert not marker.exists(), "the pickled payload ran"
+    # the API raises the same error
+    with pytest.raises(SoundryError, match="refusing to load"):
+        CheckpointManager.read_optimizer(latest, target.name[len("optim."):-len(".pt")])
+    assert not marker.exists()
+
+
+def test_corrupt_checkpoint_files_name_the_file(trained_run: Path, tmp_path: Path,
+                                                capsys: Any) -> None:
+    run, latest = _copy_run(trained_run, tmp_path)
+    weights = sorted(p for p in latest.glob("*.safetensors") if ".ema." not in p.name)[0]
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    err = _resume_error(run, capsys)
+    assert f"cannot read {weights}" in err and "safetensors" in err
+
+    run, latest = _copy_run(trained_run, tmp_path / "b")
+    optim = sorted(latest.glob("optim.*.pt"))[0]
+    data = optim.read_bytes()
+    optim.write_bytes(data[: len(data) // 2])
+    err = _resume_error(run, capsys)
+    assert f"cannot read {optim}" in err and "weights_only" not in err
+
+    for name in ("state.json", "rank0.json"):
+        run, latest = _copy_run(trained_run, tmp_path / name)
+        text = (latest / name).read_text()
+        (latest / name).write_text(text[: len(text) // 2])
+        err = _resume_error(run, capsys)
+        assert f"cannot read {latest / name}" in err and "not valid JSON" in err
+
+
+def test_weights_only_loader_reads_plain_states(tmp_path: Path) -> None:
+    path = tmp_path / "s.pt"
+    torch.save({"a": torch.ones(2), "b": [1, 2.5, "x"], "c": None}, path)
+    loaded = load_weights_only(path)
+    assert torch.equal(loaded["a"], torch.ones(2)) and loaded["b"] == [1, 2.5, "x"]
+    with pytest.raises(SoundryError, match="missing"):
+        load_weights_only(tmp_path / "nope.pt")
+    with pytest.raises(SoundryError, match="missing"):
+        load_tensors(tmp_path / "nope.safetensors")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -83,7 +85,64 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    return load_file(str(path), device=str(device))
+    """A safetensors file as name -> tensor; a missing or unreadable file is a SoundryError
+    that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SoundryError(f"checkpoint file {path} is missing")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SoundryError(
+            f"cannot read {path}: it is not a valid safetensors file ({exc}); the file is "
+            "truncated or corrupt"
+        ) from None
+
+
+def load_weights_only(path: Path) -> Any:
+    """`torch.load(path, weights_only=True)` with errors a user can act on.
+
+    A file whose pickle asks for anything but tensors, numbers, strings and containers
+    (for instance an object whose unpickling would run code) is refused, never loaded
+    another way.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SoundryError(f"checkpoint file {path} is missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        detail = f" (it asks for {found.group(1)})" if found else ""
+        raise SoundryError(
+            f"refusing to load {path}: it holds objects other than tensors and plain numbers"
+            f"{detail}. soundry never writes such objects into a checkpoint, so the file "
+            "was modified or does not come from soundry; nothing in it was run. Restore "
+            "it from a trusted copy or resume from another checkpoint."
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise SoundryError(
+            f"cannot read {path}: {_first_sentence(exc)}; the file is truncated or corrupt"
+        ) from None
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a checkpoint; a missing or unparsable file is a SoundryError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SoundryError(f"checkpoint file {path} is missing")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SoundryError(
+            f"cannot read {path}: it is not valid JSON ({exc}); the file is truncated or "
+            "corrupt"
+        ) from None
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")
 
 
 def all_finite(networks: dict[str, nn.Module]) -> bool:
@@ -332,7 +391,9 @@ class CheckpointManager:
     # -- reading
 
     def read_state(self, path: Path) -> dict[str, Any]:
-        state = json.loads((path / STATE).read_text())
+        state = read_json(path / STATE)
+        if not isinstance(state, dict):
+            raise SoundryError(f"{path / STATE} is not a checkpoint state (not a mapping)")
         if state.get("format") != FORMAT_VERSION:
             raise SoundryError(
                 f"checkpoint {path} has format {state.get('format')}; this soundry reads "
@@ -347,11 +408,19 @@ class CheckpointManager:
                 f"checkpoint {path} has no state for process {self.rank}; resume with the "
                 "same number of processes it was written with"
             )
-        return json.loads(rank_file.read_text())
+        state = read_json(rank_file)
+        if not isinstance(state, dict):
+            raise SoundryError(f"{rank_file} is not a checkpoint state (not a mapping)")
+        return state
 
     @staticmethod
     def read_optimizer(path: Path, name: str) -> dict[str, Any]:
-        return torch.load(path / f"optim.{name}.pt", map_location="cpu", weights_only=True)
+        file = path / f"optim.{name}.pt"
+        state = load_weights_only(file)
+        if not isinstance(state, dict) or not {"optimizer", "scheduler"} <= state.keys():
+            raise SoundryError(f"{file} is not an optimizer state (expected a mapping with "
+                               "'optimizer' and 'scheduler')")
+        return state
 
     @staticmethod
     def read_network(path: Path, name: str, ema: bool = False) -> dict[str, torch.Tensor]:
