@@ -149,3 +149,24 @@ def test_worker_processes_give_the_same_batches(tmp_path):
         a, b = next(inline), next(workers)
         assert torch.equal(a["codes"], b["codes"]) and a["id"] == b["id"]
     workers.close()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_leaves_the_global_generator_alone(tmp_path, workers):
+    write_tokens(tmp_path, [30, 40, 50, 60, 70, 20, 35, 45])
+    cfg = TokenDataConfig(path=str(tmp_path), window_seconds=2.0, max_batch_size=2,
+                          valid_count=0, num_workers=workers)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = build_token_loader(cfg, seed=7)
+    a = [next(first) for _ in range(5)]
+    first.close()
+    assert torch.equal(torch.get_rng_state(), before), "the loader drew from torch's generator"
+    torch.manual_seed(999)  # another global state must not change the batches
+    second = build_token_loader(cfg, seed=7)
+    b = [next(second) for _ in range(5)]
+    second.close()
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x["codes"], y["codes"]) and x["id"] == y["id"]
+        assert x["seed"] == y["seed"]
+    assert first.seed == second.seed == 7

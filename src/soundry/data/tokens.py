@@ -357,13 +357,18 @@ class TokenLoader:
     `state_dict()` is the position of the next batch the caller receives; batches prefetched
     but not taken are rebuilt identically after `load_state_dict`, since every random choice
     of an item depends only on (seed, epoch, index).
+
+    The torch DataLoader gets its own generator, seeded from `seed` (default: the dataset's,
+    i.e. the run seed), so starting it never draws from torch's global generator (see the
+    engine's `TrainLoader` protocol).
     """
 
     def __init__(self, dataset: TokenDataset, sampler: EpochBatchSampler,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, seed: int | None = None) -> None:
         self.dataset = dataset
         self.sampler = sampler
         self.num_workers = int(num_workers)
+        self.seed = int(dataset.seed if seed is None else seed)
         self.epoch = 0
         self.batch = 0
         self._it: Iterator[dict[str, Any]] | None = None
@@ -380,6 +385,7 @@ class TokenLoader:
                 num_workers=self.num_workers,
                 collate_fn=collate_tokens,
                 prefetch_factor=2 if self.num_workers > 0 else None,
+                generator=torch.Generator().manual_seed(self.seed),
             )
             self._it = iter(loader)
         batch = next(self._it)
@@ -440,4 +446,4 @@ def build_token_loader(cfg: TokenDataConfig, seed: int, levels: int | None = Non
         sampler = ShardedSampler(sampler, rank, world_size)
     log.info("token data: %d training items (%.2f h) from %s", len(train),
              sum(index.items[i].frames for i in train) / index.frame_rate / 3600, index.root)
-    return TokenLoader(dataset, sampler, cfg.num_workers)
+    return TokenLoader(dataset, sampler, cfg.num_workers, seed=seed)
