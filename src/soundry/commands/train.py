@@ -16,6 +16,7 @@ TensorBoard logs, validation audio, checkpoints, summary.json) goes to the run d
 examples:
   soundry train recipes/toy.yaml --out runs/toy train.max_steps=200
   soundry train recipes/codec/tiny.yaml --data /audio/speech --valid /audio/valid
+  soundry train recipes/lm/tiny.yaml --data runs/tokens-tiny   # token LM: sets tokens.path
   soundry train recipes/codec/tiny.yaml --init-from runs/pretrained train.freeze=[generator.encoder]
   soundry train --resume runs/toy               # continue exactly where it stopped
   soundry train --resume runs/toy train.max_steps=400   # ... and train longer
@@ -51,8 +52,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted recipe overrides, e.g. train.max_steps=500 optim.generator.lr=1e-4")
     p.add_argument("--data", action="append", metavar="PATH",
-                   help="training audio folder or manifest (repeat for several; sets data.sources)")
-    p.add_argument("--valid", metavar="PATH", help="validation audio (sets data.valid)")
+                   help="training data: audio folder or manifest (repeat for several; sets "
+                        "data.sources), or for a token LM the token directory made by "
+                        "`soundry tokenize` (sets tokens.path)")
+    p.add_argument("--valid", metavar="PATH",
+                   help="validation audio (sets data.valid; a token LM validates on items "
+                        "held out of its token directory, see tokens.valid_count)")
     p.add_argument("--out", metavar="RUN_DIR",
                    help="run directory (default: runs/<recipe name>-<date>-<time>)")
     p.add_argument("--max-steps", type=int, metavar="N", help="sets train.max_steps")
@@ -65,13 +70,24 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=handle)
 
 
-def _sugar(args: argparse.Namespace) -> list[str]:
-    """The flags as dotted overrides (values as JSON, which is YAML)."""
+def _data_sugar(data: list[str] | None, valid: str | None,
+                recipe_class: Any = None) -> list[str]:
+    """--data / --valid as overrides: the task's recipe class maps them when it defines
+    `data_flag_overrides` (the token LM: tokens.path); otherwise data.sources/data.valid."""
+    mapper = getattr(recipe_class, "data_flag_overrides", None)
+    if mapper is not None:
+        return list(mapper(list(data or []), valid))
     out = []
-    if args.data:
-        out.append("data.sources=" + json.dumps([{"path": p} for p in args.data]))
-    if args.valid is not None:
-        out.append("data.valid=" + json.dumps(args.valid))
+    if data:
+        out.append("data.sources=" + json.dumps([{"path": p} for p in data]))
+    if valid is not None:
+        out.append("data.valid=" + json.dumps(valid))
+    return out
+
+
+def _sugar(args: argparse.Namespace, recipe_class: Any = None) -> list[str]:
+    """The flags as dotted overrides (values as JSON, which is YAML)."""
+    out = _data_sugar(args.data, args.valid, recipe_class)
     if args.max_steps is not None:
         out.append(f"train.max_steps={args.max_steps}")
     if args.init_from is not None:
@@ -79,6 +95,18 @@ def _sugar(args: argparse.Namespace) -> list[str]:
     if args.overfit is not None:
         out.append(f"train.overfit={args.overfit}")
     return out
+
+
+def _recipe_class(raw: dict[str, Any]) -> Any:
+    """The recipe class of the task `raw` names (None when it names none it knows; the
+    validation of the recipe reports that)."""
+    import soundry.train.tasks  # noqa: F401  (registers the task recipe classes)
+    from soundry.config import TASK_RECIPES
+
+    task = raw.get("task")
+    if task is None or str(task) not in TASK_RECIPES.names():
+        return None
+    return TASK_RECIPES.get(str(task))
 
 
 def prepare(args: argparse.Namespace) -> tuple[Any, Path]:
@@ -91,7 +119,6 @@ def prepare(args: argparse.Namespace) -> tuple[Any, Path]:
     if recipe_path and "=" in recipe_path and not Path(recipe_path).exists():
         overrides.insert(0, recipe_path)  # `--resume RUN key=value`: no recipe given
         recipe_path = None
-    overrides = _sugar(args) + overrides
     if args.resume:
         if recipe_path:
             raise ConfigError("give either a RECIPE or --resume RUN_DIR, not both (a resumed run "
@@ -108,7 +135,10 @@ def prepare(args: argparse.Namespace) -> tuple[Any, Path]:
                               "--resume RUN_DIR")
         source = Path(recipe_path)
         run_dir = Path(args.out) if args.out else None  # type: ignore[assignment]
-    raw = apply_overrides(read_yaml(source), overrides)
+    base = read_yaml(source)
+    # the flags come first, so explicit key=value overrides win over them
+    overrides = _sugar(args, _recipe_class(apply_overrides(base, overrides))) + overrides
+    raw = apply_overrides(base, overrides)
     recipe = recipe_from_dict(raw, source=str(source), overrides=overrides)
     if run_dir is None:
         name = recipe.name or source.stem

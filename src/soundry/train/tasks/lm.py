@@ -16,16 +16,18 @@ level and the mean entropy of the model's predictions while generating.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from soundry.config import Strict
+from soundry.data.config import DataConfig
 from soundry.data.samplers import FixedItemsSampler
 from soundry.data.tokens import (
     TokenDataConfig,
@@ -86,21 +88,93 @@ class LMValidConfig(Strict):
     decode: bool = True
 
 
+# Where each key of the audio `data:` section lives for a token LM.
+_DATA_EQUIVALENTS: dict[str, str] = {
+    "sources": "set tokens.path (or --data) to a directory made by `soundry tokenize`",
+    "valid": "validation uses tokens.valid_count items held out of tokens.path",
+    "mode": "tokens are cut into windows of tokens.window_seconds",
+    "sample_rate": "it is fixed by the codec the tokens were made with (tokens.path/index.json)",
+    "channels": "it is fixed by the codec the tokens were made with (tokens.path/index.json)",
+    "segment_seconds": "set tokens.window_seconds",
+    "batch_size": "set tokens.max_batch_size (and tokens.max_batch_seconds)",
+    "num_workers": "set tokens.num_workers",
+    "min_seconds": "it applies when the audio is tokenized (`soundry tokenize`)",
+    "snap_to_hop": "it applies when the audio is tokenized (`soundry tokenize`)",
+    "valid_count": "set tokens.valid_count",
+    "valid_seconds": "validation windows are tokens.window_seconds long (demos: "
+                     "valid.demo_seconds)",
+    "loudness": "it applies when the audio is tokenized (`soundry tokenize`)",
+    "augment": "token LMs train without audio augmentations",
+    "degrade": "token LMs train without audio degradations",
+    "bucket": "set tokens.bucket_seconds and tokens.max_batch_seconds",
+}
+
+
+def _leaf_keys(value: Any, prefix: str) -> list[str]:
+    if isinstance(value, dict) and value:
+        return [k for key, v in value.items() for k in _leaf_keys(v, f"{prefix}.{key}")]
+    return [prefix]
+
+
+def _is_resolved_default(value: dict[str, Any]) -> bool:
+    """True for the all-defaults `data:` section that resolved configs of LM runs held
+    before the section was dropped (so such runs still resume)."""
+    if set(value) != set(DataConfig.model_fields):
+        return False
+    try:
+        return DataConfig.model_validate(value) == DataConfig()
+    except ValueError:
+        return False
+
+
 class LMRecipe(RecipeBase):
-    """Recipe of the token LM task (`task: lm`); data comes from `tokens:`, not `data:`."""
+    """Recipe of the token LM task (`task: lm`); data comes from `tokens:`.
+
+    The LM has no audio `data:` section: any key under it is refused (none of them would
+    act) with the name of the `tokens:` key that does the job.
+    """
 
     task: Literal["lm"] = "lm"
+    data: DataConfig = Field(default_factory=DataConfig, exclude=True)
     model: TokenLMConfig = Field(default_factory=TokenLMConfig)
     tokens: TokenDataConfig = Field(default_factory=TokenDataConfig)
     optim: LMOptim = Field(default_factory=LMOptim)
     prompt: LMPromptConfig = Field(default_factory=LMPromptConfig)
     valid: LMValidConfig = Field(default_factory=LMValidConfig)
 
+    @classmethod
+    def data_flag_overrides(cls, data: list[str], valid: str | None) -> list[str]:
+        """`soundry train --data DIR`: the token directory (tokens.path). There is no
+        separate validation data: --valid is refused (see tokens.valid_count)."""
+        if valid is not None:
+            raise ConfigError("--valid: a token LM validates on tokens.valid_count items held "
+                              "out of its token directory (--data / tokens.path); it takes "
+                              "no separate validation data")
+        if len(data) > 1:
+            raise ConfigError(f"--data was given {len(data)} times; a token LM reads one token "
+                              "directory (tokens.path); tokenize all the audio into one with "
+                              "`soundry tokenize`")
+        return ["tokens.path=" + json.dumps(data[0])] if data else []
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _no_data_section(cls, value: Any) -> Any:
+        if isinstance(value, dict) and (not value or _is_resolved_default(value)):
+            return {}
+        keys = _leaf_keys(value, "data") if isinstance(value, dict) else ["data"]
+        problems = []
+        for key in keys:
+            top = key.split(".")[1] if "." in key else ""
+            hint = _DATA_EQUIVALENTS.get(top, "the token LM's data settings are under "
+                                              "tokens: (path, window_seconds, max_batch_size, "
+                                              "num_workers, valid_count, ...)")
+            problems.append(f"{key} has no effect on a token LM; {hint}")
+        # a ConfigError (not a ValueError) so the message reaches the user as it is
+        raise ConfigError("task: lm reads token shards and has no data: section:\n  "
+                          + "\n  ".join(problems))
+
     @model_validator(mode="after")
     def _check(self) -> LMRecipe:
-        if self.data.sources or self.data.valid:
-            raise ValueError("the lm task reads token shards from tokens.path; data.sources "
-                             "and data.valid must be empty")
         if not self.model.transformer.causal:
             # Next-step targets with bidirectional attention would let the model copy them.
             raise ValueError("the lm task trains next-step prediction and needs "
