@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import yaml
 
 from soundry import cli
 from soundry.commands.train import _sugar, prepare
@@ -51,10 +54,11 @@ def test_resume_errors(tmp_path: Path, capsys: Any) -> None:
 
 def test_flags_become_overrides() -> None:
     args = parse(["--data", "a", "--data", "b c", "--valid", "v", "--max-steps", "5",
-                  "--init-from", "runs/x", "--overfit", "3"])
+                  "--init-from", "runs/x", "--overfit", "3", "--threads", "2"])
     raw = apply_overrides({}, _sugar(args))
     assert raw == {"data": {"sources": [{"path": "a"}, {"path": "b c"}], "valid": "v"},
-                   "train": {"max_steps": 5, "init_from": "runs/x", "overfit": 3}}
+                   "train": {"max_steps": 5, "init_from": "runs/x", "overfit": 3,
+                             "threads": 2}}
     # overrides may follow options; explicit key=value wins over the flags
     args = parse([RECIPE, "--out", "runs/y", "--max-steps", "5", "train.max_steps=7", "seed=3"])
     recipe, run_dir = prepare(args)
@@ -91,3 +95,40 @@ def test_wandb_without_the_package_fails_before_work(tmp_path: Path, capsys: Any
     assert cli.main(["train", RECIPE, "--out", str(out), "train.wandb.enabled=true"]) == 2
     assert "wandb" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_threads_flag_reaches_torch(tmp_path: Path, monkeypatch: Any, caplog: Any) -> None:
+    from soundry.train.tasks.toy import ToyTask
+
+    seen: list[int] = []
+    train_step = ToyTask.train_step
+
+    def spy(self: Any, batch: Any, step: int, updater: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return train_step(self, batch, step, updater)
+
+    monkeypatch.setattr(ToyTask, "train_step", spy)
+    before = torch.get_num_threads()
+    want = before + 1
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="soundry.train"):
+        assert cli.main(["train", RECIPE, "--out", str(run), "--max-steps", "2", "--overfit",
+                         "2", "--threads", str(want), *SMALL]) == 0
+    assert seen == [want, want], "the steps ran with train.threads"
+    assert torch.get_num_threads() == before, "the thread count comes back after the run"
+    assert f"torch intra-op threads: {want} (train.threads)" in caplog.text
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["threads"] == want
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["hardware"]["torch_threads"] == want
+
+
+def test_threads_flag_overrides_the_recipe(tmp_path: Path, capsys: Any) -> None:
+    raw = yaml.safe_load(Path(RECIPE).read_text())
+    raw["train"]["threads"] = 2
+    recipe_file = tmp_path / "threads.yaml"
+    recipe_file.write_text(yaml.safe_dump(raw))
+    assert prepare(parse([str(recipe_file)]))[0].train.threads == 2
+    assert prepare(parse([str(recipe_file), "--threads", "3"]))[0].train.threads == 3
+    assert prepare(parse([RECIPE]))[0].train.threads is None  # torch's default
+    assert cli.main(["train", RECIPE, "--out", str(tmp_path / "run"), "--threads", "0"]) == 2
+    assert "train.threads" in capsys.readouterr().err

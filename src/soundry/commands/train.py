@@ -67,6 +67,8 @@ def register(subparsers: Any) -> None:
                    help="continue the run in RUN_DIR from its newest checkpoint")
     p.add_argument("--overfit", type=int, metavar="N",
                    help="train on N fixed items (a sanity check: the loss should approach 0)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="intra-op CPU threads of torch (sets train.threads; default: torch's)")
     p.set_defaults(func=handle)
 
 
@@ -94,6 +96,8 @@ def _sugar(args: argparse.Namespace, recipe_class: Any = None) -> list[str]:
         out.append("train.init_from=" + json.dumps(args.init_from))
     if args.overfit is not None:
         out.append(f"train.overfit={args.overfit}")
+    if getattr(args, "threads", None) is not None:
+        out.append(f"train.threads={args.threads}")
     return out
 
 

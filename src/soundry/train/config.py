@@ -159,6 +159,8 @@ class TrainConfig(Strict):
     nan_patience: int = Field(10, ge=1)
     # device: "auto" uses the accelerator accelerate finds (GPU when present); "cpu" forces CPU.
     device: Literal["auto", "cpu"] = "auto"
+    # intra-op CPU threads of torch (torch.set_num_threads); None leaves torch's default.
+    threads: int | None = Field(None, ge=1)
     # torch.use_deterministic_algorithms (slower on GPU; CPU runs are deterministic anyway).
     deterministic: bool = False
     valid_at_start: bool = False

@@ -368,12 +368,17 @@ class Engine:
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         set_precision_flags(cfg.precision)
         self.accelerator = make_accelerator(cfg.precision, cpu=cfg.device == "cpu")
         acc = self.accelerator
         self.device = acc.device
         self.rank, self.world_size = acc.process_index, acc.num_processes
         self.is_main = acc.is_main_process
+        if self.is_main:
+            log.info("torch intra-op threads: %d (%s)", torch.get_num_threads(),
+                     "train.threads" if cfg.threads is not None else "torch's default")
 
         ctx: TaskContext = self.task.ctx
         ctx.run_dir, ctx.device = self.run_dir, self.device
@@ -645,7 +650,18 @@ class Engine:
     # -- the loop
 
     def fit(self) -> dict[str, Any]:
-        """Train to max_steps (or stop on the NaN guard); returns the run summary."""
+        """Train to max_steps (or stop on the NaN guard); returns the run summary.
+
+        train.threads holds for the run; the process's earlier thread count comes back
+        after it (a process may run several trainings in a row).
+        """
+        threads_before = torch.get_num_threads()
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(threads_before)
+
+    def _fit(self) -> dict[str, Any]:
         self._setup()
         cfg = self.cfg
         self.progress = Progress(cfg.max_steps, self.step, cfg.progress and self.is_main)
