@@ -19,6 +19,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -222,19 +223,41 @@ def write_provenance(run_dir: Path, resumed_from: int | None, command: list[str]
 
 
 class Progress:
-    """A rich progress bar: step, it/s, ETA and the main losses (main process only).
+    """Training progress on the main process: step, it/s, ETA and the main losses.
 
-    Redrawn from the training thread at most twice a second (no refresh thread competing
-    with the step for the GIL and the CPU).
+    On a terminal, a rich progress bar, redrawn from the training thread at most twice a
+    second (no refresh thread competing with the step for the GIL and the CPU). Anywhere
+    else (a log file, CI, a pipe) one plain line per log interval, written when the engine
+    reports the interval's values::
+
+        step 120/300  3.4 it/s  ETA 0:00:53  loss/g 12.3  loss/mel 1.02
+
+    `stream` is where it writes (default: sys.stdout at construction); `interactive`
+    None decides by `stream.isatty()`. `clock` times the plain lines' rate and ETA.
     """
 
     REFRESH_SECONDS = 0.5
+    MAX_LOSSES = 4
 
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
+    def __init__(self, total: int, start: int, enabled: bool, stream: Any = None,
+                 interactive: bool | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self._progress: Any = None
+        self._stream: Any = None
         self._last_refresh = 0.0
+        self._clock = clock
+        self.total = int(total)
         if not enabled:
             return
+        stream = sys.stdout if stream is None else stream
+        if interactive is None:
+            isatty = getattr(stream, "isatty", None)
+            interactive = bool(isatty()) if isatty is not None else False
+        if not interactive:
+            self._stream = stream
+            self._mark = (int(start), clock())
+            return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -253,28 +276,65 @@ class Progress:
         self._progress = RichProgress(
             TextColumn("step"), MofNCompleteColumn(), BarColumn(), Rate(),
             TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-            auto_refresh=False, transient=False,
+            auto_refresh=False, transient=False, console=Console(file=stream),
         )
         self._task = self._progress.add_task("train", total=total, completed=start, losses="")
         self._progress.start()
 
+    @classmethod
+    def _losses(cls, metrics: dict[str, Any]) -> list[tuple[str, float]]:
+        shown = [(k, v) for k, v in metrics.items()
+                 if (k == "loss" or k.startswith("loss/")) and isinstance(v, int | float)
+                 and math.isfinite(v)]
+        return shown[: cls.MAX_LOSSES]
+
     def update(self, step: int, metrics: dict[str, Any] | None = None) -> None:
+        if self._stream is not None:
+            if metrics is not None:
+                self._line(step, metrics)
+            return
         if self._progress is None:
             return
         fields = {}
         if metrics is not None:
-            shown = [(k, v) for k, v in metrics.items() if k.startswith("loss/") and v is not None]
-            fields["losses"] = "  ".join(f"{k[5:]} {v:.4g}" for k, v in shown[:4])
+            shown = self._losses(metrics)
+            fields["losses"] = "  ".join(f"{k[5:] or k} {v:.4g}" for k, v in shown)
         self._progress.update(self._task, completed=step, **fields)
         now = time.monotonic()
         if now - self._last_refresh >= self.REFRESH_SECONDS:
             self._last_refresh = now
             self._progress.refresh()
 
+    def _line(self, step: int, metrics: dict[str, Any]) -> None:
+        """One complete plain line: rate and ETA from the steps since the previous line."""
+        last_step, last_time = self._mark
+        now = self._clock()
+        steps, seconds = step - last_step, now - last_time
+        self._mark = (step, now)
+        parts = [f"step {step}/{self.total}"]
+        if steps > 0 and seconds > 0:
+            rate = steps / seconds
+            parts.append(f"{rate:.3g} it/s")
+            parts.append(f"ETA {format_duration(max(0, self.total - step) / rate)}")
+        else:
+            parts += ["-- it/s", "ETA --"]
+        parts += [f"{k} {v:.4g}" for k, v in self._losses(metrics)]
+        self._stream.write("  ".join(parts) + "\n")
+        flush = getattr(self._stream, "flush", None)
+        if flush is not None:
+            flush()
+
     def close(self) -> None:
+        self._stream = None
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def format_duration(seconds: float) -> str:
+    """H:MM:SS (hours unbounded), e.g. 0:00:53 or 27:04:10."""
+    total = int(round(seconds))
+    return f"{total // 3600}:{total // 60 % 60:02d}:{total % 60:02d}"
 
 
 # ----------------------------------------------------------------------------- run logger
