@@ -17,7 +17,8 @@ wrapped in DistributedDataParallel: tasks call their own modules, and the engine
 gradients across processes itself at each accumulation boundary (one flat all-reduce per
 optimizer), which also makes gradient accumulation free of DDP's no_sync bookkeeping.
 bf16 runs use accelerate's autocast (no loss scaling is needed for bf16); tf32 only sets
-the torch.backends matmul/cuDNN flags.
+the torch.backends matmul/cuDNN flags. A bf16 run on a CPU without native bf16 (see
+`soundry.train.precision`) starts with a warning: emulated bf16 is far slower than fp32.
 
 NaN guard: an update whose loss or gradient norm is not finite is skipped (no optimizer or
 scheduler step), counted and logged ("nonfinite_skips"). A step with any skipped update
@@ -65,6 +66,7 @@ from soundry.train.checkpoint import (
 from soundry.train.ema import EMA
 from soundry.train.init_from import freeze, init_from, write_report
 from soundry.train.logging import Progress, RunLogger, check_wandb, write_provenance
+from soundry.train.precision import bf16_cpu_warning, cpu_has_native_bf16
 from soundry.train.task import OptimizerSpec, Task, TaskContext
 
 log = logging.getLogger("soundry.train")
@@ -379,6 +381,9 @@ class Engine:
         if self.is_main:
             log.info("torch intra-op threads: %d (%s)", torch.get_num_threads(),
                      "train.threads" if cfg.threads is not None else "torch's default")
+            if cfg.precision == "bf16" and self.device.type == "cpu" \
+                    and not cpu_has_native_bf16():
+                log.warning(bf16_cpu_warning())
 
         ctx: TaskContext = self.task.ctx
         ctx.run_dir, ctx.device = self.run_dir, self.device
