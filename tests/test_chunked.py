@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from fixtures.numerics import assert_codes_agree
 
 from soundry.errors import SoundryError
 from soundry.models.chunked import decode_chunked, encode_chunked, reconstruct_chunked
@@ -53,20 +54,25 @@ def whole_file(codec, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def test_chunked_pass_has_no_seams(overrides: dict) -> None:
     codec = tiny(**overrides)
     torch.manual_seed(1)
-    seconds, chunk = 1.6, 0.3  # 6 chunks
+    seconds, chunk = 2.0, 0.3  # 7 chunks, 101 frames per channel
     audio = torch.randn(codec.channels, int(16000 * seconds) + 77) * 0.3
     ref_codes, ref_audio = whole_file(codec, audio)
 
+    # Chunks run the convs on other lengths, so other kernel blockings: the latents agree to
+    # float32 rounding and the codes up to argmax ties (see fixtures.numerics); decoding is
+    # compared through the same codes, to 1e-4 on outputs of order 1.
     codes = encode_chunked(codec, audio, chunk_seconds=chunk)
     assert codes.shape == ref_codes.shape
-    assert torch.equal(codes, ref_codes)
+    assert_codes_agree(codes, ref_codes)
     audio_out = decode_chunked(codec, ref_codes, chunk_seconds=chunk)
     assert audio_out.shape == ref_audio.shape
     assert ref_audio.abs().mean() > 0.01
     assert (audio_out - ref_audio).abs().max() < 1e-4
     rec = reconstruct_chunked(codec, audio, chunk_seconds=chunk)
     assert rec.shape == audio.shape
-    assert (rec - ref_audio[:, : audio.shape[-1]]).abs().max() < 1e-4
+    with torch.inference_mode():
+        rec_ref = codec.decode_codes(codes)[0]  # the codes reconstruct_chunked makes
+    assert (rec - rec_ref[:, : audio.shape[-1]]).abs().max() < 1e-4
 
 
 def test_level_prefixes_and_mode_restore() -> None:
@@ -78,7 +84,7 @@ def test_level_prefixes_and_mode_restore() -> None:
     assert codec.training  # the caller's mode is restored
     codec.eval()
     ref_codes, _ = whole_file(codec, audio)
-    assert torch.equal(codes, ref_codes[:, :2])
+    assert_codes_agree(codes, ref_codes[:, :2])  # chunks: other kernel paths
     with torch.inference_mode():
         ref = codec.decode_codes(ref_codes[:, :2])[0]
     assert (decode_chunked(codec, codes, chunk_seconds=0.25) - ref).abs().max() < 1e-4

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from fixtures.numerics import assert_close, assert_codes_agree
 
 from soundry.config import validate
 from soundry.errors import ConfigError, SoundryError
@@ -63,12 +64,14 @@ def test_shapes_and_bitrate_arithmetic() -> None:
     assert out.commitment_loss.dim() == 0 and out.codebook_loss.dim() == 0
     with torch.no_grad():
         codes = codec.encode(x)
-        assert torch.equal(codes, out.codes)
+        assert torch.equal(codes, out.codes)  # the same stage calls on the same latents
         assert codec.encode(x, n_levels=2).shape == (3, 2, 10)
         y = codec.decode_codes(codes)
         assert y.shape == (3, 1, 400)
-        assert torch.allclose(y, out.audio, atol=1e-6)
-        assert torch.allclose(codec.decode(out.latents), out.audio, atol=1e-6)
+        # decode_codes sums the levels' outputs in another order than forward: float32
+        # rounding through the decoder (see fixtures.numerics), not bit equality
+        assert_close(y, out.audio)
+        assert_close(codec.decode(out.latents), out.audio)
         coarse = codec.decode_codes(codes[:, :1])
         assert coarse.shape == y.shape and not torch.allclose(coarse, y)
 
@@ -97,16 +100,21 @@ def test_stereo_is_folded_into_the_batch() -> None:
     stereo = small(channels=2).eval()
     mono = small(channels=1).eval()
     mono.load_state_dict(stereo.state_dict())
-    x = torch.randn(2, 2, 200) * 0.3
+    x = torch.randn(2, 2, 2000) * 0.3
     with torch.no_grad():
         out = stereo(x)
-        assert out.audio.shape == (2, 2, 200) and out.codes.shape == (4, 4, 5)
+        assert out.audio.shape == (2, 2, 2000) and out.codes.shape == (4, 4, 50)
+        # item b * C + c is channel c of item b; a batch of 4 and a batch of 1 may run other
+        # conv kernels, so the codes agree up to float32 ties (see fixtures.numerics)
+        mono_codes = torch.cat([mono.encode(x[b : b + 1, c : c + 1]) for b in range(2)
+                                for c in range(2)])
+        assert_codes_agree(out.codes, mono_codes)
+        stereo_audio = stereo.decode_codes(mono_codes)
+        assert stereo_audio.shape == (2, 2, 2000)
         for b in range(2):
             for c in range(2):
-                ref = mono(x[b : b + 1, c : c + 1])
-                assert torch.equal(out.codes[b * 2 + c], ref.codes[0])
-                assert torch.allclose(out.audio[b, c], ref.audio[0, 0], atol=1e-6)
-        assert stereo.decode_codes(out.codes).shape == (2, 2, 200)
+                i = b * 2 + c
+                assert_close(stereo_audio[b, c], mono.decode_codes(mono_codes[i : i + 1])[0, 0])
     assert stereo.bitrate_kbps() == pytest.approx(2 * mono.bitrate_kbps())
     with pytest.raises(SoundryError, match="channel"):
         stereo(torch.randn(1, 1, 200))
@@ -166,14 +174,22 @@ def test_causal_codec_never_looks_ahead() -> None:
 
 def test_weight_norm_folding_gives_identical_output() -> None:
     codec = small().eval()
-    x = torch.randn(2, 1, 400) * 0.3
+    x = torch.randn(2, 1, 4000) * 0.3  # 200 frames
     with torch.no_grad():
         before = codec(x)
+        before_audio = codec.decode_codes(before.codes)
         codec.remove_weight_norm()
         after = codec(x)
+        after_audio = codec.decode_codes(before.codes)
     assert not any(k.endswith("weight_g") for k in codec.state_dict())
-    assert torch.equal(before.codes, after.codes)
-    assert torch.equal(before.audio, after.audio)
+    # Folded weights g * v / |v| are rounded once instead of per call and feed other conv
+    # kernels, so outputs agree to float32 rounding accumulated over the network's depth
+    # (eps 1.2e-7; 1e-4 on outputs of order 1 is 10x the worst seen), codes up to argmax
+    # ties, and the audio is compared through the same codes (see fixtures.numerics).
+    assert before_audio.abs().mean() > 0.05  # a real signal, so the tolerance means something
+    assert_close(after.pre_quantization, before.pre_quantization)
+    assert_codes_agree(after.codes, before.codes)
+    assert_close(after_audio, before_audio)
 
 
 @pytest.mark.parametrize(
@@ -273,8 +289,9 @@ def test_optimize_for_inference_precisions() -> None:
     assert codec.encoder.stem.weight.dtype == torch.float32
     with torch.inference_mode():
         codes = codec.encode(x)
-        y = codec.decode_codes(codes)
-    assert torch.equal(codes, ref_codes)  # the encoder stays fp32: the same codes
+        y = codec.decode_codes(ref_codes)
+    # the encoder stays fp32 (weight norm folded): the fp32 codes up to float32 ties
+    assert_codes_agree(codes, ref_codes)
     assert y.dtype == torch.float32
     snr = 10 * torch.log10(ref.pow(2).mean() / (y - ref).pow(2).mean())
     assert snr > 30.0
@@ -285,12 +302,15 @@ def test_optimize_for_inference_precisions() -> None:
 @pytest.mark.parametrize("weight_norm", [True, False])
 def test_optimize_for_inference_fp32_keeps_outputs(weight_norm: bool) -> None:
     codec = small(weight_norm=weight_norm).eval()
-    x = torch.randn(1, 1, 800) * 0.3
+    x = torch.randn(1, 1, 4000) * 0.3  # 100 frames
     with torch.inference_mode():
         ref = codec(x)
+        ref_audio = codec.decode_codes(ref.codes)
         codec.optimize_for_inference("fp32")
         out = codec(x)
-    assert torch.equal(out.codes, ref.codes)
-    assert torch.allclose(out.audio, ref.audio, atol=1e-5)
+        out_audio = codec.decode_codes(ref.codes)
+    # folded / reordered weights run other kernels: float32 rounding (see fixtures.numerics)
+    assert_codes_agree(out.codes, ref.codes)
+    assert_close(out_audio, ref_audio)
     w = codec.decoder.blocks[0].res[0].conv1.weight.unsqueeze(2)
     assert w.is_contiguous(memory_format=torch.channels_last)  # no reorder per call

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from fixtures.numerics import assert_codes_agree
 from torch import nn
 
 from soundry.errors import SoundryError
@@ -58,17 +59,19 @@ def hf_reference(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch
     return codes, audio
 
 
-def soundry_pass(codec: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def assert_same(model: nn.Module, codec: nn.Module, x: torch.Tensor) -> None:
+    """soundry's codec and the DacModel agree on codes and on decoding the same codes.
+
+    Two implementations (and folded or weight-normed weights) run other kernels, so the
+    codes agree up to float32 argmax ties and the audio, decoded from DacModel's codes by
+    both, to 1e-4 on outputs of order 0.1-1 (see fixtures.numerics).
+    """
+    ref_codes, ref_audio = hf_reference(model, x)
     codec.eval()
     with torch.no_grad():
         codes = codec.encode(x)
-        return codes, codec.decode_codes(codes)[:, 0]
-
-
-def assert_same(model: nn.Module, codec: nn.Module, x: torch.Tensor) -> None:
-    ref_codes, ref_audio = hf_reference(model, x)
-    codes, audio = soundry_pass(codec, x)
-    assert torch.equal(codes, ref_codes)
+        audio = codec.decode_codes(ref_codes)[:, 0]
+    assert_codes_agree(codes, ref_codes)
     n = ref_audio.shape[-1]  # DAC v1.0 decodes odd strides a sample short per layer
     assert n < audio.shape[-1]
     assert ref_audio.abs().mean() > 0.05  # a real signal, not near-silence
@@ -91,7 +94,7 @@ def test_hf_dac_import_reproduces_encode_and_decode() -> None:
     model = small_hf_dac()
     codec = codec_from_hf_dac(model)
     torch.manual_seed(1)
-    x = torch.randn(2, 1, 20 * 10) * 0.5
+    x = torch.randn(2, 1, 20 * 50) * 0.5  # 100 frames
     assert_same(model, codec, x)
     # fine-tunable: the imported codec is weight-normed and folds to the same outputs
     assert codec.encoder.stem.weight_norm
@@ -106,7 +109,7 @@ def test_hf_dac_with_weight_norm_parametrizations() -> None:
     assert any(".parametrizations.weight.original0" in k for k in state)
     codec = build_codec(config_from_hf_dac(model.config))
     load_dac_state_dict(codec, state)
-    x = torch.randn(1, 1, 200) * 0.5
+    x = torch.randn(1, 1, 20 * 100) * 0.5  # 100 frames
     assert_same(model, codec, x)
 
 
@@ -195,7 +198,7 @@ def test_descript_layout_import() -> None:
     assert "decoder.model.1.block.1.weight_v" in state
     codec = build_codec(config_from_hf_dac(model.config))
     load_dac_state_dict(codec, state)
-    x = torch.randn(2, 1, 200) * 0.5
+    x = torch.randn(2, 1, 20 * 50) * 0.5  # 100 frames
     assert_same(model, codec, x)
     # weight-normed weights into a codec without weight norm are folded on the way in
     plain = build_codec(config_from_hf_dac(model.config).model_copy(update={"weight_norm": False}))
@@ -221,7 +224,7 @@ def test_descript_checkpoint_file(tmp_path) -> None:
     path = tmp_path / "weights.pth"
     torch.save({"state_dict": descript_layout(model), "metadata": {"kwargs": kwargs}}, path)
     codec = load_dac_checkpoint(path)
-    assert_same(model, codec, torch.randn(1, 1, 200) * 0.5)
+    assert_same(model, codec, torch.randn(1, 1, 20 * 100) * 0.5)
 
 
 def test_dac_kwargs_give_the_preset_architecture() -> None:

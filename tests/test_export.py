@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
+from fixtures.numerics import assert_close, assert_codes_agree
 from safetensors.torch import load_file
 
 import soundry
@@ -52,13 +54,27 @@ def test_codec_round_trip_gives_identical_outputs(tmp_path, fold: bool) -> None:
     loaded = soundry.load(str(out_dir))
     assert not loaded.training
     assert loaded.hop_length == codec.hop_length and loaded.n_codebooks == codec.n_codebooks
-    x = torch.randn(2, 2, 3200) * 0.3
+    x = torch.randn(2, 2, 16000) * 0.3  # 4 x 50 frames
     with torch.inference_mode():
         ref_codes = codec.encode(x)
         codes = loaded.encode(x)
-        assert torch.equal(codes, ref_codes)
-        assert torch.equal(loaded.decode_codes(codes), codec.decode_codes(ref_codes))
-        assert torch.equal(loaded(x).audio, codec(x).audio)
+        ref_audio = codec.decode_codes(ref_codes)
+        audio = loaded.decode_codes(ref_codes)
+    # The loader always folds weight norm, the caller's codec keeps it: other kernels, so
+    # float32 rounding over the network's depth (eps 1.2e-7; 1e-4 on outputs of order 1),
+    # codes up to argmax ties, audio through the same codes (see fixtures.numerics).
+    assert ref_audio.abs().mean() > 0.01  # a real signal, so the tolerance means something
+    assert_codes_agree(codes, ref_codes)
+    assert_close(audio, ref_audio)
+    # Against the caller's codec folded in this process the weights are the same bits and
+    # the same kernels run in the same order: there equality is exact.
+    folded = copy.deepcopy(codec).remove_weight_norm()
+    ours, theirs = folded.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    with torch.inference_mode():
+        assert torch.equal(loaded.encode(x), folded.encode(x))
+        assert torch.equal(loaded.decode_codes(ref_codes), folded.decode_codes(ref_codes))
     assert int(loaded.quantizer.steps) == 123  # buffers travel too
     assert codec.encoder.stem.weight_norm  # exporting does not fold the caller's module
 
@@ -70,9 +86,12 @@ def test_export_from_a_config_and_a_training_state_dict(tmp_path) -> None:
     assert config["codebook_size"] == 256 and config["frame_rate"] == 50.0
     save_export(tmp_path / "m", "codec", config, codec.state_dict())
     loaded = load_export(tmp_path / "m")
-    x = torch.randn(1, 1, 1600) * 0.3
+    x = torch.randn(2, 1, 16000) * 0.3  # 100 frames
     with torch.inference_mode():
-        assert torch.equal(loaded(x).audio, codec(x).audio)
+        out, ref = loaded(x), codec(x)
+        # weight norm kept here, folded by the loader: float32 rounding (fixtures.numerics)
+        assert_codes_agree(out.codes, ref.codes)
+        assert_close(loaded.decode_codes(ref.codes), codec.decode_codes(ref.codes))
 
 
 def test_overwrite_is_complete_and_keeps_other_files(tmp_path) -> None:
