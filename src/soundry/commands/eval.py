@@ -72,6 +72,7 @@ def register(sub: Any) -> None:
 
 def run_eval_command(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from soundry.eval.baselines import parse_baselines
     from soundry.eval.runner import format_table, run_eval
@@ -93,7 +94,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
     )
     console.print(format_table(result.summary))
     for name, reason in result.summary["skipped_metrics"].items():
-        console.print(f"[yellow]{name} not computed[/]: {reason}")
+        console.print(f"[yellow]{escape(name)} not computed[/]: {escape(str(reason))}")
+    for note in result.summary.get("notes", []):  # metrics that were not finite on some clips
+        console.print(f"[yellow]note[/]: {escape(str(note))}", highlight=False)
     console.print(f"per-file scores  {result.out_dir / 'per_file.csv'}")
     console.print(f"summary          {result.out_dir / 'summary.json'}")
     return 0

@@ -34,6 +34,7 @@ import soundfile as sf
 from soundry import __version__
 from soundry.config import flatten
 from soundry.errors import SoundryError
+from soundry.eval.fmt import NA
 from soundry.eval.report_assets.charts import (
     LineChart,
     Series,
@@ -272,8 +273,11 @@ def _value_text(v: Any) -> str:
 
 
 def _num(v: float | None) -> str:
-    if v is None or not math.isfinite(v):
+    """A value for a table cell: "—" when nothing was logged, "n/a" when not finite."""
+    if v is None:
         return "—"
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return NA
     return format_number(v) if abs(v) >= 1e4 or abs(v) < 1e-3 else f"{v:.4g}"
 
 
@@ -294,10 +298,11 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _last_value(curve: Curve) -> float | None:
+    """The last finite value; NaN when every logged value was not finite; None if empty."""
     for v in reversed(curve.values):
         if math.isfinite(v):
             return v
-    return None
+    return float("nan") if curve.values else None
 
 
 def _valid_name(key: str) -> str:
@@ -465,8 +470,9 @@ class _Page:
             return None
         metric, value = idx.get("best_metric"), idx.get("best_value")
         text = str(best)
-        if metric and isinstance(value, int | float):
-            text += f" ({_valid_name(str(metric))} {_num(float(value))})"
+        if metric:
+            shown = _num(float(value)) if isinstance(value, int | float) else NA
+            text += f" ({_valid_name(str(metric))} {shown})"
         return text
 
     @staticmethod

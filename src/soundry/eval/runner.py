@@ -8,6 +8,8 @@ the reference. Outputs in `--out`:
 - `per_file.csv`: one row per (system, file) with every metric;
 - `summary.json`: per system and metric the mean, median and a bootstrap 95% confidence
   interval of the mean (percentile method, seeded, so reruns agree), plus the settings.
+  Strict JSON: a statistic that is not finite is null, and `notes` (a list of sentences, at
+  the top level and per system) says which metric was not finite on how many clips and why.
 
 A "system" is any function `[C, T] float32 audio -> [C, T] audio` at the evaluation rate,
 so the model and the baselines are scored by the same code.
@@ -16,7 +18,6 @@ so the model and the baselines are scored by the same code.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import time
@@ -31,6 +32,7 @@ from soundry import __version__
 from soundry.errors import DataError, SoundryError
 from soundry.eval.baselines import BaselineSpec, check_encoders, roundtrip
 from soundry.eval.extra_metrics import EXTRA_METRICS, availability, compute_extra, take_failures
+from soundry.eval.fmt import clean_json, dumps_json, fmt_metric, nonfinite_note
 
 log = logging.getLogger("soundry.eval")
 
@@ -286,13 +288,15 @@ def evaluate(
                         **scores,
                     }
                 )
-                bar.update(task, advance=1, status=f"mel {scores['mel_distance']:.3f}")
+                bar.update(task, advance=1, status=f"mel {fmt_metric(scores['mel_distance'])}")
     if not rows:
         raise DataError("no file could be evaluated (see the warnings above)")
+    failure_reasons: dict[str, str] = {}
     for metric, reasons in take_failures().items():
         total = sum(reasons.values())
         common = "; ".join(f"{r} ({n}x)" for r, n in reasons.most_common(3))
         log.warning("%s could not score %d of %d clip(s): %s", metric, total, len(rows), common)
+        failure_reasons[metric] = f"the scorer failed: {common}"
 
     summary = {
         "soundry_version": __version__,
@@ -312,19 +316,41 @@ def evaluate(
             "method": "percentile",
         },
         "seconds_taken": round(time.time() - t0, 3),
+        "notes": [],
         "systems": {},
     }
     for system in systems:
         mine = [r for r in rows if r["system"] == system.name]
+        notes = metric_notes(mine, metric_names, failure_reasons)
         summary["systems"][system.name] = {
             "kind": system.kind,
             "bitrate_kbps": system.bitrate_kbps,
             **system.info,
             "n": len(mine),
             "metrics": {m: describe([r[m] for r in mine], seed, resamples) for m in metric_names},
+            "notes": notes,
         }
+        summary["notes"].extend(f"{system.name}: {note}" for note in notes)
+    for note in summary["notes"]:
+        log.warning("%s", note)
+    summary = clean_json(summary)  # what summary.json holds: null where not finite
     write_outputs(out_dir, rows, summary, metric_names)
     return EvalResult(rows=rows, summary=summary, out_dir=out_dir)
+
+
+def metric_notes(
+    rows: Sequence[dict[str, Any]],
+    metric_names: Sequence[str],
+    failure_reasons: dict[str, str] | None = None,
+) -> list[str]:
+    """One sentence per metric with values that are not finite on some clips (see fmt)."""
+    notes = []
+    for m in metric_names:
+        reasons = {"nan": failure_reasons[m]} if failure_reasons and m in failure_reasons else None
+        note = nonfinite_note(m, [r.get(m) for r in rows], "clips", reasons)
+        if note:
+            notes.append(note)
+    return notes
 
 
 def write_outputs(
@@ -338,7 +364,7 @@ def write_outputs(
             writer.writerow(
                 {k: ("" if isinstance(r[k], float) and math.isnan(r[k]) else r[k]) for k in fields}
             )
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "summary.json").write_text(dumps_json(summary, indent=2) + "\n")
 
 
 def _match(output: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -503,6 +529,7 @@ def run_eval(
 
 def format_table(summary: dict[str, Any]) -> Any:
     """A rich Table: one row per metric, one column per system; mean over [95% CI]."""
+    from rich.markup import escape
     from rich.table import Table
 
     higher = set(summary.get("higher_is_better", []))
@@ -515,21 +542,32 @@ def format_table(summary: dict[str, Any]) -> Any:
     table.add_column("metric", style="bold")
     for name, sys_summary in summary["systems"].items():
         kbps = sys_summary.get("bitrate_kbps")
-        rate = f"\n[dim]{kbps:.2f} kbps[/]" if kbps is not None else ""
-        table.add_column(f"{name}{rate}", justify="right")
+        rate = f"\n[dim]{fmt_metric(kbps, '.2f')} kbps[/]" if kbps is not None else ""
+        table.add_column(f"{escape(str(name))}{rate}", justify="right")
     for m in summary["metrics"]:
         cells = [f"{m} {'↑' if m in higher else '↓'}"]
         for sys_summary in summary["systems"].values():
-            d = sys_summary["metrics"][m]
-            if d["mean"] is None:
-                cells.append("inf" if d.get("n_infinite") else "—")
+            d = sys_summary.get("metrics", {}).get(m) or {}
+            n, total = d.get("n") or 0, sys_summary.get("n") or 0
+            if d.get("mean") is None:
+                why = []
+                if d.get("n_infinite"):
+                    why.append(f"{d['n_infinite']} of {total} infinite")
+                if d.get("n_failed"):
+                    why.append(f"{d['n_failed']} of {total} failed")
+                cells.append("n/a" + (f"\n[dim]{', '.join(why)}[/]" if why else ""))
                 continue
-            lo, hi = d["ci95"]
-            scored = f" [dim](n={d['n']})[/]" if d["n"] < sys_summary["n"] else ""
-            cells.append(f"{_fmt(d['mean'])}{scored}\n[dim][{_fmt(lo)}, {_fmt(hi)}][/]")
+            lo, hi = (list(d.get("ci95") or []) + [None, None])[:2]
+            scored = f" [dim](n={n})[/]" if n < total else ""
+            ci = escape(f"[{_fmt(lo)}, {_fmt(hi)}]")  # "[n/a, ...]" would read as markup
+            cells.append(f"{_fmt(d['mean'])}{scored}\n[dim]{ci}[/]")
         table.add_row(*cells)
     return table
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) >= 100 or abs(v) < 0.01 else f"{v:.3f}"
+def _fmt(v: Any) -> str:
+    """3 decimals, or 3 significant digits for large / small values; n/a if not finite."""
+    spec = ".3f"
+    if isinstance(v, int | float) and math.isfinite(v) and (abs(v) >= 100 or abs(v) < 0.01):
+        spec = ".3g"
+    return fmt_metric(v, spec)

@@ -69,7 +69,9 @@ def nice_ticks(lo: float, hi: float, target: int = 5, integer: bool = False) -> 
 
 
 def format_number(v: float) -> str:
-    """Short human form: 12k, 0.0031, 1.5e-06."""
+    """Short human form: 12k, 0.0031, 1.5e-06 ("n/a" for None, NaN or inf)."""
+    if v is None or not math.isfinite(v):
+        return "n/a"
     if v == 0:
         return "0"
     a = abs(v)

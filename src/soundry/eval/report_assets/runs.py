@@ -13,7 +13,6 @@ that crashed early still gets a report of what it wrote.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,11 @@ from typing import Any
 import yaml
 
 from soundry.errors import SoundryError
+from soundry.eval.fmt import kind_of, note_from_counts
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 RESERVED = {"step", "kind", "time", "epoch"}
+MAX_NONFINITE_NOTES = 8  # one note per metric up to this many, then one summary line
 
 
 @dataclass
@@ -177,6 +178,9 @@ def _read_json(path: Path, problems: list[str]) -> Any:
 
 def _read_metrics(path: Path, run: Run) -> None:
     bad = 0
+    # key -> (counts of non-finite kinds, values logged): for the report's notes
+    nonfinite: dict[str, dict[str, int]] = {}
+    logged: dict[str, int] = {}
     with path.open(errors="replace") as fh:
         for line in fh:
             line = line.strip()
@@ -201,13 +205,15 @@ def _read_metrics(path: Path, run: Run) -> None:
             for key, value in rec.items():
                 if key in RESERVED or isinstance(value, bool):
                     continue
-                if value is None:  # the engine writes non-finite values as null
-                    value = float("nan")
-                if not isinstance(value, int | float):
+                if value is not None and not isinstance(value, int | float):
                     continue
-                value = float(value)
-                if not math.isfinite(value):
+                logged[key] = logged.get(key, 0) + 1
+                kind = kind_of(value)  # the engine writes non-finite values as null
+                if kind is not None:
+                    counts = nonfinite.setdefault(key, {})
+                    counts[kind] = counts.get(kind, 0) + 1
                     value = float("nan")
+                value = float(value)
                 is_valid = kind == "valid" or key.startswith("valid/")
                 target = run.valid if is_valid else run.train
                 curve = target.setdefault(key, Curve())
@@ -215,6 +221,16 @@ def _read_metrics(path: Path, run: Run) -> None:
                 curve.values.append(value)
     if bad:
         run.problems.append(f"metrics.jsonl: {bad} unreadable line(s) skipped")
+    keys = sorted(nonfinite, key=lambda k: (not k.startswith("valid/"), k))  # valid first
+    for key in keys[:MAX_NONFINITE_NOTES]:
+        note = note_from_counts(key, nonfinite[key], logged[key], "logged steps")
+        run.problems.append(f"metrics.jsonl: {note}; shown as n/a, left out of the curves")
+    rest = keys[MAX_NONFINITE_NOTES:]
+    if rest:
+        run.problems.append(
+            f"metrics.jsonl: {len(rest)} more metric(s) not finite at some steps "
+            f"({', '.join(rest[:6])}{', ...' if len(rest) > 6 else ''}); shown as n/a"
+        )
     for curves in (run.train, run.valid):
         for key, curve in curves.items():
             curves[key] = _by_step(curve)
