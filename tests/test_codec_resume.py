@@ -36,8 +36,8 @@ SMALL = [
     "model.encoder_dim=4",
     "model.decoder_dim=16",
     "model.latent_dim=16",
-    "model.quantizer.n_codebooks=4",
-    "model.quantizer.codebook_size=32",
+    # RVQ with data-dependent init and dead-code restarts: the hardest state to resume
+    "model.quantizer={type: rvq, n_codebooks: 4, codebook_size: 32, init: data}",
     "discriminator.members=[{type: mpd, periods: [2, 3], channels: [4, 8, 8]}, "
     "{type: mrd, windows: [256, 128], channels: 4}]",
     "losses.mel.windows=[32, 64, 128, 256]",

@@ -20,8 +20,7 @@ SMALL = [
     "model.encoder_dim=4",
     "model.decoder_dim=16",
     "model.latent_dim=16",
-    "model.quantizer.n_codebooks=4",
-    "model.quantizer.codebook_size=32",
+    "model.quantizer={type: rvq, n_codebooks: 4, codebook_size: 32, dead_code_threshold: 1.0}",
     "discriminator.members=[{type: mpd, periods: [2, 3], channels: [4, 8, 8]}, "
     "{type: mrd, windows: [256, 128], channels: 4}]",
     "losses.mel.windows=[32, 64, 128, 256]",
@@ -155,17 +154,55 @@ def test_schedule_phases_switch_at_the_right_steps() -> None:
     ]
     assert sched.boundaries() == [(0, "warmup"), (3, "disc"), (5, "gan")]
     x = 0.3 * torch.randn(2, 1, 1600)
-    expected = {0: ["generator"], 2: ["generator"], 3: ["discriminator"], 4: ["discriminator"],
-                5: ["discriminator", "generator"]}
+    # Engine steps are 1-based: step 1 is the first optimizer step (0-based schedule step 0).
+    expected = {1: ["generator"], 3: ["generator"], 4: ["discriminator"], 5: ["discriminator"],
+                6: ["discriminator", "generator"]}
     for step, calls in expected.items():
         updater = RecordingUpdater(task)
         logs = task.train_step({"audio": x}, step, updater)
         assert updater.calls == calls, step
-        if step < 3:
+        if step <= 3:
             assert "loss/adversarial" not in logs
     # The adversarial-only phase is a weight setting: mel not computed, adversarial is.
     assert task.weights_at(5)["mel"] == 0.0 and task.weights_at(0)["mel"] == 15.0
     assert "loss/mel" not in logs and "loss/adversarial" in logs
+
+
+def test_engine_runs_every_phase_for_exactly_its_steps(tmp_path: Path) -> None:
+    """Driven through Engine.fit: a 1-step phase runs once, each phase its full length."""
+    import json
+
+    from soundry.data.synth import synthesize
+    from soundry.train.engine import run_training
+
+    synthesize(tmp_path / "train", "tones", 4, 0.5, 16000, seed=0)
+    recipe = load_recipe(
+        recipes_dir() / "codec/tiny.yaml",
+        [
+            *SMALL,
+            f"data.sources=[{{path: '{tmp_path / 'train'}'}}]",
+            f"data.valid='{tmp_path / 'train'}'",
+            "data.valid_count=1",
+            "data.valid_seconds=0.2",
+            "train.max_steps=6",
+            "train.log_every=1",
+            "train.valid_every=100",
+            "train.checkpoint_every=100",
+            "train.progress=false",
+            "schedule.phases=[{name: warmup, steps: 1, discriminator: false, "
+            "adversarial: false}, {name: disc, steps: 2, generator: false}, "
+            "{name: gan, ramp_steps: 2}]",
+        ],
+    )
+    run_training(recipe, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    trained = {r["step"]: ("loss/g" in r, "loss/d" in r) for r in rows if r["kind"] == "train"}
+    assert trained == {1: (True, False), 2: (False, True), 3: (False, True),
+                       4: (True, True), 5: (True, True), 6: (True, True)}
+    # The gan phase ramps the adversarial weight in over its first 2 steps.
+    task = TASKS.get("codec")(recipe, TaskContext())
+    assert [task.weights_at(s)["adversarial"] for s in (2, 3, 4, 5)] == [1.0, 0.5, 1.0, 1.0]
+    assert task.weights_at(3)["feature_matching"] == 1.0  # 2.0 x 0.5
 
 
 def test_recipe_rejects_unknown_phase_loss_and_rate_mismatch() -> None:

@@ -26,8 +26,16 @@ def test_demo_quick_mode_produces_run_export_reconstructions_and_report(
             "adversarial: false}, {name: disc, steps: 1, generator: false}, {name: gan}]",
         ]
     )
-    assert code == 0
+    # Four steps cannot teach a codec anything: the demo says so and exits 3 ("did not
+    # learn"; 2 is reserved for a broken output or a diverged run).
+    assert code == 3
     printed = capsys.readouterr().out
+    assert "verdict: the model did NOT learn" in printed
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["learned"] is False and verdict["reasons"]
+    assert set(verdict["systems"]) >= {"trained", "untrained"}
+    assert verdict["systems"]["untrained"]["mel_distance"] > 0
+    assert len(verdict["clips"]) == 8  # every validation clip checked
     report = out / "report.html"
     assert report.is_file() and str(report) in printed.replace("\n", "")
     assert (out / "model" / "config.json").is_file()

@@ -174,6 +174,22 @@ def test_fsq_round_trip() -> None:
     assert z.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("levels", [[2, 2, 2, 2, 2, 2, 2, 2], [4, 4, 4, 4], [8, 5, 5, 5], [2, 3]])
+def test_fsq_every_level_count_yields_valid_codes_covering_the_grid(levels: list[int]) -> None:
+    """Even counts need an offset grid; a level count of 2 once gave NaN codes."""
+    torch.manual_seed(0)
+    stage = FSQStage(6, levels)
+    z = torch.randn(64, 6, 50) * 4
+    with torch.no_grad():
+        out = stage(z)
+        values = stage.quantize(stage.in_proj(z))
+    assert torch.isfinite(values).all()
+    assert int(out.codes.min()) >= 0 and int(out.codes.max()) < stage.codebook_size
+    for j, n in enumerate(levels):  # large inputs reach every one of the n values
+        assert len(values[:, j].unique()) == n
+    assert torch.equal(stage.codes_to_values(out.codes), values)
+
+
 def test_residual_fsq_levels_prefix() -> None:
     torch.manual_seed(0)
     q = ResidualQuantizer([FSQStage(8, [5, 5, 5]) for _ in range(3)]).eval()
@@ -205,11 +221,67 @@ def test_dead_codes_are_restarted_from_batch_latents() -> None:
         changed = (stage.codebook.weight != old).any(dim=1)
         assert changed.sum() >= 50  # the dead ones were replaced
         assert float(stage.usage.sum()) == 0.0  # counters restart
-    # the new rows are projected latents of the batch
+    # The new rows are projected latents of that very pass: the first use of each latent is
+    # an exact copy (same values, no arithmetic), repeats are jittered by 0.1 x the spread.
     lat = out.latents.detach().reshape(2, 2, 4, 4).permute(1, 0, 3, 2).reshape(2, -1, 4)
-    new_rows = q.stages[0].codebook.weight[(q.stages[0].codebook.weight != before[0]).any(1)]
-    dists = torch.cdist(new_rows, lat[0]).min(dim=1).values
-    assert dists.max() < 1e-5
+    book = q.stages[0].codebook.weight.detach()
+    new_rows = book[(book != before[0]).any(1)]
+    # (explicit differences: cdist's matmul path is not exact)
+    dists = (new_rows[:, None] - lat[0][None]).norm(dim=-1).min(dim=1).values
+    assert int((dists == 0).sum()) == lat.shape[1]  # every latent used once exactly
+    spread = lat[0].std(dim=0).norm()
+    assert float(dists.max()) < 0.1 * float(spread) * 6  # the rest: jittered copies
+    assert torch.unique(new_rows, dim=0).shape[0] == new_rows.shape[0]  # no exact ties
+
+
+def test_restarts_follow_optimizer_steps_not_forward_passes() -> None:
+    """Micro-batches of one step and passes without gradients never add restarts."""
+    torch.manual_seed(2)
+    z = torch.randn(2, 8, 4)
+    q = _restart_quantizer(seed=0).train()  # restart_every=3
+    start = q.stages[0].codebook.weight.detach().clone()
+    for step in (1, 1, 2, 2):  # two micro-batches per step
+        q(z, step=step)
+    with torch.no_grad():  # a discriminator-only phase: the generator only supplies fakes
+        for _ in range(5):
+            q(z)
+    assert int(q.steps) == 2
+    assert torch.equal(q.stages[0].codebook.weight, start)  # no restart yet
+    q(z, step=3)
+    q(z, step=3)  # the second micro-batch of step 3 must not restart again
+    assert int(q.steps) == 3
+    assert float(q.stages[0].usage.sum()) == 2 * 4  # counters restarted at the first pass only
+
+
+def test_data_init_sets_codebooks_from_the_first_batch() -> None:
+    torch.manual_seed(3)
+    q = ResidualQuantizer([VQStage(8, 16, 4) for _ in range(2)], init="data", seed=0).train()
+    z = torch.randn(4, 8, 10)
+    with torch.no_grad():
+        q(z)  # no gradients: not a training step, nothing initialised
+    assert not bool(q.initialized)
+    out = q(z)
+    assert bool(q.initialized)
+    lat = out.latents.detach().reshape(4, 2, 4, 10).permute(1, 0, 3, 2).reshape(2, -1, 4)
+    for i, stage in enumerate(q.stages):
+        d = (stage.codebook.weight.detach()[:, None] - lat[i][None]).norm(dim=-1).min(1).values
+        assert float(d.max()) < 1e-6  # 40 latents >= 16 codes: all distinct exact copies
+    assert min(len(set(c.tolist())) for c in out.codes.transpose(0, 1).reshape(2, -1)) >= 12
+    book = torch.cat([s.codebook.weight.detach().clone() for s in q.stages])
+    q(z)  # no optimizer step between the passes: a second init would draw other latents
+    assert torch.equal(torch.cat([s.codebook.weight.detach() for s in q.stages]), book)
+
+
+def test_bypass_passes_the_latent_for_a_fraction_of_items() -> None:
+    torch.manual_seed(4)
+    q = rvq(bypass=0.5, seed=1).train()
+    z = torch.randn(64, 16, 5)
+    out = q(z)
+    same = (out.quantized == z).flatten(1).all(dim=1)
+    assert 16 <= int(same.sum()) <= 48  # about half the items bypass quantization
+    assert bool(((out.quantized - z).abs().flatten(1).amax(dim=1) > 0)[~same].all())
+    q.eval()
+    assert not bool((q(z).quantized == z).flatten(1).all(dim=1).any())  # never at inference
 
 
 def test_restart_choices_are_deterministic_in_one_process() -> None:
@@ -270,3 +342,17 @@ def test_restarts_are_identical_on_every_rank(tmp_path: Path) -> None:
     r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(2))
     assert r0["changed"] > 50
     assert r0["book"] == r1["book"]
+
+
+def test_euclidean_lookup_takes_the_nearest_code_by_distance() -> None:
+    stage = VQStage(4, 3, 2, lookup="euclidean")
+    with torch.no_grad():
+        stage.codebook.weight.copy_(torch.tensor([[1.0, 0.0], [10.0, 0.0], [0.0, -1.0]]))
+    z = torch.tensor([[[0.9, 8.0, 0.1], [0.0, 0.5, -3.0]]])  # [1, d=2, F=3]
+    # cosine would send (8, 0.5) to code 0 (same direction as code 1, listed first)
+    assert stage.lookup(z).tolist() == [[0, 1, 2]]
+    cosine = VQStage(4, 3, 2)
+    cosine.codebook.weight.data.copy_(stage.codebook.weight.data)
+    assert cosine.lookup(z).tolist()[0][1] == 0
+    with pytest.raises(ValueError, match="lookup"):
+        VQStage(4, 3, 2, lookup="manhattan")

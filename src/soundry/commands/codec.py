@@ -21,7 +21,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("run_dir", type=Path)
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--checkpoint", default="last", help="best | last | STEP (default: last)")
+    p.add_argument(
+        "--checkpoint",
+        default="auto",
+        help="auto | best | last | STEP (default: auto = the best by the recipe's "
+        "train.best_metric when the run recorded one, else the last)",
+    )
     p.add_argument("--ema", action="store_true", help="export the EMA weights")
     p.set_defaults(func=_export)
 
@@ -65,7 +70,7 @@ def _export(args: argparse.Namespace) -> int:
     from soundry.train.export import export_run
 
     out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint, ema=args.ema)
-    print(f"exported {out['kind']} from {out['checkpoint']} to {args.out_dir}")
+    print(f"exported {out['kind']} from {out['checkpoint']} ({out['chosen']}) to {args.out_dir}")
     return 0
 
 

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from soundry.config import load_recipe
+    from soundry.errors import SoundryError
 
     console = Console()
     out: Path = args.out
@@ -55,47 +56,131 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(recipe_path, overrides)
     sr = recipe.data.sample_rate
 
-    console.rule("[bold]1/4 toy data")
+    console.rule("[bold]1/5 toy data")
     _make_toy_data(train_dir, valid_dir, args.clips, args.seconds, sr, console)
 
-    console.rule("[bold]2/4 training")
+    console.rule("[bold]2/5 training")
     from soundry.train.engine import run_training
 
     run_dir = out / "run"
-    summary = run_training(recipe, run_dir, command=["soundry", "demo", *args.overrides])
+    diverged = None
+    try:
+        run_training(recipe, run_dir, command=["soundry", "demo", *args.overrides])
+    except SoundryError as exc:  # e.g. stopped on non-finite losses: judge what was saved
+        diverged = str(exc)
+        console.print(f"[bold red]training stopped:[/] {exc}")
 
-    console.rule("[bold]3/4 export and reconstruction")
+    console.rule("[bold]3/5 export and reconstruction")
     from soundry.models.codec_io import load_codec, reconstruct_file
     from soundry.train.export import export_run
 
-    which = "best" if summary.get("best") else "last"
     export_dir = out / "model"
-    export_run(run_dir, export_dir, checkpoint=which)
+    try:
+        exported = export_run(run_dir, export_dir, checkpoint="auto")
+    except SoundryError as exc:
+        console.print(f"[bold red]verdict: the model is BROKEN:[/] nothing to export ({exc})")
+        return 2
+    console.print(f"exported the {exported['chosen']} checkpoint")
     codec = load_codec(export_dir)
     recon_dir = out / "reconstructions"
     examples = sorted(valid_dir.glob("*.wav"))[:4]
     for src in examples:
         reconstruct_file(codec, src, recon_dir / src.name)
 
-    console.rule("[bold]4/4 report")
+    console.rule("[bold]4/5 verdict")
+    verdict = _verdict(recipe, codec, run_dir, out, diverged, console)
+
+    console.rule("[bold]5/5 report")
     from soundry.eval.report import build_report
 
     report = build_report([run_dir], out / "report.html")
 
-    metrics = _last_valid_metrics(run_dir)
-    console.print(f"\n[bold green]demo finished[/] in {time.time() - t0:.0f} s")
-    if metrics:
-        shown = ", ".join(
-            f"{k.removeprefix('valid/')} {v:.3f}"
-            for k, v in metrics.items()
-            if k in ("valid/mel_distance", "valid/si_sdr", "valid/stft_distance")
-        )
-        console.print(f"validation ({which}): {shown}")
+    console.print(f"\n[bold]demo finished[/] in {time.time() - t0:.0f} s")
     console.print(f"training run     {run_dir}  (metrics.jsonl, tb/, valid/, checkpoints/)")
-    console.print(f"exported codec   {export_dir}")
+    console.print(f"exported codec   {export_dir}  ({exported['chosen']})")
     console.print(f"reconstructions  {recon_dir}  (originals in {valid_dir})")
+    console.print(f"verdict          {out / 'verdict.json'}")
     console.print(f"report           {report}")
-    return 0
+    style = "bold green" if verdict.learned else "bold red"
+    console.print(f"[{style}]{verdict.line()}[/]")
+    if verdict.learned:
+        return 0
+    return 2 if verdict.broken else 3
+
+
+def _verdict(
+    recipe: Any, codec: Any, run_dir: Path, out: Path, diverged: str | None, console: Any
+) -> Any:
+    """Score the export, the untrained model and Opus on the validation clips; judge."""
+    import json
+
+    import torch
+
+    from soundry.data.loader import build_valid_items
+    from soundry.eval.fmt import clean_json, fmt_metric
+    from soundry.eval.verdict import codec_verdict, score_codec
+    from soundry.models.codec import build_codec
+
+    clips = build_valid_items(recipe.data, hop=codec.hop_length)
+    trained = score_codec(codec, clips)
+    with torch.random.fork_rng(devices=[]):  # the task's initial weights: same seed
+        torch.manual_seed(recipe.seed)
+        untrained_model = build_codec(recipe.model)
+    untrained = score_codec(untrained_model, clips)
+    rows = {"trained": trained.row(), "untrained": untrained.row()}
+    notes: list[str] = []
+    opus = _opus_row(clips, recipe.data.sample_rate, codec.bitrate_kbps(), notes)
+    if opus is not None:
+        name, card = opus
+        rows[name] = card.row()
+    verdict = codec_verdict(
+        trained.mel_distance, untrained.mel_distance, trained.usage, trained.clip_problems,
+        diverged,
+    )
+    console.print(
+        f"{len(clips)} validation clips ({recipe.data.valid_seconds:g} s crops, loudness-"
+        f"normalised as in training); codec at {codec.bitrate_kbps():.2f} kbps"
+    )
+    console.print(f"{'system':<14}{'mel distance':>14}{'SI-SDR dB':>12}{'code usage':>12}")
+    for name, row in rows.items():
+        usage = fmt_metric(row["usage_mean"] * 100 if row["usage_mean"] is not None else None,
+                           ".0f")
+        console.print(
+            f"{name:<14}{fmt_metric(row['mel_distance'], '.3f'):>14}"
+            f"{fmt_metric(row['si_sdr'], '.1f'):>12}{usage + ('%' if usage != 'n/a' else ''):>12}"
+        )
+    for note in notes:
+        console.print(f"note: {note}")
+    record = {
+        **verdict.to_dict(),
+        "systems": rows,
+        "clips": {name: {**trained.clip_stats[name], "problems": trained.clip_problems[name]}
+                  for name in trained.clip_stats},
+        "bitrate_kbps": codec.bitrate_kbps(),
+        "run_dir": str(run_dir),
+        "notes": notes,
+    }
+    (out / "verdict.json").write_text(json.dumps(clean_json(record), indent=1) + "\n")
+    return verdict
+
+
+def _opus_row(
+    clips: list[Any], sample_rate: int, kbps: float, notes: list[str]
+) -> tuple[str, Any] | None:
+    """Opus at the bitrate nearest the codec's (6 kbps at the least) on the same clips."""
+    from soundry.eval.baselines import BaselineSpec, FFmpegMissingError, roundtrip
+    from soundry.eval.verdict import score_outputs
+
+    spec = BaselineSpec("opus", max(6000, int(round(kbps)) * 1000))
+    try:
+        outputs = [roundtrip(clip, sample_rate, spec) for _, clip in clips]
+    except FFmpegMissingError as exc:
+        notes.append(f"no Opus baseline: {exc}")
+        return None
+    except Exception as exc:  # an ffmpeg without libopus, a failed encode: say so, go on
+        notes.append(f"no Opus baseline: {exc}")
+        return None
+    return spec.name, score_outputs(clips, outputs, sample_rate)
 
 
 def _make_toy_data(
@@ -111,16 +196,3 @@ def _make_toy_data(
     for f in sorted(valid_dir.glob("*/*.wav")):
         f.rename(valid_dir / f"{f.parent.name}_{f.name}")
     console.print(f"{len(kinds) * clips} training and {len(kinds) * 2} validation clips")
-
-
-def _last_valid_metrics(run_dir: Path) -> dict[str, float]:
-    import json
-
-    last: dict[str, float] = {}
-    path = run_dir / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            if row.get("kind") == "valid":
-                last = row
-    return last

@@ -73,6 +73,15 @@ class RVQConfig(Strict):
     dead_code_threshold: float = Field(0.0, ge=0.0)
     restart_every: int = Field(100, ge=1)
     restart_candidates: int = Field(256, ge=1)
+    # "data": the first training batch's latents initialise every codebook (see
+    # soundry.nn.quantize); "random": N(0, 1) codes (DAC).
+    init: Literal["random", "data"] = "random"
+    # "cosine": nearest code by cosine similarity of L2-normalised vectors (DAC);
+    # "euclidean": nearest code by distance (EnCodec, SoundStream).
+    lookup: Literal["cosine", "euclidean"] = "cosine"
+    # Fraction of training items whose latent reaches the decoder unquantized (Mimi: 0.5);
+    # keeps the encoder's latents informative while the codebooks are still poor.
+    bypass: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class FSQConfig(Strict):
@@ -82,6 +91,7 @@ class FSQConfig(Strict):
     levels: list[int] = Field(default_factory=lambda: [8, 5, 5, 5], min_length=1)
     n_codebooks: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0.0, le=1.0)
+    bypass: float = Field(0.0, ge=0.0, le=1.0)  # as for RVQ
 
     @model_validator(mode="after")
     def _check(self) -> FSQConfig:
@@ -117,7 +127,7 @@ class CodecConfig(Strict):
     pqmf_taps: int | None = Field(None, ge=3)
     output_tanh: bool = True
     quantizer: QuantizerConfig = Field(
-        default_factory=lambda: RVQConfig(dead_code_threshold=1.0)  # as the "tiny" preset
+        default_factory=lambda: RVQConfig(dead_code_threshold=1.0, init="data")  # "tiny"
     )
 
     @model_validator(mode="after")
@@ -207,6 +217,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "dead_code_threshold": 1.0,
             "restart_every": 100,
             "restart_candidates": 256,
+            "init": "data",
         },
     },
 }
@@ -428,7 +439,9 @@ QUANTIZERS: Registry[Any] = Registry("quantizer")
 @QUANTIZERS.register("rvq")
 def build_rvq(cfg: RVQConfig, dim: int, weight_norm: bool) -> ResidualQuantizer:
     stages = [
-        VQStage(dim, cfg.codebook_size, cfg.codebook_dim, weight_norm=weight_norm)
+        VQStage(
+            dim, cfg.codebook_size, cfg.codebook_dim, weight_norm=weight_norm, lookup=cfg.lookup
+        )
         for _ in range(cfg.n_codebooks)
     ]
     return ResidualQuantizer(
@@ -437,13 +450,15 @@ def build_rvq(cfg: RVQConfig, dim: int, weight_norm: bool) -> ResidualQuantizer:
         dead_code_threshold=cfg.dead_code_threshold,
         restart_every=cfg.restart_every,
         restart_candidates=cfg.restart_candidates,
+        init=cfg.init,
+        bypass=cfg.bypass,
     )
 
 
 @QUANTIZERS.register("fsq")
 def build_fsq(cfg: FSQConfig, dim: int, weight_norm: bool) -> ResidualQuantizer:
     stages = [FSQStage(dim, cfg.levels, weight_norm=weight_norm) for _ in range(cfg.n_codebooks)]
-    return ResidualQuantizer(stages, dropout=cfg.dropout)
+    return ResidualQuantizer(stages, dropout=cfg.dropout, bypass=cfg.bypass)
 
 
 # ----------------------------------------------------------------------------- the codec
@@ -587,11 +602,17 @@ class Codec(nn.Module):
         dtype = _dtype_of(self.decoder)
         return self.decoder(latents.to(dtype)).float()
 
-    def forward(self, audio: torch.Tensor, n_levels: int | None = None) -> CodecOutput:
-        """Encode, quantize and decode audio [B, C, T]; see `CodecOutput`."""
+    def forward(
+        self, audio: torch.Tensor, n_levels: int | None = None, step: int | None = None
+    ) -> CodecOutput:
+        """Encode, quantize and decode audio [B, C, T]; see `CodecOutput`.
+
+        `step`: the optimizer step of a training pass (drives dead-code restarts; see
+        `soundry.nn.quantize`).
+        """
         x, length = self._fold(audio)
         z = self._encode_latent(x)
-        q: QuantizerOutput = self.quantizer(z, n_levels)
+        q: QuantizerOutput = self.quantizer(z, n_levels, step=step)
         y = self._unfold(self._decode_latent(q.quantized), z.shape[-1])[..., :length]
         return CodecOutput(
             audio=y,

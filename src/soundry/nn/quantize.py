@@ -20,15 +20,34 @@ Quantizer dropout (training mode only): a fraction `dropout` of the items of a b
 n ~ U{1..K} levels instead of K, so the decoder learns to work at every bitrate. Levels past
 an item's count are computed but masked out of its output and losses.
 
+Training steps. A forward pass in training mode with gradients enabled is a *counted* pass:
+it adds to the usage counters and may restart codes. Passes without gradients (a
+discriminator-only phase, where the generator only supplies fakes) change nothing. The
+trainer passes the optimizer step number (`forward(z, step=...)`), so restarts follow
+optimizer steps, not forward passes: several micro-batches of one step restart at most once.
+Without `step`, each counted pass is one step (standalone use).
+
+Data-dependent initialisation (VQ, `init="data"`): on the first counted pass, before any
+lookup, each stage's codebook is set to projected latents of that batch (stage by stage, so
+stage i sees the residual left by the initialised stages before it). A random N(0, 1)
+codebook in a factorized space is far from the encoder's latents; under cosine lookup a
+handful of codes then win every frame, and the decoder learns to depend on those few. A
+later mass restart then changes almost every code the decoder sees at once, which is a
+discontinuity training may not survive (seen: commitment loss 3 -> 18 000, an output pinned
+at the rail). Starting from data keeps the codebook where the latents are from step one.
+
 Dead-code restart (VQ, optional): each stage counts how often each code is chosen; every
 `restart_every` training steps, codes chosen fewer than `dead_code_threshold` times in that
-window are replaced by projected latents of the current batch. The choice is identical on
-every distributed rank:
+window are replaced by projected latents of the current batch, in the raw (unnormalised)
+space where the code vectors, the commitment and codebook losses and `out_proj` live. The
+choice is identical on every distributed rank:
 
 1. usage counts are summed over ranks (all_reduce), so every rank sees the same dead set;
 2. each rank contributes a fixed number of candidate latents (all_gather, in rank order), so
    every rank holds the same candidate pool;
-3. the candidates for the dead codes are drawn with a generator seeded by (seed, step) only.
+3. the candidates for the dead codes are drawn with a generator seeded by (seed, step) only,
+   without replacement while the pool lasts; a candidate used twice is jittered (0.1 of the
+   pool's spread) so the copies do not tie forever under argmax.
 
 Without torch.distributed (or with one process) steps 1 and 2 are local, and the same seed,
 step and data give the same restart. After a restart the optimizer's moments for the
@@ -86,9 +105,17 @@ class VQStage(nn.Module):
     """Factorized, L2-normalised vector quantizer of a [B, dim, F] residual."""
 
     def __init__(
-        self, dim: int, codebook_size: int, codebook_dim: int, weight_norm: bool = True
+        self,
+        dim: int,
+        codebook_size: int,
+        codebook_dim: int,
+        weight_norm: bool = True,
+        lookup: str = "cosine",
     ) -> None:
         super().__init__()
+        if lookup not in ("cosine", "euclidean"):
+            raise ValueError(f"lookup must be 'cosine' or 'euclidean', got {lookup!r}")
+        self.lookup_kind = lookup
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
         self.in_proj = Conv1d(dim, codebook_dim, 1, weight_norm=weight_norm)
@@ -98,12 +125,20 @@ class VQStage(nn.Module):
         self.register_buffer("usage", torch.zeros(codebook_size))
 
     def lookup(self, z_e: torch.Tensor) -> torch.Tensor:
-        """Nearest code of each frame by cosine similarity. z_e [B, d, F] -> codes [B, F]."""
+        """Nearest code of each frame. z_e [B, d, F] -> codes [B, F].
+
+        cosine (DAC): the largest dot product of L2-normalised vectors. euclidean: the
+        smallest ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2, i.e. the largest 2 z.c - ||c||^2.
+        """
         b, d, f = z_e.shape
-        flat = F.normalize(z_e.transpose(1, 2).reshape(b * f, d).float(), dim=1)
-        book = F.normalize(self.codebook.weight.float(), dim=1)
-        # L2-normalised lookup: on unit vectors the nearest neighbour is the largest dot product.
-        return (flat @ book.t()).argmax(dim=1).reshape(b, f)
+        flat = z_e.transpose(1, 2).reshape(b * f, d).float()
+        book = self.codebook.weight.float()
+        if self.lookup_kind == "cosine":
+            # on unit vectors the nearest neighbour is the largest dot product
+            scores = F.normalize(flat, dim=1) @ F.normalize(book, dim=1).t()
+        else:
+            scores = 2 * flat @ book.t() - book.pow(2).sum(dim=1)[None]
+        return scores.argmax(dim=1).reshape(b, f)
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, F] -> code vectors [B, d, F] (unnormalised, as trained)."""
@@ -143,8 +178,11 @@ class FSQStage(nn.Module):
 
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         """Squash z [B, n, F] so that rounding yields exactly `levels[j]` values per dim."""
+        # (1 + eps), not (1 - eps): for an even level count the shift is atanh(0.5 /
+        # half_width), which needs half_width > 0.5 (NaN for levels of 2 otherwise). Rounding
+        # the slightly wider range still gives exactly `levels` values.
         eps = 1e-3
-        half_width = (self._levels - 1) * (1 - eps) / 2
+        half_width = (self._levels - 1) * (1 + eps) / 2
         offset = torch.where(self._levels % 2 == 0, 0.5, 0.0)
         shift = torch.atanh(offset / half_width)
         return torch.tanh(z + shift) * half_width - offset
@@ -192,8 +230,12 @@ class ResidualQuantizer(nn.Module):
         restart_every: int = 100,
         restart_candidates: int = 256,
         seed: int = 0,
+        init: str = "random",
+        bypass: float = 0.0,
     ) -> None:
         super().__init__()
+        if init not in ("random", "data"):
+            raise ValueError(f"init must be 'random' or 'data', got {init!r}")
         if not stages:
             raise ValueError("a residual quantizer needs at least one stage")
         self.stages = nn.ModuleList(stages)
@@ -202,7 +244,14 @@ class ResidualQuantizer(nn.Module):
         self.restart_every = int(restart_every)
         self.restart_candidates = int(restart_candidates)
         self.seed = int(seed)
+        self.init = init
+        if not 0.0 <= bypass <= 1.0:
+            raise ValueError(f"bypass must be in [0, 1], got {bypass}")
+        self.bypass = float(bypass)
+        # The last counted training step, and whether the data-dependent init has run (both
+        # saved, so a resumed run neither re-initialises nor shifts its restart steps).
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @property
     def n_codebooks(self) -> int:
@@ -241,14 +290,29 @@ class ResidualQuantizer(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------
 
-    def forward(self, z: torch.Tensor, n_levels: int | None = None) -> QuantizerOutput:
+    def forward(
+        self, z: torch.Tensor, n_levels: int | None = None, step: int | None = None
+    ) -> QuantizerOutput:
         """Quantize z [B, D, F].
 
         Training: every level is computed; items use the levels drawn by quantizer dropout
         (or `n_levels` for all items when given). Eval: only the first `n_levels` (default
-        all) are computed.
+        all) are computed. `step` is the optimizer step this pass belongs to (see the module
+        docstring); None counts each counted pass as a step.
         """
         b = z.shape[0]
+        counted = self.training and torch.is_grad_enabled()
+        new_step = False
+        if counted:
+            step = int(self.steps) + 1 if step is None else int(step)
+            new_step = step != int(self.steps)
+            self.steps.fill_(step)
+        init_now = (
+            counted
+            and self.init == "data"
+            and not bool(self.initialized)
+            and isinstance(self.stages[0], VQStage)
+        )
         if self.training:
             if n_levels is None:
                 levels = self.draw_levels(b, int(self.steps)).to(z.device)
@@ -265,6 +329,8 @@ class ResidualQuantizer(nn.Module):
         codebook = z.new_zeros(())
         codes, latents = [], []
         for i, stage in enumerate(self.stages[:n_compute]):
+            if init_now:
+                self._init_stage(stage, residual, i)
             res = stage(residual)
             active = (levels > i).to(res.out.dtype)
             quantized = quantized + res.out * active[:, None, None]
@@ -275,15 +341,17 @@ class ResidualQuantizer(nn.Module):
             latents.append(res.latents)
 
         out = QuantizerOutput(
-            quantized=quantized,
+            quantized=self._bypass(z, quantized) if self.training and self.bypass else quantized,
             codes=torch.stack(codes, dim=1),
             latents=torch.cat(latents, dim=1),
             commitment_loss=commitment,
             codebook_loss=codebook,
             levels=levels,
         )
-        if self.training:
-            self._after_training_step(out)
+        if init_now:
+            self.initialized.fill_(True)
+        if counted:
+            self._after_counted_pass(out, restart=new_step)
         return out
 
     @torch.no_grad()
@@ -316,11 +384,28 @@ class ResidualQuantizer(nn.Module):
             out = out + self.stages[i].decode_codes(codes[:, i])
         return out
 
+    def _bypass(self, z: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+        """Training: a random `bypass` fraction of the items pass z unquantized (seeded by
+        (seed, step, rank) like quantizer dropout)."""
+        b = z.shape[0]
+        gen = torch.Generator().manual_seed(_mix(self.seed, int(self.steps), _rank(), 0xB1A5))
+        keep = (torch.rand(b, generator=gen) < self.bypass).to(z.device)
+        return torch.where(keep[:, None, None], z, quantized)
+
     # -- dead-code restart -------------------------------------------------------------------
 
     @torch.no_grad()
-    def _after_training_step(self, out: QuantizerOutput) -> None:
-        self.steps += 1
+    def _init_stage(self, stage: VQStage, residual: torch.Tensor, index: int) -> None:
+        """Set a stage's codebook to projected latents of this batch (same on every rank)."""
+        z_e = stage.in_proj(residual).detach()  # [B, d, F]
+        latents = z_e.permute(0, 2, 1).reshape(1, -1, z_e.shape[1])  # [1, N, d]
+        pool = self._shared_pool(latents, int(self.steps), salt=0x1417 + index)[0]
+        gen = torch.Generator().manual_seed(_mix(self.seed, int(self.steps), 0x1417, index))
+        weight = stage.codebook.weight
+        weight.copy_(_draw(pool, weight.shape[0], gen).to(weight))
+
+    @torch.no_grad()
+    def _after_counted_pass(self, out: QuantizerOutput, restart: bool) -> None:
         if not self.restarts_enabled:
             return
         for i, stage in enumerate(self.stages):
@@ -328,7 +413,7 @@ class ResidualQuantizer(nn.Module):
             if active.any():
                 used = out.codes[:, i][active].reshape(-1)
                 stage.usage += torch.bincount(used, minlength=stage.codebook_size).to(stage.usage)
-        if int(self.steps) % self.restart_every == 0:
+        if restart and int(self.steps) % self.restart_every == 0:
             d = self.stages[0].codebook_dim
             b, _, f = out.latents.shape
             per_stage = out.latents.detach().reshape(b, self.n_codebooks, d, f)
@@ -344,30 +429,59 @@ class ResidualQuantizer(nn.Module):
         """
         step = int(self.steps)
         usage = torch.stack([s.usage for s in self.stages])  # [K, codebook_size]
-        pool = self._candidates(latents, step)  # [K, world * candidates, d]
         if _distributed():
             dist.all_reduce(usage, op=dist.ReduceOp.SUM)
-            gathered = [torch.empty_like(pool) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered, pool)
-            pool = torch.cat(gathered, dim=1)
+        pool = self._shared_pool(latents, step, salt=0xCA4D)  # [K, world * candidates, d]
         gen = torch.Generator().manual_seed(_mix(self.seed, step, 0xDEAD))
         replaced = []
         for stage, stage_usage, stage_pool in zip(self.stages, usage, pool, strict=True):
             dead = torch.nonzero(stage_usage < self.dead_code_threshold).flatten()
-            pick = torch.randint(stage_pool.shape[0], (dead.numel(),), generator=gen)
             if dead.numel():
                 weight = stage.codebook.weight
-                weight[dead.to(weight.device)] = stage_pool[pick.to(stage_pool.device)].to(weight)
+                new = _draw(stage_pool, dead.numel(), gen)
+                weight[dead.to(weight.device)] = new.to(weight)
             replaced.append(int(dead.numel()))
             stage.usage.zero_()
         return replaced
 
-    def _candidates(self, latents: torch.Tensor, step: int) -> torch.Tensor:
-        """A fixed-size random subset of this rank's latents: [K, candidates, d]."""
+    def _shared_pool(self, latents: torch.Tensor, step: int, salt: int) -> torch.Tensor:
+        """The same candidate pool on every rank: [K, world * candidates, d].
+
+        Each rank offers a fixed-size random subset of its latents [K, N, d] (without
+        replacement while N lasts); the subsets are gathered in rank order.
+        """
         k, n, d = latents.shape
-        gen = torch.Generator().manual_seed(_mix(self.seed, step, _rank(), 0xCA4D))
-        idx = torch.randint(n, (self.restart_candidates,), generator=gen).to(latents.device)
-        return latents[:, idx].float().contiguous()
+        gen = torch.Generator().manual_seed(_mix(self.seed, step, _rank(), salt))
+        idx = _indices(n, self.restart_candidates, gen).to(latents.device)
+        pool = latents[:, idx].float().contiguous()
+        if _distributed():
+            gathered = [torch.empty_like(pool) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, pool)
+            pool = torch.cat(gathered, dim=1)
+        return pool
+
+
+def _indices(n: int, count: int, gen: torch.Generator) -> torch.Tensor:
+    """`count` indices into range(n): a random permutation, repeated when count > n."""
+    reps = -(-count // n)
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(reps)])[:count]
+
+
+def _draw(pool: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+    """`count` rows from the distinct rows of pool [N, d], without replacement while they last.
+
+    A pool can hold copies (a batch with fewer latents than candidates). Exact copies of one
+    vector tie under argmax and all but one would never be chosen, so once the distinct rows
+    are used up every further row is a jittered copy (Gaussian, 0.1 x the pool's spread).
+    """
+    distinct = torch.unique(pool, dim=0)
+    n = distinct.shape[0]
+    rows = distinct[_indices(n, count, gen).to(pool.device)].clone()
+    if count > n:
+        spread = pool.std(dim=0, keepdim=True) if n > 1 else pool.abs() + 1e-3
+        noise = torch.randn(count - n, pool.shape[1], generator=gen).to(pool)
+        rows[n:] += 0.1 * spread.clamp_min(1e-6) * noise
+    return rows
 
 
 def _distributed() -> bool:

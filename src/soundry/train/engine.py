@@ -818,7 +818,9 @@ def summary_line(summary: dict[str, Any]) -> str:
         f"{secs // 60}m{secs % 60:02d}s"
     best = summary["best_checkpoint"] or summary["last_checkpoint"] or "none"
     label = "best checkpoint" if summary["best_checkpoint"] else "last checkpoint"
-    value = (f" ({summary['best_metric']} = {summary['best_value']:.4g})"
+    from soundry.eval.fmt import fmt_metric
+
+    value = (f" ({summary['best_metric']} = {fmt_metric(summary.get('best_value'), '.4g')})"
              if summary["best_checkpoint"] else "")
     data = summary.get("data") or {}
     skipped = (f"; data: {data['usable_files']} files used, {data['skipped_files']} skipped, "

@@ -25,12 +25,18 @@ EXPORTERS: Registry[Exporter] = Registry("exporter")
 
 
 def find_checkpoint(run_dir: Path, which: str = "last") -> Path:
-    """The checkpoint directory for 'best', 'last' or a step number."""
+    """The checkpoint directory for 'best', 'last', 'auto' or a step number.
+
+    'auto' is the best checkpoint by the recipe's `train.best_metric` when the run recorded
+    one, else the last.
+    """
     ckpt_root = Path(run_dir) / "checkpoints"
     index_path = ckpt_root / "index.json"
     if not index_path.is_file():
         raise SoundryError(f"{run_dir} has no checkpoints (no {index_path})")
     index = json.loads(index_path.read_text())
+    if which == "auto":
+        which = "best" if index.get("best") else "last"
     if which in ("best", "last"):
         name = index.get(which)
         if not name:
@@ -38,7 +44,9 @@ def find_checkpoint(run_dir: Path, which: str = "last") -> Path:
     elif which.isdigit():
         name = f"step_{int(which):08d}"
     else:
-        raise SoundryError(f"--checkpoint must be best, last or a step number, not '{which}'")
+        raise SoundryError(
+            f"--checkpoint must be auto, best, last or a step number, not '{which}'"
+        )
     path = ckpt_root / name
     if not path.is_dir():
         kept = sorted(p.name for p in ckpt_root.glob("step_*") if p.is_dir())
@@ -47,9 +55,13 @@ def find_checkpoint(run_dir: Path, which: str = "last") -> Path:
 
 
 def export_run(
-    run_dir: Path | str, out_dir: Path | str, checkpoint: str = "last", ema: bool = False
+    run_dir: Path | str, out_dir: Path | str, checkpoint: str = "auto", ema: bool = False
 ) -> dict[str, Any]:
-    """Export a run's model; returns {'kind', 'checkpoint', 'out_dir'}."""
+    """Export a run's model; returns {'kind', 'checkpoint', 'out_dir', 'chosen'}.
+
+    `chosen` says which checkpoint was taken and why (e.g. "best by valid/mel_distance =
+    3.412 at step 300"), for the caller to print.
+    """
     from soundry.models.export import save_export
     from soundry.train.tasks import TASKS  # noqa: F401  (registers tasks and exporters)
 
@@ -70,4 +82,23 @@ def export_run(
     kind, config, state = EXPORTERS.get(recipe.task)(recipe, load_network)
     config = {**config, "source": {"run_dir": str(run_dir), "checkpoint": ckpt.name, "ema": ema}}
     save_export(Path(out_dir), kind, config, state)
-    return {"kind": kind, "checkpoint": str(ckpt), "out_dir": str(out_dir)}
+    return {
+        "kind": kind,
+        "checkpoint": str(ckpt),
+        "out_dir": str(out_dir),
+        "chosen": describe_choice(run_dir, ckpt),
+    }
+
+
+def describe_choice(run_dir: Path, ckpt: Path) -> str:
+    """'best by METRIC = V at step N' or 'last (step N)' for a checkpoint of a run."""
+    index_path = Path(run_dir) / "checkpoints" / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    step = ckpt.name.removeprefix("step_").lstrip("0") or "0"
+    if index.get("best") == ckpt.name:
+        metric, value = index.get("best_metric"), index.get("best_value")
+        shown = f"{value:.4g}" if isinstance(value, int | float) else "n/a"
+        return f"best by {metric} = {shown} at step {step}"
+    if index.get("last") == ckpt.name:
+        return f"last (step {step})"
+    return f"step {step}"

@@ -12,6 +12,13 @@ overrides. The usual codec recipe is::
         - {name: gan}                                                            # full GAN
 
 and an "adversarial-only" fine-tuning phase is just `weights: {mel: 0}`.
+
+`ramp_steps` eases a phase in: the adversarial and feature-matching weights grow linearly
+from 0 to their values over the phase's first `ramp_steps` steps, so the generator, fresh
+from a reconstruction-only warm-up, is not hit by the full adversarial gradient at once.
+
+Steps here are 0-based (the first optimizer step is step 0); the engine numbers steps from 1,
+and tasks pass `step - 1`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ class PhaseConfig(Strict):
     discriminator: bool = True
     adversarial: bool = True
     weights: dict[str, float] = Field(default_factory=dict)
+    ramp_steps: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> PhaseConfig:
@@ -56,12 +64,24 @@ class GanScheduleConfig(Strict):
 
     def phase_at(self, step: int) -> PhaseConfig:
         """The phase that step `step` (0-based) belongs to; after the end, the last phase."""
+        return self.position(step)[0]
+
+    def position(self, step: int) -> tuple[PhaseConfig, int]:
+        """(phase, steps since the phase began) of 0-based `step`."""
         start = 0
         for phase in self.phases:
             if phase.steps is None or step < start + phase.steps:
-                return phase
+                return phase, step - start
             start += phase.steps
-        return self.phases[-1]
+        last = self.phases[-1]
+        return last, step - (start - (last.steps or 0))
+
+    def ramp(self, step: int) -> float:
+        """The adversarial ramp factor in [0, 1] at 0-based `step` (1 without a ramp)."""
+        phase, offset = self.position(step)
+        if not phase.ramp_steps:
+            return 1.0
+        return min(1.0, (offset + 1) / phase.ramp_steps)
 
     def boundaries(self) -> list[tuple[int, str]]:
         """(first step, phase name) of each phase."""

@@ -97,6 +97,14 @@ class CodecRecipe(RecipeBase):
                 f"is too short for the largest STFT window ({max(windows)}); use more than "
                 f"{max(windows) // 2 / self.data.sample_rate:.3f} s"
             )
+        self._data_keys_act()
+        n_levels = self.model.quantizer.n_codebooks
+        bad = [n for n in self.valid.levels if not 1 <= n <= n_levels]
+        if bad:
+            raise ValueError(
+                f"valid.levels {bad}: every entry must be a level count between 1 and the "
+                f"codec's model.quantizer.n_codebooks ({n_levels})"
+            )
         for phase in self.schedule.phases:
             for key in phase.weights:
                 if key not in LOSS_NAMES:
@@ -105,6 +113,34 @@ class CodecRecipe(RecipeBase):
                         f"(valid: {', '.join(LOSS_NAMES)})"
                     )
         return self
+
+    def _data_keys_act(self) -> None:
+        """Data keys the codec would silently ignore are errors (every accepted key acts)."""
+        from soundry.data.config import BucketConfig
+
+        data = self.data
+        if data.degrade is not None:
+            raise ValueError(
+                "data.degrade has no effect on a codec (it reconstructs its input); remove it, "
+                "or train an audio-to-audio task for degraded -> clean pairs"
+            )
+        paired = [i for i, s in enumerate(data.sources) if s.target is not None]
+        if paired:
+            raise ValueError(
+                f"data.sources[{paired[0]}].target: a codec reconstructs its input and would "
+                "ignore paired targets; list the clean folder as a plain source instead"
+            )
+        if data.mode == "utterances":
+            raise ValueError(
+                "data.mode 'utterances' zero-pads each batch to its longest item and a codec "
+                "would learn the padding as audio; use mode 'clips' (random crops) or "
+                "'oneshot' (file starts)"
+            )
+        if data.bucket != BucketConfig():
+            raise ValueError(
+                "data.bucket only acts in data.mode 'utterances', which a codec does not use; "
+                "remove it"
+            )
 
     def discriminator_windows(self) -> list[int]:
         return [w for m in self.discriminator.members for w in getattr(m, "windows", [])]
@@ -174,21 +210,26 @@ class CodecTask(Task):
         return self._losses.to(device)
 
     def weights_at(self, step: int) -> dict[str, float]:
-        """Loss weights in force at `step`: the recipe's, overridden by the phase's."""
+        """Loss weights in force at 0-based `step`: the recipe's, overridden by the phase's."""
         base = dict(self.recipe.losses.weights())
         base.update(self.recipe.schedule.phase_at(step).weights)
+        ramp = self.recipe.schedule.ramp(step)
+        for name in ("adversarial", "feature_matching"):
+            base[name] *= ramp
         return base
 
     def train_step(self, batch: Any, step: int, updater: Updater) -> dict[str, Any]:
         x = batch["audio"]
-        phase = self.recipe.schedule.phase_at(step)
-        weights = self.weights_at(step)
+        # The engine's steps are 1-based (the number of the optimizer step being taken);
+        # schedules count from 0.
+        phase = self.recipe.schedule.phase_at(step - 1)
+        weights = self.weights_at(step - 1)
         losses = self.losses(x.device)
         gen = self.generator
         disc = self.discriminator
 
         if phase.generator:
-            out = gen(x)
+            out = gen(x, step=step)
         else:  # discriminator-only phase: the generator only supplies fakes
             with torch.no_grad():
                 out = gen(x)
