@@ -262,6 +262,11 @@ class ResidualQuantizer(nn.Module):
         return int(self.stages[0].codebook_size)
 
     @property
+    def has_losses(self) -> bool:
+        """True for VQ stages (commitment and codebook losses); FSQ has none."""
+        return isinstance(self.stages[0], VQStage)
+
+    @property
     def restarts_enabled(self) -> bool:
         return self.dead_code_threshold > 0 and isinstance(self.stages[0], VQStage)
 

@@ -259,8 +259,9 @@ class CodecTask(Task):
             return logs
 
         terms = losses.reconstruction(real_spec, fake_spec, weights)
-        terms["commitment"] = out.commitment_loss
-        terms["codebook"] = out.codebook_loss
+        if gen.quantizer.has_losses:  # FSQ has no auxiliary loss: not logged as zeros
+            terms["commitment"] = out.commitment_loss
+            terms["codebook"] = out.codebook_loss
         if use_adv:
             with frozen(disc):
                 fake_outs = disc(fake, fake_spec)
