@@ -80,24 +80,30 @@ def untrained_export(recipe_path: str, overrides: list[str], seed: int, out: Pat
     return out
 
 
-def eval_summary(model: Path, valid: Path, out: Path, log: Path) -> dict[str, Any]:
-    """Mean metrics of `soundry eval MODEL VALID` (None where not measurable)."""
-    rc = sh([*SOUNDRY, "eval", str(model), str(valid), "--out", str(out), "--bootstrap", "200"],
-            log)
+def eval_summary(model: Path, valid: Path, out: Path, log: Path,
+                 baseline: str | None = None) -> dict[str, Any]:
+    """Mean metrics of `soundry eval MODEL VALID` (None where not measurable); with a
+    baseline (and ffmpeg), its figures under "baseline"."""
+    cmd = [*SOUNDRY, "eval", str(model), str(valid), "--out", str(out), "--bootstrap", "200"]
+    if baseline and shutil.which("ffmpeg"):
+        cmd += ["--baseline", baseline]
     path = out / "summary.json"
-    if rc != 0 or not path.is_file():
+    if sh(cmd, log) != 0 or not path.is_file():
         return {}
-    summary = json.loads(path.read_text())
-    systems = summary.get("systems") or {}
-    first = next(iter(systems.values()), {}) if isinstance(systems, dict) else {}
-    metrics = first.get("metrics", first) if isinstance(first, dict) else {}
-    out_row: dict[str, Any] = {}
+    systems = json.loads(path.read_text()).get("systems") or {}
+    rows = [_means(v) for v in systems.values()] if isinstance(systems, dict) else []
+    if not rows:
+        return {}
+    return {**rows[0], **({"baseline": rows[1]} if len(rows) > 1 else {})}
+
+
+def _means(system: Any) -> dict[str, Any]:
+    metrics = system.get("metrics", system) if isinstance(system, dict) else {}
+    row: dict[str, Any] = {}
     for key in ("mel_distance", "si_sdr", "visqol", "stft_distance"):
         value = metrics.get(key)
-        if isinstance(value, dict):
-            value = value.get("mean")
-        out_row[key] = value
-    return out_row
+        row[key] = value.get("mean") if isinstance(value, dict) else value
+    return row
 
 
 def one_run(job: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -130,7 +136,7 @@ def one_run(job: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         return row
     index = json.loads((work / "run" / "checkpoints" / "index.json").read_text())
     row["exported"] = index.get("best") or index.get("last")
-    trained = eval_summary(export, job["valid"], work / "eval", log)
+    trained = eval_summary(export, job["valid"], work / "eval", log, baseline="opus:6k")
     untrained_dir = untrained_export(recipe, args.overrides, job["seed"], work / "untrained")
     untrained = eval_summary(untrained_dir, job["valid"], work / "eval-untrained", log)
     row["eval"] = {"trained": trained, "untrained": untrained}
