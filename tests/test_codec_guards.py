@@ -110,3 +110,17 @@ def test_verdict_needs_every_criterion() -> None:
     custom = codec_verdict(5.0, 8.0, [0.4], ok, criteria=Criteria(max_mel_ratio=0.7))
     assert custom.learned
     assert math.isclose(Criteria().max_mel_ratio, 0.5)
+
+
+def test_scores_of_a_silent_output_are_null_with_a_note() -> None:
+    from soundry.eval.fmt import clean_json
+    from soundry.eval.verdict import score_outputs
+
+    t = np.arange(8000) / 16000
+    clips = [(f"c{i}", (0.2 * np.sin(2 * np.pi * 200 * (i + 1) * t))[None].astype(np.float32))
+             for i in range(3)]
+    card = score_outputs(clips, [np.zeros_like(c) for _, c in clips], 16000)
+    assert card.si_sdr is None  # -inf on every clip: no finite mean
+    assert any(n.startswith("si_sdr: -inf on 3 of 3") for n in card.notes)
+    assert all(any("silent" in p for p in probs) for probs in card.clip_problems.values())
+    assert json.loads(json.dumps(clean_json(card.row())))["si_sdr"] is None

@@ -128,7 +128,8 @@ def _verdict(
         untrained_model = build_codec(recipe.model)
     untrained = score_codec(untrained_model, clips)
     rows = {"trained": trained.row(), "untrained": untrained.row()}
-    notes: list[str] = []
+    notes: list[str] = [f"{name}: {note}" for name, card in
+                        (("trained", trained), ("untrained", untrained)) for note in card.notes]
     opus = _opus_row(clips, recipe.data.sample_rate, codec.bitrate_kbps(), notes)
     if opus is not None:
         name, card = opus

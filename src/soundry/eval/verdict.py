@@ -150,6 +150,7 @@ class Scorecard:
     usage: list[float]
     clip_stats: dict[str, dict[str, float]]
     clip_problems: dict[str, list[str]]
+    notes: list[str] = field(default_factory=list)  # e.g. "si_sdr: -inf on 2 of 8 clips ..."
 
     def row(self) -> dict[str, Any]:
         return {"mel_distance": self.mel_distance, "si_sdr": self.si_sdr,
@@ -185,10 +186,14 @@ def score_outputs(
         sdrs.append(float(si_sdr(ref, out)))
         stats[name] = output_stats(out)
         problems[name] = output_problems(stats[name], criteria)
+    from soundry.eval.fmt import nonfinite_note
+
     usage: list[float] = []
     if codes is not None and codebook_size:
         usage = [float(u) for u in codebook_usage(codes, codebook_size)["usage"]]
-    return Scorecard(_mean_finite(mels), _mean_finite(sdrs), usage, stats, problems)
+    notes = [n for n in (nonfinite_note("mel_distance", mels), nonfinite_note("si_sdr", sdrs))
+             if n]
+    return Scorecard(_mean_finite(mels), _mean_finite(sdrs), usage, stats, problems, notes)
 
 
 def score_codec(
