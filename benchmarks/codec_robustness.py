@@ -14,7 +14,9 @@ Acceptance per run (soundry.eval.verdict): training completed; on every validati
 the output peak < 0.99, RMS > 1e-3 and first-difference std > 1e-4; codebook usage >= 25%
 averaged over levels and >= 10% on every level; toy: mel distance <= 0.5 x untrained;
 speech: mel distance <= 0.7 x untrained and ViSQOL above the untrained model's (when
-`visqol-python` is installed). The last line is a summary with the pass count.
+`visqol-python` is installed); the in-run validation mel distance at the end of the run
+no worse than at the end of the reconstruction-only warm-up (2% tolerance for validation
+noise). The last line is a summary with the pass count.
 """
 
 from __future__ import annotations
@@ -155,6 +157,11 @@ def one_run(job: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     vq_t, vq_u = trained.get("visqol"), untrained.get("visqol")
     if job["dataset"] == "speech" and _num(vq_t) and _num(vq_u) and not vq_t > vq_u:
         reasons.append(f"ViSQOL {vq_t:.2f} not above untrained {vq_u:.2f}")
+    warm, end = warmup_and_end(work / "run", rec)
+    row.update(valid_mel_warmup_end=warm, valid_mel_end=end)
+    if _num(warm) and _num(end) and end > warm * 1.02:
+        reasons.append(f"GAN phase undid the warm-up: in-run mel {end:.3f} at the end vs "
+                       f"{warm:.3f} at the end of the warm-up")
     row.update(
         usage=[round(u, 3) for u in card.usage],
         peak_max=max((s["peak"] for s in card.clip_stats.values()), default=None),
@@ -163,6 +170,19 @@ def one_run(job: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         reasons=reasons,
     )
     return row
+
+
+def warmup_and_end(run_dir: Path, recipe: Any) -> tuple[float | None, float | None]:
+    """In-run validation mel distance at the last validation of the reconstruction-only
+    warm-up (first phase without adversarial loss) and at the last validation of the run."""
+    first = recipe.schedule.phases[0]
+    warm_end = first.steps if not first.adversarial and first.steps else None
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    valid = [(r["step"], r.get("valid/mel_distance")) for r in rows if r.get("kind") == "valid"]
+    if not valid:
+        return None, None
+    warm = [v for s, v in valid if warm_end is not None and s <= warm_end]
+    return (warm[-1] if warm else None), valid[-1][1]
 
 
 def _num(v: Any) -> bool:

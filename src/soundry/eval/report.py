@@ -198,6 +198,12 @@ def is_discriminator_key(key: str) -> bool:
     return "d" in parts or "disc" in name or "discriminator" in name
 
 
+# Which audio the in-run figures score; `soundry eval` figures of the same model differ.
+_VALID_SCOPE = (
+    "In-run validation scores fixed crops of data.valid_seconds, loudness-normalised as in "
+    "training; soundry eval scores whole files at their own level."
+)
+
 # Validation metrics shown first, in this order (the rest follow alphabetically).
 METRIC_ORDER = [
     "mel_distance",
@@ -822,7 +828,7 @@ class _Page:
             primary or rest,
             "valid-metrics",
             "Validation metrics (↓ lower is better, ↑ higher is better; "
-            "best value of each column highlighted)",
+            "best value of each column highlighted). " + _VALID_SCOPE,
         )
         if primary and rest:
             html += (
@@ -873,7 +879,7 @@ class _Page:
         if not primary and not rest:
             return '<p class="empty-note">No validation metrics were logged.</p>'
         html = (
-            '<p class="note">Best value at each step highlighted.</p>'
+            f'<p class="note">Best value at each step highlighted. {_VALID_SCOPE}</p>'
             f'<div class="grid">{"".join(self._side_by_side(k) for k in primary or rest)}</div>'
         )
         if primary and rest:
