@@ -60,8 +60,11 @@ def make_speech(out: Path) -> tuple[Path, Path] | str:
     if shutil.which("espeak-ng") is None:
         return "espeak-ng is not installed (Debian: apt-get install espeak-ng)"
     if not (out / "valid").is_dir():
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speech_data.py"), str(out)],
-                       check=True)
+        made = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "speech_data.py"), str(out)],
+            capture_output=True, text=True)
+        if made.returncode != 0:
+            return f"speech_data.py failed: {made.stderr.strip()[-300:]}"
     return out / "train", out / "valid"
 
 
@@ -159,7 +162,9 @@ def one_run(job: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         reasons.append(f"ViSQOL {vq_t:.2f} not above untrained {vq_u:.2f}")
     warm, end = warmup_and_end(work / "run", rec)
     row.update(valid_mel_warmup_end=warm, valid_mel_end=end)
-    if _num(warm) and _num(end) and end > warm * 1.02:
+    if not _num(end):
+        reasons.append("in-run validation mel distance at the end of the run is not finite")
+    elif _num(warm) and end > warm * 1.02:
         reasons.append(f"GAN phase undid the warm-up: in-run mel {end:.3f} at the end vs "
                        f"{warm:.3f} at the end of the warm-up")
     row.update(
@@ -214,14 +219,23 @@ def main() -> None:
             jobs1.append({"dataset": ds, "seed": s, "threads": 1, "train": train, "valid": valid})
         for s in [int(v) for v in args.seeds2.split(",") if v]:
             jobs2.append({"dataset": ds, "seed": s, "threads": 2, "train": train, "valid": valid})
+    from soundry.eval.fmt import dumps_json
+
+    def safe_run(job: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return one_run(job, args)
+        except Exception as exc:  # one broken run is a failed row, not a lost benchmark
+            return {"run": f"{job['dataset']}-s{job['seed']}-t{job['threads']}",
+                    "passed": False, "reasons": [f"{type(exc).__name__}: {exc}"]}
+
     rows = []
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for row in pool.map(lambda j: one_run(j, args), jobs1):
-            print(json.dumps(row), flush=True)
+        for row in pool.map(safe_run, jobs1):
+            print(dumps_json(row), flush=True)
             rows.append(row)
     for job in jobs2:  # 2-thread runs one at a time: they use both cores
-        row = one_run(job, args)
-        print(json.dumps(row), flush=True)
+        row = safe_run(job)
+        print(dumps_json(row), flush=True)
         rows.append(row)
     passed = sum(bool(r.get("passed")) for r in rows)
     print(json.dumps({"summary": True, "runs": len(rows), "passed": passed,

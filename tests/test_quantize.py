@@ -356,3 +356,13 @@ def test_euclidean_lookup_takes_the_nearest_code_by_distance() -> None:
     assert cosine.lookup(z).tolist()[0][1] == 0
     with pytest.raises(ValueError, match="lookup"):
         VQStage(4, 3, 2, lookup="manhattan")
+
+
+def test_bypass_decays_to_zero_over_bypass_steps() -> None:
+    torch.manual_seed(5)
+    q = rvq(bypass=0.5, bypass_steps=100, seed=1).train()
+    assert [q.bypass_at(s) for s in (0, 50, 100, 200)] == [0.5, 0.25, 0.0, 0.0]
+    z = torch.randn(64, 16, 5)
+    passed = [int((q(z, step=s).quantized == z).flatten(1).all(dim=1).sum()) for s in (1, 100)]
+    assert passed[0] >= 16
+    assert passed[1] == 0  # the decoder ends on quantized latents only

@@ -82,6 +82,9 @@ class RVQConfig(Strict):
     # Fraction of training items whose latent reaches the decoder unquantized (Mimi: 0.5);
     # keeps the encoder's latents informative while the codebooks are still poor.
     bypass: float = Field(0.0, ge=0.0, le=1.0)
+    # > 0: the bypass fraction decays linearly to 0 at this training step, so the decoder
+    # ends its training on quantized latents only (what it decodes at inference).
+    bypass_steps: int = Field(0, ge=0)
 
 
 class FSQConfig(Strict):
@@ -92,6 +95,7 @@ class FSQConfig(Strict):
     n_codebooks: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0.0, le=1.0)
     bypass: float = Field(0.0, ge=0.0, le=1.0)  # as for RVQ
+    bypass_steps: int = Field(0, ge=0)  # as for RVQ
 
     @model_validator(mode="after")
     def _check(self) -> FSQConfig:
@@ -452,13 +456,16 @@ def build_rvq(cfg: RVQConfig, dim: int, weight_norm: bool) -> ResidualQuantizer:
         restart_candidates=cfg.restart_candidates,
         init=cfg.init,
         bypass=cfg.bypass,
+        bypass_steps=cfg.bypass_steps,
     )
 
 
 @QUANTIZERS.register("fsq")
 def build_fsq(cfg: FSQConfig, dim: int, weight_norm: bool) -> ResidualQuantizer:
     stages = [FSQStage(dim, cfg.levels, weight_norm=weight_norm) for _ in range(cfg.n_codebooks)]
-    return ResidualQuantizer(stages, dropout=cfg.dropout, bypass=cfg.bypass)
+    return ResidualQuantizer(
+        stages, dropout=cfg.dropout, bypass=cfg.bypass, bypass_steps=cfg.bypass_steps
+    )
 
 
 # ----------------------------------------------------------------------------- the codec

@@ -232,6 +232,7 @@ class ResidualQuantizer(nn.Module):
         seed: int = 0,
         init: str = "random",
         bypass: float = 0.0,
+        bypass_steps: int = 0,
     ) -> None:
         super().__init__()
         if init not in ("random", "data"):
@@ -248,6 +249,7 @@ class ResidualQuantizer(nn.Module):
         if not 0.0 <= bypass <= 1.0:
             raise ValueError(f"bypass must be in [0, 1], got {bypass}")
         self.bypass = float(bypass)
+        self.bypass_steps = int(bypass_steps)
         # The last counted training step, and whether the data-dependent init has run (both
         # saved, so a resumed run neither re-initialises nor shifts its restart steps).
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
@@ -389,12 +391,20 @@ class ResidualQuantizer(nn.Module):
             out = out + self.stages[i].decode_codes(codes[:, i])
         return out
 
+    def bypass_at(self, step: int) -> float:
+        """The bypass fraction at training step `step`: `bypass`, or with `bypass_steps`, a
+        linear decay from `bypass` at step 0 to 0 at step `bypass_steps`."""
+        if not self.bypass_steps:
+            return self.bypass
+        return self.bypass * max(0.0, 1.0 - step / self.bypass_steps)
+
     def _bypass(self, z: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-        """Training: a random `bypass` fraction of the items pass z unquantized (seeded by
-        (seed, step, rank) like quantizer dropout)."""
+        """Training: a random `bypass_at(step)` fraction of the items pass z unquantized
+        (seeded by (seed, step, rank) like quantizer dropout)."""
         b = z.shape[0]
-        gen = torch.Generator().manual_seed(_mix(self.seed, int(self.steps), _rank(), 0xB1A5))
-        keep = (torch.rand(b, generator=gen) < self.bypass).to(z.device)
+        step = int(self.steps)
+        gen = torch.Generator().manual_seed(_mix(self.seed, step, _rank(), 0xB1A5))
+        keep = (torch.rand(b, generator=gen) < self.bypass_at(step)).to(z.device)
         return torch.where(keep[:, None, None], z, quantized)
 
     # -- dead-code restart -------------------------------------------------------------------
