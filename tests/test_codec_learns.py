@@ -45,9 +45,15 @@ def test_tiny_codec_learns_on_toy_data_for_two_seeds(tmp_path: Path) -> None:
                f"seed={seed}", "train.progress=false", "data.num_workers=0"]
         log = open(tmp_path / f"run{seed}.log", "w")  # noqa: SIM115  (closed below)
         procs[seed] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
-    for seed, (proc, log) in procs.items():
-        code = proc.wait(timeout=900)
-        log.close()
+    try:
+        codes = {seed: proc.wait(timeout=900) for seed, (proc, _) in procs.items()}
+    finally:  # a timeout or failure leaves no training running
+        for proc, log in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    for seed, code in codes.items():
         assert code == 0, (tmp_path / f"run{seed}.log").read_text()[-3000:]
     for seed in (0, 1):
         export_run(tmp_path / f"run{seed}", tmp_path / f"model{seed}")

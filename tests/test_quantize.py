@@ -265,7 +265,7 @@ def test_data_init_sets_codebooks_from_the_first_batch() -> None:
     lat = out.latents.detach().reshape(4, 2, 4, 10).permute(1, 0, 3, 2).reshape(2, -1, 4)
     for i, stage in enumerate(q.stages):
         d = (stage.codebook.weight.detach()[:, None] - lat[i][None]).norm(dim=-1).min(1).values
-        assert float(d.max()) < 1e-6  # 40 latents >= 16 codes: all distinct exact copies
+        assert float(d.max()) < 1e-5  # 40 latents >= 16 codes: distinct copies (fp32 rounding)
     assert min(len(set(c.tolist())) for c in out.codes.transpose(0, 1).reshape(2, -1)) >= 12
     book = torch.cat([s.codebook.weight.detach().clone() for s in q.stages])
     q(z)  # no optimizer step between the passes: a second init would draw other latents
@@ -366,3 +366,57 @@ def test_bypass_decays_to_zero_over_bypass_steps() -> None:
     passed = [int((q(z, step=s).quantized == z).flatten(1).all(dim=1).sum()) for s in (1, 100)]
     assert passed[0] >= 16
     assert passed[1] == 0  # the decoder ends on quantized latents only
+
+
+def test_weights_saved_without_the_init_flag_load_as_trained() -> None:
+    """A codebook loaded from an older checkpoint or export is never re-initialised."""
+    torch.manual_seed(6)
+    saved = ResidualQuantizer([VQStage(8, 16, 4)], init="data").state_dict()
+    del saved["initialized"]
+    q = ResidualQuantizer([VQStage(8, 16, 4)], init="data")
+    q.load_state_dict(saved)
+    book = q.stages[0].codebook.weight.detach().clone()
+    q.train()(torch.randn(2, 8, 10))
+    assert bool(q.initialized)
+    assert torch.equal(q.stages[0].codebook.weight, book)  # no data init over loaded codes
+    fsq = ResidualQuantizer([FSQStage(8, [4, 4])])
+    state = {**fsq.state_dict(), "initialized": torch.tensor(False)}  # FSQ saved with a flag
+    fsq.load_state_dict(state)
+    assert "initialized" not in fsq.state_dict()
+
+
+def test_restart_from_identical_latents_does_not_crash() -> None:
+    torch.manual_seed(7)
+    q = ResidualQuantizer([VQStage(8, 256, 4)], init="data", restart_candidates=256).train()
+    z = torch.ones(2, 8, 5)  # every frame the same latent: one distinct candidate
+    q(z)
+    book = q.stages[0].codebook.weight.detach()
+    assert torch.isfinite(book).all()
+    assert torch.unique(book, dim=0).shape[0] == 256  # jittered, no exact ties
+
+
+def test_data_init_offers_enough_latents_for_a_large_codebook() -> None:
+    torch.manual_seed(8)
+    q = ResidualQuantizer([VQStage(8, 512, 4)], init="data", restart_candidates=64).train()
+    out = q(torch.randn(8, 8, 100))  # 800 latents for 512 codes
+    lat = out.latents.detach().permute(0, 2, 1).reshape(-1, 4)
+    book = q.stages[0].codebook.weight.detach()
+    # The init projects under no_grad, the pass itself with gradients: the same math through
+    # other kernels, so equal to fp32 rounding; a jittered copy would be ~0.1 x spread away.
+    near = (book[:, None] - lat[None]).abs().amax(dim=-1).min(dim=1).values < 1e-5
+    assert int(near.sum()) == 512  # every code a latent of the batch, none jittered
+
+
+def test_init_from_marks_loaded_codebooks_as_initialised(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from soundry.train.init_from import init_from
+
+    torch.manual_seed(9)
+    src = ResidualQuantizer([VQStage(8, 16, 4)], init="data")
+    state = {k: v for k, v in src.state_dict().items() if k != "initialized"}
+    net = torch.nn.ModuleDict({"quantizer": ResidualQuantizer([VQStage(8, 16, 4)], init="data")})
+    flat = {f"quantizer.{k}": v for k, v in state.items()}
+    save_file(flat, str(tmp_path / "w.safetensors"))
+    init_from(tmp_path / "w.safetensors", {"generator": net})
+    assert bool(net["quantizer"].initialized)  # step 1 will not overwrite the loaded codes

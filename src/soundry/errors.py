@@ -20,6 +20,11 @@ class DataError(SoundryError):
     """The data cannot be used (no usable file, unreadable manifest, ...)."""
 
 
+class TrainingStopped(SoundryError):
+    """Training stopped before its last step (e.g. a run of non-finite losses); the run
+    directory keeps its last good checkpoint."""
+
+
 class MissingDependencyError(SoundryError):
     """An optional dependency is not installed."""
 

@@ -35,9 +35,10 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from soundry.config import load_recipe
-    from soundry.errors import SoundryError
+    from soundry.errors import SoundryError, TrainingStopped
 
     console = Console()
     out: Path = args.out
@@ -55,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
     recipe_path = find_recipe(args.recipe)
     recipe = load_recipe(recipe_path, overrides)
     sr = recipe.data.sample_rate
+    run_dir = out / "run"
+    if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
+        raise SoundryError(
+            f"{out} already holds a demo run ({run_dir}); give another --out or remove it"
+        )
 
     console.rule("[bold]1/5 toy data")
     _make_toy_data(train_dir, valid_dir, args.clips, args.seconds, sr, console)
@@ -62,13 +68,12 @@ def run(args: argparse.Namespace) -> int:
     console.rule("[bold]2/5 training")
     from soundry.train.engine import run_training
 
-    run_dir = out / "run"
     diverged = None
     try:
         run_training(recipe, run_dir, command=["soundry", "demo", *args.overrides])
-    except SoundryError as exc:  # e.g. stopped on non-finite losses: judge what was saved
+    except TrainingStopped as exc:  # e.g. non-finite losses: judge what was saved
         diverged = str(exc)
-        console.print(f"[bold red]training stopped:[/] {exc}")
+        console.print(f"[bold red]training stopped:[/] {escape(diverged)}")
 
     console.rule("[bold]3/5 export and reconstruction")
     from soundry.models.codec_io import load_codec, reconstruct_file
@@ -78,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         exported = export_run(run_dir, export_dir, checkpoint="auto")
     except SoundryError as exc:
-        console.print(f"[bold red]verdict: the model is BROKEN:[/] nothing to export ({exc})")
+        console.print(
+            f"[bold red]verdict: the model is BROKEN:[/] nothing to export ({escape(str(exc))})"
+        )
         return 2
     console.print(f"exported the {exported['chosen']} checkpoint")
     codec = load_codec(export_dir)
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"verdict          {out / 'verdict.json'}")
     console.print(f"report           {report}")
     style = "bold green" if verdict.learned else "bold red"
-    console.print(f"[{style}]{verdict.line()}[/]")
+    console.print(f"[{style}]{escape(verdict.line())}[/]")
     if verdict.learned:
         return 0
     return 2 if verdict.broken else 3
@@ -150,8 +157,10 @@ def _verdict(
             f"{name:<14}{fmt_metric(row['mel_distance'], '.3f'):>14}"
             f"{fmt_metric(row['si_sdr'], '.1f'):>12}{usage + ('%' if usage != 'n/a' else ''):>12}"
         )
+    from rich.markup import escape
+
     for note in notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
     record = {
         **verdict.to_dict(),
         "systems": rows,

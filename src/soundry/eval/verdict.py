@@ -92,7 +92,9 @@ class Verdict:
 
 
 def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and math.isfinite(v)
+    from soundry.eval.fmt import finite_or_none
+
+    return finite_or_none(v) is not None
 
 
 def codec_verdict(
@@ -138,6 +140,8 @@ def codec_verdict(
                 f">= {100 * criteria.min_usage_level:.0f}%)")
         ok = mean >= criteria.min_usage_mean and low >= criteria.min_usage_level
         (checks if ok else reasons).append(text)
+    else:
+        reasons.append("codebook usage not measured (no codes)")
     return Verdict(learned=not reasons, broken=broken, reasons=reasons, checks=checks)
 
 

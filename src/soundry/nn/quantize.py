@@ -253,7 +253,8 @@ class ResidualQuantizer(nn.Module):
         # The last counted training step, and whether the data-dependent init has run (both
         # saved, so a resumed run neither re-initialises nor shifts its restart steps).
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        if isinstance(self.stages[0], VQStage):  # FSQ has no codebook to initialise
+            self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @property
     def n_codebooks(self) -> int:
@@ -271,6 +272,22 @@ class ResidualQuantizer(nn.Module):
     @property
     def restarts_enabled(self) -> bool:
         return self.dead_code_threshold > 0 and isinstance(self.stages[0], VQStage)
+
+    def mark_initialized(self) -> None:
+        """Record that the codebooks hold trained (loaded) values: no data-dependent init."""
+        if hasattr(self, "initialized"):
+            self.initialized.fill_(True)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:  # type: ignore[override]
+        # Weights saved before the `initialized` flag existed are trained weights: load them
+        # as initialised (a data-dependent init would overwrite the loaded codebooks).
+        # An FSQ quantizer saved with the flag (it has no codebook) loads without it.
+        key = prefix + "initialized"
+        if hasattr(self, "initialized") and key not in state_dict:
+            state_dict[key] = torch.ones((), dtype=torch.bool)
+        elif not hasattr(self, "initialized"):
+            state_dict.pop(key, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- levels ------------------------------------------------------------------------------
 
@@ -317,8 +334,8 @@ class ResidualQuantizer(nn.Module):
         init_now = (
             counted
             and self.init == "data"
-            and not bool(self.initialized)
             and isinstance(self.stages[0], VQStage)
+            and not bool(self.initialized)
         )
         if self.training:
             if n_levels is None:
@@ -414,7 +431,8 @@ class ResidualQuantizer(nn.Module):
         """Set a stage's codebook to projected latents of this batch (same on every rank)."""
         z_e = stage.in_proj(residual).detach()  # [B, d, F]
         latents = z_e.permute(0, 2, 1).reshape(1, -1, z_e.shape[1])  # [1, N, d]
-        pool = self._shared_pool(latents, int(self.steps), salt=0x1417 + index)[0]
+        per_rank = max(self.restart_candidates, -(-stage.codebook_size // _world()))
+        pool = self._shared_pool(latents, int(self.steps), 0x1417 + index, per_rank)[0]
         gen = torch.Generator().manual_seed(_mix(self.seed, int(self.steps), 0x1417, index))
         weight = stage.codebook.weight
         weight.copy_(_draw(pool, weight.shape[0], gen).to(weight))
@@ -459,15 +477,18 @@ class ResidualQuantizer(nn.Module):
             stage.usage.zero_()
         return replaced
 
-    def _shared_pool(self, latents: torch.Tensor, step: int, salt: int) -> torch.Tensor:
-        """The same candidate pool on every rank: [K, world * candidates, d].
+    def _shared_pool(
+        self, latents: torch.Tensor, step: int, salt: int, per_rank: int | None = None
+    ) -> torch.Tensor:
+        """The same candidate pool on every rank: [K, world * per_rank, d].
 
         Each rank offers a fixed-size random subset of its latents [K, N, d] (without
-        replacement while N lasts); the subsets are gathered in rank order.
+        replacement while N lasts; `per_rank` defaults to `restart_candidates`, the same on
+        every rank, so the all_gather sizes match); the subsets are gathered in rank order.
         """
         k, n, d = latents.shape
         gen = torch.Generator().manual_seed(_mix(self.seed, step, _rank(), salt))
-        idx = _indices(n, self.restart_candidates, gen).to(latents.device)
+        idx = _indices(n, per_rank or self.restart_candidates, gen).to(latents.device)
         pool = latents[:, idx].float().contiguous()
         if _distributed():
             gathered = [torch.empty_like(pool) for _ in range(dist.get_world_size())]
@@ -493,7 +514,7 @@ def _draw(pool: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
     n = distinct.shape[0]
     rows = distinct[_indices(n, count, gen).to(pool.device)].clone()
     if count > n:
-        spread = pool.std(dim=0, keepdim=True) if n > 1 else pool.abs() + 1e-3
+        spread = distinct.std(dim=0, keepdim=True) if n > 1 else distinct.abs() + 1e-3
         noise = torch.randn(count - n, pool.shape[1], generator=gen).to(pool)
         rows[n:] += 0.1 * spread.clamp_min(1e-6) * noise
     return rows
@@ -501,6 +522,10 @@ def _draw(pool: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _world() -> int:
+    return dist.get_world_size() if _distributed() else 1
 
 
 def _rank() -> int:

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from soundry.config import to_dict
-from soundry.errors import ConfigError, SoundryError
+from soundry.errors import ConfigError, SoundryError, TrainingStopped
 from soundry.registry import did_you_mean
 from soundry.train.checkpoint import (
     CheckpointManager,
@@ -681,7 +681,7 @@ class Engine:
             if self.logger is not None:
                 self.logger.close()
         if status != "completed":
-            raise SoundryError(summary["message"])
+            raise TrainingStopped(summary["message"])
         if self.is_main:
             print(summary_line(summary))
         return summary

@@ -14,7 +14,8 @@ overrides. The usual codec recipe is::
 and an "adversarial-only" fine-tuning phase is just `weights: {mel: 0}`.
 
 `ramp_steps` eases a phase in: the adversarial and feature-matching weights grow linearly
-from 0 to their values over the phase's first `ramp_steps` steps, so the generator, fresh
+over the phase's first `ramp_steps` steps, to k / ramp_steps of their values at the phase's
+k-th step (1 / ramp_steps on the first, full from step `ramp_steps` on), so the generator, fresh
 from a reconstruction-only warm-up, is not hit by the full adversarial gradient at once.
 
 Steps here are 0-based (the first optimizer step is step 0); the engine numbers steps from 1,

@@ -123,6 +123,7 @@ def init_from(path: str | Path, networks: dict[str, nn.Module]) -> InitReport:
             target.copy_(source.to(device=target.device, dtype=target.dtype))
             report.loaded.append(name)
     report.unexpected = sorted(set(tensors) - set(flat_targets))
+    _mark_loaded_codebooks(networks, report.loaded)
     if not report.loaded:
         raise SoundryError(
             f"--init-from {path}: no tensor matches the networks ({', '.join(networks)}) by "
@@ -130,6 +131,17 @@ def init_from(path: str | Path, networks: dict[str, nn.Module]) -> InitReport:
         )
     log.debug(report.summary())
     return report
+
+
+def _mark_loaded_codebooks(networks: dict[str, nn.Module], loaded: list[str]) -> None:
+    """A quantizer whose codebooks came from PATH skips its data-dependent initialisation."""
+    for net_name, net in networks.items():
+        for mod_name, module in net.named_modules():
+            mark = getattr(module, "mark_initialized", None)
+            prefix = f"{net_name}.{mod_name}." if mod_name else f"{net_name}."
+            if mark is not None and any(n.startswith(prefix) and "codebook" in n
+                                        for n in loaded):
+                mark()
 
 
 def freeze(networks: dict[str, nn.Module], prefixes: list[str]) -> list[str]:
