@@ -302,10 +302,11 @@ WORKER = textwrap.dedent(
     import json, sys, torch, torch.distributed as dist
     from soundry.nn.quantize import ResidualQuantizer, VQStage
     rank, world, store, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    init = sys.argv[5]
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.manual_seed(0)  # identical initial weights on every rank
     q = ResidualQuantizer([VQStage(8, 64, 4) for _ in range(2)], dead_code_threshold=1.0,
-                          restart_every=2, restart_candidates=16, seed=11).train()
+                          restart_every=2, restart_candidates=16, seed=11, init=init).train()
     start = torch.cat([s.codebook.weight.detach().clone() for s in q.stages])
     torch.manual_seed(100 + rank)  # different data on every rank
     for _ in range(4):
@@ -318,8 +319,9 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_restarts_are_identical_on_every_rank(tmp_path: Path) -> None:
-    """Two gloo ranks with different data make the same restart choices."""
+@pytest.mark.parametrize("init", ["random", "data"])
+def test_restarts_are_identical_on_every_rank(tmp_path: Path, init: str) -> None:
+    """Two gloo ranks with different data make the same init and restart choices."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -332,6 +334,7 @@ def test_restarts_are_identical_on_every_rank(tmp_path: Path) -> None:
                 "2",
                 str(tmp_path / "store"),
                 str(tmp_path / f"r{r}.json"),
+                init,
             ],
             env=env,
         )

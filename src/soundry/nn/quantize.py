@@ -25,7 +25,8 @@ it adds to the usage counters and may restart codes. Passes without gradients (a
 discriminator-only phase, where the generator only supplies fakes) change nothing. The
 trainer passes the optimizer step number (`forward(z, step=...)`), so restarts follow
 optimizer steps, not forward passes: several micro-batches of one step restart at most once.
-Without `step`, each counted pass is one step (standalone use).
+Without `step`, each counted pass is one step (standalone use). Random draws keyed by the
+step (quantizer dropout, bypass) repeat across the micro-batches of one step.
 
 Data-dependent initialisation (VQ, `init="data"`): on the first counted pass, before any
 lookup, each stage's codebook is set to projected latents of that batch (stage by stage, so
