@@ -19,7 +19,9 @@ processes.
 
 The engine's fixed cost per step is also measured directly (`fixed_overhead_ms_per_step`):
 the same comparison on a task whose step is a tiny linear layer, where nearly all the time
-is the engine's own. Prints one JSON line.
+is the engine's own. The training-health monitors are part of the engine; the time they
+take (timed by the engine itself, `summary.json` health_seconds) is reported as
+`health_pct_of_step`. Prints one JSON line.
 
     python benchmarks/engine_overhead.py [--steps 20] [--rounds 5] [--threads N]
 """
@@ -95,13 +97,18 @@ def bare_seconds(task_cls: type[Task], recipe: Any, warmup: int, steps: int) -> 
     return chunks
 
 
+HEALTH: list[float] = []  # share of each engine run's step time spent in the monitors
+
+
 def engine_seconds(task_cls: type[Task], recipe: Any, warmup: int) -> list[float]:
     """Seconds per log interval (`warmup` steps) of the engine, after the first."""
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        Engine(task_cls(recipe, TaskContext()), recipe, run).fit()
+        summary = Engine(task_cls(recipe, TaskContext()), recipe, run).fit()
         lines = [r for r in read_metrics(run / "metrics.jsonl")
                  if r["kind"] == "train" and r["step"] > warmup]
+    if summary["train_seconds"] > 0:
+        HEALTH.append(summary["health_seconds"] / summary["train_seconds"])
     return [warmup / r["perf/steps_per_s"] for r in lines]
 
 
@@ -171,6 +178,7 @@ def main() -> None:
     chunk = 5
     steps = max(chunk, args.steps // chunk * chunk)
     b, e = compare(ToyTask, chunk, steps, args.rounds)
+    health_share = statistics.median(HEALTH)
     tiny_b, tiny_e = compare(TinyTask, 50, 400, args.rounds)
     print(json.dumps({
         "benchmark": "engine_overhead",
@@ -183,6 +191,9 @@ def main() -> None:
         "fixed_overhead_ms_per_step": round(1000 * (tiny_e - tiny_b), 3),
         # the engine's own cost as a share of the toy step: steadier than overhead_pct
         "fixed_overhead_pct": round(100 * (tiny_e - tiny_b) / b, 2),
+        # time inside the training-health monitors (timed by the engine) per toy step
+        "health_pct_of_step": round(100 * health_share, 3),
+        "health_ms_per_step": round(1000 * health_share * e, 3),
     }))
 
 

@@ -105,8 +105,13 @@ class ClipDataset(torch.utils.data.Dataset):
     An item holds numpy arrays / ints: `audio` float32 [C, T] in [-1, 1] (the target of a
     pair), `input` float32 [C, T] (pairs only), `length` (valid samples of `audio`), `epoch`,
     `index`, `source`, `offset` (crop start in samples at `data.sample_rate`), `replaced`
-    (replacements needed) and `meta` (path, offset, applied augmentations, failed files).
+    (replacements needed), `file` (the file's index in its source), `file_frames` (its
+    length in samples at `data.sample_rate`) and `meta` (path, offset, applied
+    augmentations, failed files).
     """
+
+    #: training windows are random crops (the health monitors check that they move)
+    random_windows = True
 
     def __init__(
         self,
@@ -166,7 +171,8 @@ class ClipDataset(torch.utils.data.Dataset):
             if not all(np.isfinite(out[k]).all() for k in ("audio", "input") if k in out):
                 failed.append({"path": item.path, "reason": "non-finite samples (NaN/Inf)"})
                 continue
-            out.update(source=source, replaced=attempt)
+            out.update(source=source, replaced=attempt, file=index,
+                       file_frames=target_frames(item, self.sample_rate))
             out["meta"].update(source=source, item=index, replaced=attempt, failed=failed)
             return out
         raise DataError(
@@ -274,6 +280,8 @@ class ClipDataset(torch.utils.data.Dataset):
 
 class OneShotDataset(ClipDataset):
     """The first `segment_seconds` of every file, zero-padded or trimmed (short sounds)."""
+
+    random_windows = False
 
     def window(self, item: AudioItem, rng: np.random.Generator, frames: int) -> tuple[int, int]:
         return 0, frames

@@ -9,7 +9,9 @@ saved and restored exactly. Batches are dicts of tensors:
   tensor and `input` the degraded side, both [B, C, T]);
 - `lengths`: samples of each item that hold audio (the rest is end padding);
 - `index`, `epoch`, `source`, `offset` (crop start in samples), `replaced` (how many bad
-  files each item had to skip): int64 [B].
+  files each item had to skip), `file` (the file's index in its source), `file_frames`
+  (the file's length in samples): int64 [B]. The health monitors read the windows from
+  these, so crop coverage costs no extra pass over the data.
 
 Validation: `build_valid_items` returns fixed, deterministic crops. When `data.valid` names
 a folder or manifest, the crops come from there. When it is None, files are held out of the
@@ -134,6 +136,8 @@ _INT_FIELDS = (
     ("source", "source"),
     ("offset", "offset"),
     ("replaced", "replaced"),
+    ("file", "file"),
+    ("file_frames", "file_frames"),
 )
 
 
@@ -263,6 +267,16 @@ class ClipLoader:
     def skipped(self) -> list[dict[str, str]]:
         """Files the scan rejected, as {path, reason}."""
         return self.sources.skipped if self.sources is not None else []
+
+    def health_context(self) -> dict[str, Any]:
+        """For the health monitors: the files' stored sample rates (count per rate), the
+        rate the model sees, and whether training windows are random crops."""
+        rates: dict[int, int] = {}
+        for items in self.dataset.sources:
+            for it in items:
+                rates[int(it.sample_rate)] = rates.get(int(it.sample_rate), 0) + 1
+        return {"file_rates": rates, "sample_rate": self.dataset.sample_rate,
+                "random_windows": self.dataset.random_windows}
 
     def summary(self) -> dict[str, Any]:
         """Counts for a run summary: usable and skipped files, hours, replaced items."""

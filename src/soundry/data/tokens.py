@@ -323,6 +323,7 @@ class TokenDataset(torch.utils.data.Dataset):
         return {
             "codes": np.asarray(codes, dtype=np.int64),
             "offset": offset,
+            "frames": item.frames,
             "end": offset + length == item.frames,
             "text": item.text,
             "tags": list(item.tags),
@@ -333,8 +334,8 @@ class TokenDataset(torch.utils.data.Dataset):
 
 
 def collate_tokens(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch: codes [B, K, T] (zero-padded), lengths/offsets [B], ends [B] bool, and lists
-    text, tags, speaker, seed, id."""
+    """Batch: codes [B, K, T] (zero-padded), lengths/offsets [B], item_frames [B] (each
+    item's whole length; when known), ends [B] bool, and lists text, tags, speaker, seed, id."""
     longest = max(it["codes"].shape[1] for it in items)
     levels = items[0]["codes"].shape[0]
     codes = torch.zeros(len(items), levels, longest, dtype=torch.long)
@@ -346,6 +347,8 @@ def collate_tokens(items: list[dict[str, Any]]) -> dict[str, Any]:
         "offsets": torch.tensor([it["offset"] for it in items], dtype=torch.long),
         "ends": torch.tensor([bool(it["end"]) for it in items], dtype=torch.bool),
     }
+    if all("frames" in it for it in items):
+        batch["item_frames"] = torch.tensor([it["frames"] for it in items], dtype=torch.long)
     for key in ("text", "tags", "speaker", "seed", "id"):
         batch[key] = [it[key] for it in items]
     return batch
@@ -404,6 +407,10 @@ class TokenLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.close()
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+    def health_context(self) -> dict[str, Any]:
+        """For the health monitors: token windows are random (crop_coverage checks them)."""
+        return {"random_windows": True}
 
 
 def split_items(index: TokenIndex, valid_count: int) -> tuple[list[int], list[int]]:

@@ -334,6 +334,7 @@ class _Page:
         if self.multi:
             title = f"Comparison of {len(self.runs)} runs"
             sections = [
+                ("health", "Health", self._health()),
                 ("overview", "Overview", self._overview_multi()),
                 ("config", "Config differences", self._config_multi()),
                 ("curves", "Curves", self._curves()),
@@ -343,6 +344,7 @@ class _Page:
         else:
             title = f"Run report: {self.runs[0].label}"
             sections = [
+                ("health", "Health", self._health()),
                 ("overview", "Overview", self._overview_single()),
                 ("config", "Config and provenance", self._config_single()),
                 ("curves", "Curves", self._curves()),
@@ -375,6 +377,49 @@ class _Page:
             f"<p>Runs: {', '.join(f'<code>{escape(str(r.path))}</code>' for r in self.runs)}</p>"
             f"</footer><script>{JS}</script></body></html>\n"
         )
+
+    # ---------------------------------------------------------------- health
+    def _health(self) -> str:
+        """Each run's training-health findings (health.jsonl), errors first, with the curve
+        or the validation clip that shows each."""
+        parts = []
+        for run in self.runs:
+            label = f"{run.label}: " if self.multi else ""
+            if not run.health:
+                parts.append(f'<p class="note">{escape(label)}no monitor found a problem '
+                             "(soundry doctor re-checks a run offline).</p>")
+                continue
+            errors = sum(f.get("severity") == "error" for f in run.health)
+            items = []
+            for f in run.health:
+                sev = str(f.get("severity", "warning"))
+                since = f.get("since")
+                when = f"step {f.get('step')}" + (f", since step {since}" if since is not None
+                                                  else "")
+                shown = self._health_evidence(run, f)
+                items.append(
+                    f'<li class="finding {escape(sev)}"><strong>{escape(sev.upper())}</strong> '
+                    f"<code>{escape(str(f.get('monitor')))}</code> ({escape(when)}): "
+                    f"{escape(str(f.get('message', '')))}{shown}</li>")
+            parts.append(
+                f'<div role="alert"><h3>{escape(label)}{errors} error(s), '
+                f"{len(run.health) - errors} warning(s)</h3><ul>{''.join(items)}</ul></div>")
+        return "".join(parts)
+
+    def _health_evidence(self, run: Run, finding: dict[str, Any]) -> str:
+        key = str(finding.get("key", "")).split(":")[0]
+        if key in run.train:
+            c = run.train[key]
+            return self._chart(key, [Series(run.label, c.steps, c.values, color=color_for(0),
+                                            smooth=False)])
+        clips = (finding.get("evidence") or {}).get("clips")
+        if isinstance(clips, dict):
+            step = finding.get("step")
+            vstep = next((v for v in run.valid_steps if v.step == step), None)
+            if vstep is not None:
+                name = next(iter(clips))
+                return self._player(vstep.items.get(name), name, f"step {step}")
+        return ""
 
     def _runs_legend(self) -> str:
         items = []

@@ -207,6 +207,8 @@ class LossOutput:
     level_entropy: torch.Tensor
     level_count: torch.Tensor
     logits: torch.Tensor | None = field(default=None, repr=False)
+    eos_count: torch.Tensor | None = None  # EOS targets counted by the loss (scalar)
+    eos_prob: torch.Tensor | None = None  # mean predicted EOS probability on them
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """Flat scalars for logging: loss, loss/level_k, accuracy/level_k, entropy/level_k."""
@@ -383,6 +385,11 @@ class TokenLM(nn.Module):
             accuracy = correct.sum(dim=(0, 2)) / denom
             entropy = -(logp.exp() * logp).sum(-1)
             level_entropy = (entropy * mask).sum(dim=(0, 2)) / denom
+            # EOS (the last output class) among the counted targets: how often the loss
+            # teaches the model to stop, and the probability it gives the stop there
+            is_eos = counted & (target == n_out - 1)
+            eos_count = is_eos.sum().float()
+            eos_prob = (logp[..., n_out - 1].exp() * is_eos).sum() / eos_count.clamp(min=1.0)
         return LossOutput(
             loss=total,
             level_loss=level_loss.detach(),
@@ -390,6 +397,8 @@ class TokenLM(nn.Module):
             level_entropy=level_entropy,
             level_count=count,
             logits=logits if keep_logits else None,
+            eos_count=eos_count,
+            eos_prob=eos_prob,
         )
 
     # -- incremental decoding --------------------------------------------------------------

@@ -55,6 +55,7 @@ from torch import nn
 
 from soundry.config import to_dict
 from soundry.errors import ConfigError, SoundryError, TrainingStopped
+from soundry.health.runner import HealthRunner
 from soundry.registry import did_you_mean
 from soundry.train.checkpoint import (
     CheckpointManager,
@@ -232,6 +233,8 @@ class StepUpdater:
         self._called: set[str] = set()
         self.skipped: dict[str, int] = {s.name: 0 for s in specs}
         self.skipped_this_step = False
+        # this step's grad norm and clipping flag per optimizer (host floats, for health)
+        self.step_values: dict[str, float] = {}
 
     def begin(self, micro: int) -> None:
         self.micro = micro
@@ -239,6 +242,7 @@ class StepUpdater:
         if micro == 0:
             self._zeroed.clear()
             self.skipped_this_step = False
+            self.step_values = {}
 
     def update(self, name: str, loss: torch.Tensor) -> bool:
         spec = self.specs.get(name)
@@ -285,6 +289,7 @@ class StepUpdater:
         norm_value, ok_value = torch.stack([norm.float(), ok.float()]).tolist()  # one sync
         stepped = bool(ok_value)
         if stepped:
+            clipped = spec.clip is not None and bool(grads) and norm_value > spec.clip
             if spec.clip is not None and grads:
                 torch.nn.utils.clip_grads_with_norm_(params, spec.clip, norm)
             spec.optimizer.step()
@@ -292,6 +297,10 @@ class StepUpdater:
                 spec.scheduler.step()
             self.acc.add(f"grad_norm/{spec.name}", norm_value)
             self.acc.add_max(f"grad_norm_max/{spec.name}", norm_value)
+            if spec.clip is not None:  # share of this interval's steps that were clipped
+                self.acc.add(f"clip_fraction/{spec.name}", float(clipped))
+            self.step_values[f"grad_norm/{spec.name}"] = norm_value
+            self.step_values[f"clipped/{spec.name}"] = float(clipped)
         else:
             self.skipped[spec.name] += 1
             self.skipped_this_step = True
@@ -432,6 +441,7 @@ class Engine:
         self.consecutive_skips = 0
         self.last_valid: dict[str, Any] = {}
         self.last_checkpoint: Path | None = None
+        self._health_state: dict[str, Any] | None = None
 
         # per-process randomness for training (dropout, ...) differs between processes
         seed_everything(derive_seed(recipe.seed, 1, self.rank))
@@ -452,6 +462,24 @@ class Engine:
             )
             if resume_from is not None:
                 self.ckpt.write_index(resume_from.name)
+        self.health = HealthRunner(self.recipe.health, self.run_dir if self.is_main else None,
+                                   self.logger)
+        if not self.is_main:  # monitors watch the main process's batches and validations
+            self.health.monitors = []
+        if self._health_state is not None:
+            self.health.load_state_dict(self._health_state)
+        if self.is_main and self.resume:
+            self.health.truncate_after(self.step)
+        self.health.start(self._health_context(), self.step)
+
+    def _health_context(self) -> dict[str, Any]:
+        """What the monitors know up front: the task's and the loader's descriptions."""
+        context: dict[str, Any] = {}
+        for source in (self.loader, self.task):
+            describe = getattr(source, "health_context", None)
+            if callable(describe):
+                context.update(describe())
+        return context
 
     def _broadcast_weights(self) -> None:
         """Start every process from the main process's weights (and EMA), whatever the
@@ -515,6 +543,7 @@ class Engine:
                 "best": [self.ckpt.best, self.ckpt.best_metric, self.ckpt.best_value],
                 "log": self.acc.state_dict(),
                 "last_valid": self.last_valid,
+                "health": self.health.state_dict(),
             },
             "task": self.task.extra_state(),
             "networks": list(self.networks),
@@ -526,6 +555,7 @@ class Engine:
                      if self.ema is not None else {})
         path = self.ckpt.save(step, self.networks, ema_state, optimizers, state, rank_state)
         self.last_checkpoint = path
+        self.health.save_state(step)
         return path
 
     def _load(self, path: Path) -> None:
@@ -559,6 +589,7 @@ class Engine:
             self.ckpt.set_best(best, metric, value)
         self.acc.load_state_dict(engine["log"])
         self.last_valid = engine["last_valid"]
+        self._health_state = engine.get("health")
         self.task.load_extra_state(state["task"])
         rank_state = self.ckpt.read_rank_state(path)
         self.loader.load_state_dict(rank_state["loader"])
@@ -614,6 +645,7 @@ class Engine:
         if metrics:
             self.logger.valid(step, metrics)
         self.logger.audio(step, result.audio, result.sample_rate)
+        self.health.on_valid(step, metrics, result.audio, result.sample_rate)
         key = self.cfg.best_key
         if key is None:
             return None
@@ -632,7 +664,7 @@ class Engine:
         interval was measured up to (the next one starts there, so logging itself counts)."""
         means = self.acc.means()
         # losses first, then the task's other scalars, then the engine's
-        engine_keys = ("grad_norm/", "grad_norm_max/")
+        engine_keys = ("grad_norm/", "grad_norm_max/", "clip_fraction/")
         values = {k: v for k, v in means.items() if k.startswith("loss")}
         values.update({k: v for k, v in means.items() if not k.startswith(engine_keys)})
         values.update(means)
@@ -687,7 +719,7 @@ class Engine:
         return summary
 
     def _loop(self) -> dict[str, Any]:
-        cfg, task, updater = self.cfg, self.task, self.updater
+        cfg, task, updater, health = self.cfg, self.task, self.updater, self.health
         device = self.device
         from accelerate.utils import send_to_device
 
@@ -711,14 +743,17 @@ class Engine:
             step = self.step + 1
             for micro in range(cfg.grad_accum):
                 t_data = time.perf_counter()
-                batch = send_to_device(next(batches), device, non_blocking=True)
+                host_batch = next(batches)
                 data_wait += time.perf_counter() - t_data
+                health.on_batch(step, host_batch)
+                batch = send_to_device(host_batch, device, non_blocking=True)
                 updater.begin(micro)
                 with self.accelerator.autocast():
                     out = task.train_step(batch, step, updater)
                 for key, value in (out or {}).items():
                     self.acc.add(key, value)
             updater.finish()
+            health.on_step(step, out or {}, updater.step_values)
             self.step = step
             steps_since += 1
             if self.ema is not None:
@@ -762,8 +797,14 @@ class Engine:
                 else:
                     log.warning("step %d: skipping the checkpoint during a run of non-finite "
                                 "updates", step)
+            if health.active and (step % self.recipe.health.check_every == 0
+                                  or step == cfg.max_steps):
+                health.check(step)
             if self._kill_at == step:
                 os.kill(os.getpid(), signal.SIGKILL)
+        if health.active:
+            health.check(self.step)
+            health.save_state(self.step)
         loop_seconds = time.perf_counter() - loop_t0
         self.train_cpu_seconds = time.process_time() - loop_c0 - self.side_cpu_seconds
         return self._finish(status, message, start_step,
@@ -792,6 +833,11 @@ class Engine:
             "best_value": self.ckpt.best_value,
             "nonfinite_skips": sum(self.updater.skipped.values()),
             "valid": self.last_valid,
+            # time the health monitors took during this session's steps (and validations)
+            "health_seconds": round(self.health.seconds, 4),
+            "health_valid_seconds": round(self.health.valid_seconds, 4),
+            "health_findings": {sev: sum(f.severity == sev for f in self.health.findings)
+                                for sev in ("warning", "error")},
         }
         if hasattr(self.loader, "summary"):  # data loaders report usable / skipped files
             summary["data"] = self.loader.summary()

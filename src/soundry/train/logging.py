@@ -416,6 +416,13 @@ class RunLogger:
             self.wandb.log(media, step=step)
         return out
 
+    def text(self, step: int, tag: str, text: str) -> None:
+        """A text entry (health findings) in TensorBoard and wandb."""
+        if self.tb is not None:
+            self.tb.add_text(tag, text, step)
+        if self.wandb is not None:
+            self.wandb.log({tag: text}, step=step)
+
     def flush(self) -> None:
         if self.tb is not None:
             self.tb.flush()

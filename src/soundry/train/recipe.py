@@ -6,6 +6,7 @@ from pydantic import Field
 
 from soundry.config import Strict
 from soundry.data.config import DataConfig
+from soundry.health.config import HealthConfig
 from soundry.train.config import TrainConfig
 
 
@@ -17,3 +18,4 @@ class RecipeBase(Strict):
     seed: int = Field(0, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)

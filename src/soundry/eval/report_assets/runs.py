@@ -88,6 +88,8 @@ class Run:
     last_time: float | None = None
     last_step: int | None = None
     problems: list[str] = field(default_factory=list)
+    #: training-health findings recorded in health.jsonl (`soundry.health`), as dicts
+    health: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def wall_seconds(self) -> float | None:
@@ -148,6 +150,10 @@ def load_run(path: str | Path) -> Run:
     )
     if has_metrics:
         _read_metrics(root / "metrics.jsonl", run)
+    from soundry.health.doctor import merge
+    from soundry.health.runner import read_findings
+
+    run.health = [f.to_dict() for f in merge(read_findings(root))]
     return run
 
 

@@ -142,6 +142,9 @@ summary { cursor: pointer; font-weight: 600; }
   background: #000;
 }
 .empty-note { color: var(--muted); font-style: italic; }
+li.finding { margin: .4rem 0 .9rem; padding-left: .6rem; border-left: 4px solid #c98a00; }
+li.finding.error { border-left-color: #c62828; }
+li.finding .chart-box, li.finding .player { max-width: 40rem; margin-top: .4rem; }
 footer {
   color: var(--muted); font-size: .85rem; padding: 2rem clamp(1rem, 4vw, 3rem);
   border-top: 1px solid var(--line); margin-top: 3rem;

@@ -308,6 +308,9 @@ class CodecTask(Task):
         codes = torch.cat([c.reshape(-1, c.shape[1], c.shape[2]) for c in all_codes], dim=-1)
         usage = codebook_usage(codes, gen.codebook_size)
         metrics.update(summarize_usage(usage))
+        # what usage can reach on this validation: min(1, frames / codebook size)
+        metrics["code_frames"] = float(codes.shape[-1])
+        metrics["codebook_size"] = float(gen.codebook_size)
         metrics["bitrate_kbps"] = gen.bitrate_kbps()
         return Validation(metrics=metrics, audio=audio, sample_rate=gen.sample_rate)
 

@@ -317,6 +317,9 @@ class LMTask(Task):
         out = model.loss(seq, cond)
         updater.update("lm", out.loss)
         logs: dict[str, Any] = {"loss/lm": out.loss.detach()}
+        if out.eos_count is not None:  # read by the eos_untrained health monitor
+            logs["eos/targets"] = out.eos_count
+            logs["eos/prob"] = out.eos_prob
         for k in range(len(out.level_loss)):
             logs[f"loss/level_{k}"] = out.level_loss[k]
             logs[f"acc/level_{k}"] = out.level_accuracy[k]

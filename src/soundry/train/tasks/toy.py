@@ -107,7 +107,8 @@ def synth_item(rng: np.random.Generator, channels: int, length: int, sample_rate
     clean /= max(1.0, np.abs(clean).max() / 0.9)
     # augmentations, drawn from the same generator
     clean *= 10 ** (rng.uniform(-gain_db, gain_db) / 20) * rng.choice([-1.0, 1.0])
-    clean = np.clip(clean, -1, 1)
+    # a gain above 0 dB is peak-limited, not clipped: clipped targets would teach distortion
+    clean /= max(1.0, np.abs(clean).max() / 0.99)
     spread = np.stack([clean * rng.uniform(0.7, 1.0) for _ in range(channels)])
     noisy = np.clip(spread + noise * rng.standard_normal(spread.shape), -1, 1)
     return {"audio": torch.from_numpy(spread.astype(np.float32)),
