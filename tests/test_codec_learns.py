@@ -21,6 +21,7 @@ import torch
 from soundry.config import load_recipe
 from soundry.data.loader import build_valid_items
 from soundry.eval.verdict import codec_verdict, score_codec
+from soundry.health import read_findings
 from soundry.models.codec import build_codec
 from soundry.models.codec_io import load_codec
 from soundry.paths import recipes_dir
@@ -67,3 +68,8 @@ def test_tiny_codec_learns_on_toy_data_for_two_seeds(tmp_path: Path) -> None:
         verdict = codec_verdict(trained.mel_distance, untrained.mel_distance, trained.usage,
                                 trained.clip_problems)
         assert verdict.learned, f"seed {seed}: {verdict.line()}"
+        # a clean run raises no error-level health finding (false alarms teach users to
+        # ignore the monitors)
+        errors = [f.line() for f in read_findings(tmp_path / f"run{seed}")
+                  if f.severity == "error"]
+        assert not errors, errors

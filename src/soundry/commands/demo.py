@@ -108,6 +108,12 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"reconstructions  {recon_dir}  (originals in {valid_dir})")
     console.print(f"verdict          {out / 'verdict.json'}")
     console.print(f"report           {report}")
+    from soundry.health import read_findings
+
+    health = read_findings(run_dir)
+    errors = sum(f.severity == "error" for f in health)
+    console.print(f"training health  {errors} error(s), {len(health) - errors} warning(s)"
+                  + (f"  (soundry doctor {run_dir})" if health else ""))
     style = "bold green" if verdict.learned else "bold red"
     console.print(f"[{style}]{escape(verdict.line())}[/]")
     if verdict.learned:

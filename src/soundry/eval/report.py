@@ -407,11 +407,19 @@ class _Page:
         return "".join(parts)
 
     def _health_evidence(self, run: Run, finding: dict[str, Any]) -> str:
-        key = str(finding.get("key", "")).split(":")[0]
-        if key in run.train:
-            c = run.train[key]
-            return self._chart(key, [Series(run.label, c.steps, c.values, color=color_for(0),
-                                            smooth=False)])
+        key, _, aspect = str(finding.get("key", "")).partition(":")
+        candidates = {  # the logged curve that shows each kind of finding
+            "grad_spike": [f"clip_fraction/{key}" if aspect else f"grad_norm_max/{key}",
+                           f"grad_norm/{key}"],
+            "discriminator_dominance": ["loss/d"],
+            "eos_untrained": ["eos/prob", "eos/targets"],
+            "valid_vs_generation": ["loss/lm"],
+        }.get(str(finding.get("monitor")), [key])
+        for name in candidates:
+            if name in run.train:
+                c = run.train[name]
+                return self._chart(name, [Series(run.label, c.steps, c.values,
+                                                 color=color_for(0), smooth=False)])
         clips = (finding.get("evidence") or {}).get("clips")
         if isinstance(clips, dict):
             step = finding.get("step")

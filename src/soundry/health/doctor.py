@@ -56,10 +56,21 @@ def _valid_audio(run_dir: Path, step: int) -> tuple[dict[str, np.ndarray], int]:
     return clips, rate
 
 
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl records; a line cut by a killed process is skipped."""
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
 def diagnose(run_dir: str | Path) -> list[Finding]:
     """Every finding that stands for the run in `run_dir`, errors first."""
-    from soundry.train.logging import read_metrics
-
     root = Path(run_dir)
     if not (root / "metrics.jsonl").is_file() and not (root / STATE_FILE).is_file():
         raise SoundryError(f"'{root}' is not a run directory: it has no metrics.jsonl "
@@ -73,7 +84,7 @@ def diagnose(run_dir: str | Path) -> list[Finding]:
         except ValueError:
             state = {}
     saved = state.get("monitors", {})
-    records = read_metrics(root / "metrics.jsonl") if (root / "metrics.jsonl").is_file() else []
+    records = _read_metrics(root / "metrics.jsonl") if (root / "metrics.jsonl").is_file() else []
     last_step = max([int(r.get("step", 0)) for r in records] + [int(state.get("step", 0))])
     found: list[Finding] = []
     for m in monitors:
