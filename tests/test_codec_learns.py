@@ -47,7 +47,7 @@ def test_tiny_codec_learns_on_toy_data_for_two_seeds(tmp_path: Path) -> None:
         log = open(tmp_path / f"run{seed}.log", "w")  # noqa: SIM115  (closed below)
         procs[seed] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
     try:
-        codes = {seed: proc.wait(timeout=900) for seed, (proc, _) in procs.items()}
+        codes = {seed: proc.wait(timeout=1800) for seed, (proc, _) in procs.items()}
     finally:  # a timeout or failure leaves no training running
         for proc, log in procs.values():
             if proc.poll() is None:
