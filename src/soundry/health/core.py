@@ -81,6 +81,8 @@ class Monitor:
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+        # findings decided inside a hook (e.g. at a validation), handed over at the next check
+        self.pending: list[Finding] = []
 
     def on_start(self, context: dict[str, Any]) -> list[Finding]:
         """Called once before the first step with what the run knows up front (the data
@@ -98,12 +100,15 @@ class Monitor:
         return None
 
     def check(self, step: int) -> list[Finding]:
-        return []
+        """The findings that stand now (default: those the hooks decided since the last
+        check)."""
+        out, self.pending = self.pending, []
+        return out
 
     def finding(self, step: int, severity: str, message: str, key: str = "",
                 since: int | None = None, **evidence: Any) -> Finding:
         return Finding(step=step, monitor=self.id, severity=severity, message=message,
-                       evidence=_json(evidence), key=key, since=since)
+                       evidence=plain_json(evidence), key=key, since=since)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -153,16 +158,16 @@ def _round(v: float) -> float:
     return float(f"{v:.4g}") if math.isfinite(v) else v
 
 
-def _json(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """Evidence as plain JSON values (numpy scalars and arrays become floats and lists)."""
     if isinstance(value, dict):
-        return {str(k): _json(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _json(value.tolist())
+        return plain_json(value.tolist())
     if isinstance(value, np.generic):
-        return _json(value.item())
+        return plain_json(value.item())
     if isinstance(value, float):
         return _round(value) if math.isfinite(value) else None
     return value

@@ -76,7 +76,6 @@ class ValidVsGeneration(Monitor):
         super().__init__(cfg)
         self.train: list[float] = []  # recent training loss values
         self.history: list[dict[str, float]] = []  # per validation: step, valid, train, gen
-        self.pending: list[Finding] = []
 
     def on_scalars(self, step: int, values: dict[str, float]) -> None:
         v = values.get(self.cfg.train_key)
@@ -117,9 +116,6 @@ class ValidVsGeneration(Monitor):
                 key="diverging", since=start["step"], history=h[-cfg.rises - 1:],
                 moved=[k[4:] for k in moved]))
 
-    def check(self, step: int) -> list[Finding]:
-        out, self.pending = self.pending, []
-        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"train": self.train, "history": self.history}

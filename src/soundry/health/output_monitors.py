@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from soundry.health.core import Finding, Monitor
+from soundry.health.core import Monitor
 
 _USAGE = re.compile(r"^(?:valid/)?usage/l(\d+)$")
 
@@ -37,7 +37,6 @@ class OutputSaturation(Monitor):
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
-        self.pending: list[Finding] = []
         self.first_bad: int | None = None
 
     def _problems(self, out: dict[str, float], ref: dict[str, float] | None) -> list[str]:
@@ -110,9 +109,6 @@ class OutputSaturation(Monitor):
                 f"{judged} clips (worst: {name}, {db:+.1f} dB)",
                 key="level", level_db=level, stats=evidence))
 
-    def check(self, step: int) -> list[Finding]:
-        out, self.pending = self.pending, []
-        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"first_bad": self.first_bad}
@@ -134,7 +130,6 @@ class CodebookCollapse(Monitor):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self.best_mean = 0.0
-        self.pending: list[Finding] = []
         self.first_low: int | None = None
 
     def on_valid(self, step: int, metrics: dict[str, float], audio: dict[str, Any],
@@ -181,9 +176,6 @@ class CodebookCollapse(Monitor):
                 f"codebook usage fell sharply: {mean:.1%} now against {prev_best:.1%} at best",
                 key="drop", best=prev_best, **evidence))
 
-    def check(self, step: int) -> list[Finding]:
-        out, self.pending = self.pending, []
-        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_mean": self.best_mean, "first_low": self.first_low}

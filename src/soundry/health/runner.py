@@ -27,11 +27,10 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from soundry.health.config import HealthConfig
-from soundry.health.core import SEVERITIES, BatchInfo, Finding, Monitor
+from soundry.health.core import SEVERITIES, BatchInfo, Finding, Monitor, plain_json
 from soundry.health.data_monitors import CropCoverage, SampleRate, Silence
 from soundry.health.lm_monitors import EosUntrained, ValidVsGeneration
 from soundry.health.output_monitors import CodebookCollapse, OutputSaturation
@@ -158,8 +157,9 @@ class HealthRunner:
                    for k, v in vals.items() if isinstance(v, torch.Tensor)]
         floats: dict[tuple[int, str], float] = {}
         if tensors:
-            stacked = torch.stack([buffered[i][1][k].detach().float().mean().cpu()
-                                   for i, k in tensors]).tolist()
+            tensors_device = buffered[tensors[0][0]][1][tensors[0][1]].device
+            stacked = torch.stack([buffered[i][1][k].detach().float().mean().to(
+                tensors_device) for i, k in tensors]).tolist()  # the one sync
             floats = dict(zip(tensors, stacked, strict=True))
         for i, (step, vals) in enumerate(buffered):
             plain = {k: (floats[(i, k)] if isinstance(v, torch.Tensor) else float(v))
@@ -190,7 +190,7 @@ class HealthRunner:
 
     def state_dict(self) -> dict[str, Any]:
         return {"monitors": {m.id: m.state_dict() for m in self.monitors},
-                "reported": dict(self.reported), "context": _plain(self.context)}
+                "reported": dict(self.reported), "context": plain_json(self.context)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("monitors", {})
@@ -219,16 +219,6 @@ class HealthRunner:
         kept = [line for line in path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         path.write_text("".join(line + "\n" for line in kept))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def read_findings(run_dir: str | Path) -> list[Finding]:
