@@ -72,9 +72,9 @@ def untrained_export(recipe_path: str, overrides: list[str], seed: int, out: Pat
     """The recipe's codec with its initial weights (the task's seed), exported."""
     import torch
 
-    from soundry.config import load_recipe
     from soundry.models.codec import build_codec
     from soundry.models.export import codec_export_config, save_export
+    from soundry.train.recipes import load_recipe
 
     recipe = load_recipe(recipe_path, [*overrides, f"seed={seed}"])
     with torch.random.fork_rng(devices=[]):
@@ -112,10 +112,10 @@ def _means(system: Any) -> dict[str, Any]:
 
 
 def one_run(job: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    from soundry.config import load_recipe
     from soundry.data.loader import build_valid_items
     from soundry.eval.verdict import Criteria, codec_verdict, score_codec
     from soundry.models.codec_io import load_codec
+    from soundry.train.recipes import load_recipe
 
     name = f"{job['dataset']}-s{job['seed']}-t{job['threads']}"
     work = args.out / name

@@ -38,11 +38,11 @@ from typing import Any
 
 import torch
 
-from soundry.config import load_recipe
 from soundry.train.config import AdamWConfig
 from soundry.train.engine import Engine, seed_everything
 from soundry.train.logging import read_metrics
 from soundry.train.optim import build_spec
+from soundry.train.recipes import load_recipe
 from soundry.train.task import OptimizerSpec, Task, TaskContext
 from soundry.train.tasks.toy import ToyTask
 

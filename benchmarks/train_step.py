@@ -49,7 +49,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from soundry.config import load_recipe
+    from soundry.train.recipes import load_recipe
     from soundry.train.task import TaskContext
     from soundry.train.tasks import TASKS
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundry.config import load_recipe
 from soundry.errors import ConfigError
 from soundry.eval.verdict import Criteria, codec_verdict, output_problems, output_stats
 from soundry.paths import recipes_dir
+from soundry.train.recipes import load_recipe
 
 TINY = recipes_dir() / "codec/tiny.yaml"
 

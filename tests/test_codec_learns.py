@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from soundry.config import load_recipe
 from soundry.data.loader import build_valid_items
 from soundry.eval.verdict import codec_verdict, score_codec
 from soundry.health import read_findings
@@ -26,6 +25,7 @@ from soundry.models.codec import build_codec
 from soundry.models.codec_io import load_codec
 from soundry.paths import recipes_dir
 from soundry.train.export import export_run
+from soundry.train.recipes import load_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import torch
 from fixtures.numerics import assert_codes_agree
 
 from soundry.cli import main as cli
-from soundry.config import load_recipe
 from soundry.paths import recipes_dir
+from soundry.train.recipes import load_recipe
 from soundry.train.task import TaskContext
 from soundry.train.tasks import TASKS
 

@@ -12,15 +12,14 @@ from soundry.config import (
     Strict,
     apply_overrides,
     flatten,
-    load_recipe,
     parse_override,
-    recipe_from_dict,
     save_resolved,
     validate,
 )
 from soundry.errors import ConfigError
 from soundry.registry import Registry
 from soundry.train.recipe import RecipeBase
+from soundry.train.recipes import load_recipe, recipe_from_dict
 
 
 class _RVQ(Strict):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from soundry.config import load_recipe
 from soundry.paths import recipes_dir
 from soundry.train.optim import build_optimizer
+from soundry.train.recipes import load_recipe
 
 DAC_RECIPES = ["dac-16k", "dac-44k"]
 DEVIATIONS = recipes_dir() / "codec" / "DAC_DEVIATIONS.md"

@@ -6,8 +6,8 @@ import pytest
 
 from soundry.config import apply_overrides, validate
 from soundry.data.config import DataConfig
-from soundry.data.preview import DataRecipe, load_data_section
 from soundry.errors import ConfigError
+from soundry.train.recipes import DataRecipe, load_data_section
 
 
 def _data(raw: dict, overrides: list[str] | None = None) -> DataConfig:

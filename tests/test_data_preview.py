@@ -12,10 +12,11 @@ import torch
 import yaml
 
 from soundry.cli import main
-from soundry.config import TASK_RECIPES, Strict
+from soundry.config import Strict
 from soundry.data.loader import build_train_loader
-from soundry.data.preview import load_data_section
 from soundry.train.recipe import RecipeBase
+from soundry.train.recipes import load_data_section
+from soundry.train.registry import TASK_RECIPES
 
 TEST_TASK = "data-preview-test"
 

@@ -13,11 +13,11 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from soundry.config import recipe_from_dict
 from soundry.errors import SoundryError
 from soundry.train.checkpoint import CheckpointManager, load_tensors
 from soundry.train.engine import Engine, run_training
 from soundry.train.logging import read_metrics
+from soundry.train.recipes import recipe_from_dict
 from soundry.train.task import OptimizerSpec, Task, TaskContext, Validation
 
 QUIET = {"progress": False, "tensorboard": False}

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from soundry.config import recipe_from_dict
 from soundry.errors import ConfigError, SoundryError
 from soundry.train.checkpoint import CheckpointManager, load_tensors, save_tensors
 from soundry.train.engine import run_training
 from soundry.train.init_from import init_from
+from soundry.train.recipes import recipe_from_dict
 from soundry.train.tasks.toy import ToyAutoencoder, ToyModelConfig
 
 

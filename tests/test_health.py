@@ -12,12 +12,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from soundry.config import load_recipe, recipe_from_dict
 from soundry.data.tokens import TokenShardWriter
 from soundry.health import MONITORS, HealthConfig
 from soundry.health.doctor import diagnose
 from soundry.paths import recipes_dir
 from soundry.train.engine import run_training
+from soundry.train.recipes import load_recipe, recipe_from_dict
 
 SMALL = [
     "model.encoder_dim=4",
@@ -277,7 +277,7 @@ def lm_recipe(tokens, **train):
 
 
 def test_eos_untrained_flags_a_loss_mask_without_eos(tmp_path, monkeypatch):
-    from soundry.generate.patterns import Pattern
+    from soundry.models.patterns import Pattern
 
     real = Pattern.build
 

@@ -13,11 +13,12 @@ import yaml
 
 from soundry import cli
 from soundry.commands.train import prepare
-from soundry.config import recipe_from_dict, to_dict
+from soundry.config import to_dict
 from soundry.data.config import DataConfig
 from soundry.data.tokens import TokenShardWriter
 from soundry.errors import ConfigError
 from soundry.train.logging import read_metrics
+from soundry.train.recipes import recipe_from_dict
 
 LM_RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "lm" / "tiny.yaml")
 # recipes/lm/tiny.yaml models 4 levels of 256 codes; a much smaller network, 2 steps

@@ -164,7 +164,7 @@ def test_learned_level_weights_sum_to_one():
 def test_recipes_validate(name):
     from pathlib import Path
 
-    from soundry.config import load_recipe
+    from soundry.train.recipes import load_recipe
 
     path = Path(__file__).resolve().parents[1] / "recipes" / "lm" / f"{name}.yaml"
     recipe = load_recipe(path)
@@ -176,7 +176,7 @@ def test_recipes_validate(name):
 
 
 def test_lm_recipe_refuses_bidirectional_next_step_training():
-    from soundry.config import recipe_from_dict
+    from soundry.train.recipes import recipe_from_dict
 
     with pytest.raises(ConfigError, match="causal"):
         recipe_from_dict({"task": "lm", "model": {"transformer": {"causal": False}}})

@@ -12,12 +12,12 @@ import torch
 
 from soundry.audio.io import audio_info
 from soundry.cli import main
-from soundry.config import recipe_from_dict
 from soundry.data.tokens import TokenShardWriter
 from soundry.generate.sampling import generate
 from soundry.models.export import load_export
 from soundry.train.engine import run_training
 from soundry.train.export import export_run
+from soundry.train.recipes import recipe_from_dict
 
 LENGTHS = [10, 7, 12, 9]
 SR, HOP = 8000, 8

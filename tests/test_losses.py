@@ -20,7 +20,7 @@ from soundry.losses.config import (
     weighted_total,
 )
 from soundry.losses.spectral import MelLoss, MultiResolutionSTFTLoss, waveform_l1
-from soundry.models.discriminators import DiscOutput
+from soundry.nn.disc_output import DiscOutput
 
 SR = 16000
 

@@ -215,3 +215,46 @@ def test_optimizer_config_is_a_discriminated_union() -> None:
         validate(ToyOptim, {"generator": {"type": "sgd"}})
     with pytest.raises(ConfigError, match="best_metric"):
         validate(TrainConfig, {"best_metric": " "})
+
+
+def test_resume_keeps_the_recipes_hyperparameters() -> None:
+    """Loading saved optimizer state keeps its moments and schedule position but takes lr,
+    betas and weight decay from the (possibly overridden) recipe of the resumed run."""
+    from soundry.train.optim import build_optimizer, load_keeping_recipe
+
+    def make(lr: float, wd: float = 0.0) -> tuple:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 4)
+        cfg = AdamWConfig(lr=lr, weight_decay=wd, schedule={"type": "cosine", "min_ratio": 0.1})
+        return (net, *build_optimizer(cfg, {"net": net}, total_steps=10))
+
+    net, opt, sched = make(1e-3, wd=0.01)
+    for _ in range(4):
+        net(torch.randn(2, 4)).pow(2).mean().backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+    factor = opt.param_groups[0]["lr"] / 1e-3
+
+    _, same, same_sched = make(1e-3, wd=0.01)
+    assert load_keeping_recipe(same, same_sched, saved_opt, saved_sched) == []
+    assert same.param_groups[0]["lr"] == opt.param_groups[0]["lr"]  # untouched: exact
+
+    _, new, new_sched = make(5e-4, wd=0.02)
+    changes = load_keeping_recipe(new, new_sched, saved_opt, saved_sched)
+    assert any("initial_lr 0.001 -> 0.0005" in c for c in changes), changes
+    assert any("weight_decay" in c for c in changes), changes
+    assert math.isclose(new.param_groups[0]["lr"], 5e-4 * factor, rel_tol=1e-9)
+    assert new_sched.get_last_lr() == [g["lr"] for g in new.param_groups]
+    assert new.param_groups[0]["weight_decay"] == 0.02
+    _, other, other_sched = make(1e-3, wd=0.0)  # one group instead of two
+    with pytest.raises(ConfigError, match="groups its parameters"):
+        load_keeping_recipe(other, other_sched, saved_opt, saved_sched)
+    # the moments came from the saved run
+    for p_new, p_old in zip(new.param_groups[0]["params"], opt.param_groups[0]["params"],
+                            strict=True):
+        assert torch.equal(new.state[p_new]["exp_avg"], opt.state[p_old]["exp_avg"])
+    new_sched.step()  # the schedule goes on from the saved position with the new base
+    assert math.isclose(new.param_groups[0]["lr"] / 5e-4,
+                        new_sched.lr_lambdas[0](5), rel_tol=1e-9)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from soundry.errors import ConfigError
-from soundry.generate.patterns import (
+from soundry.models.patterns import (
     DelayPattern,
     DelayPatternConfig,
     FlattenPattern,

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from soundry.config import recipe_from_dict
 from soundry.train import engine
 from soundry.train.engine import run_training
 from soundry.train.precision import cpu_flag_set, cpu_has_native_bf16, isa_cap_blocks_bf16
+from soundry.train.recipes import recipe_from_dict
 
 SKYLAKE = ("fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush "
            "mmx fxsr sse sse2 ss ht syscall nx pdpe1gb rdtscp lm constant_tsc rep_good nopl "

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from soundry.config import recipe_from_dict
 from soundry.train.engine import run_training
 from soundry.train.logging import Progress, format_duration
+from soundry.train.recipes import recipe_from_dict
 
 LINE = re.compile(r"^step (\d+)/(\d+)  ([0-9.e+]+) it/s  ETA \d+:\d\d:\d\d"
                   r"(  loss\S* -?[0-9.e+-]+)*$")

@@ -4,8 +4,9 @@ Every config class derives from `Strict`, which forbids unknown keys, so no key 
 silently ignored. Errors name the dotted key, the file (or the override that set it) and the
 closest valid key, and are raised before any work starts.
 
-A recipe names its task (`task: codec`); the task's recipe class (registered in
-`TASK_RECIPES`) holds the schema of the whole file.
+A recipe names its task (`task: codec`); the task's recipe class holds the schema of the
+whole file (`soundry.train.recipes.load_recipe` looks it up in the task registry). This
+module imports nothing of soundry but errors and the registry helpers.
 """
 
 from __future__ import annotations
@@ -20,17 +21,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from soundry.errors import ConfigError
-from soundry.registry import Registry, did_you_mean
+from soundry.registry import did_you_mean
 
 
 class Strict(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
-
-
-# task name -> Recipe subclass; filled by the task modules (see soundry.train.tasks).
-TASK_RECIPES: Registry[type[Strict]] = Registry("task")
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -104,30 +101,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe '{path}' must be a mapping of keys to values")
     return data
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Strict:
-    """Load a recipe file, apply dotted overrides and validate it against its task's schema."""
-    overrides = list(overrides or [])
-    raw = apply_overrides(read_yaml(path), overrides)
-    return recipe_from_dict(raw, source=str(path), overrides=overrides)
-
-
-def recipe_from_dict(
-    raw: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None
-) -> Strict:
-    """Validate a raw recipe mapping; `task` selects the schema."""
-    import soundry.train.tasks  # noqa: F401  (registers the task recipe classes)
-
-    task = raw.get("task")
-    if task is None:
-        names = ", ".join(TASK_RECIPES.names())
-        raise ConfigError(f"{source}: missing key 'task' (one of: {names})")
-    try:
-        cls = TASK_RECIPES.get(str(task))
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: key 'task': {exc}") from None
-    return validate(cls, raw, source=source, overrides=overrides)
 
 
 def validate(

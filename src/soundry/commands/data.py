@@ -130,7 +130,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    from soundry.data.preview import load_data_section, preview
+    from soundry.data.preview import preview
+    from soundry.train.recipes import load_data_section
 
     data_cfg, seed = load_data_section(args.recipe, args.overrides)
     rows = preview(data_cfg, seed, args.count, args.out, hop=args.hop)

@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from soundry.config import load_recipe
     from soundry.errors import SoundryError, TrainingStopped
+    from soundry.train.recipes import load_recipe
 
     console = Console()
     out: Path = args.out

@@ -105,7 +105,7 @@ def _recipe_class(raw: dict[str, Any]) -> Any:
     """The recipe class of the task `raw` names (None when it names none it knows; the
     validation of the recipe reports that)."""
     import soundry.train.tasks  # noqa: F401  (registers the task recipe classes)
-    from soundry.config import TASK_RECIPES
+    from soundry.train.registry import TASK_RECIPES
 
     task = raw.get("task")
     if task is None or str(task) not in TASK_RECIPES.names():
@@ -115,8 +115,9 @@ def _recipe_class(raw: dict[str, Any]) -> Any:
 
 def prepare(args: argparse.Namespace) -> tuple[Any, Path]:
     """Validate everything the command line says; returns (recipe, run_dir). No side effects."""
-    from soundry.config import apply_overrides, read_yaml, recipe_from_dict
+    from soundry.config import apply_overrides, read_yaml
     from soundry.errors import ConfigError
+    from soundry.train.recipes import recipe_from_dict
 
     overrides = list(args.overrides)
     recipe_path = args.recipe

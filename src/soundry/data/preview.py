@@ -13,43 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from soundry.config import Strict, apply_overrides, load_recipe, read_yaml, validate
 from soundry.data.config import DataConfig
 
 _CSV_COLUMNS = (
     "file", "source", "path", "target", "offset", "offset_seconds", "epoch", "index",
     "replaced", "augment", "degrade", "peak",
 )
-
-
-class DataRecipe(Strict):
-    """A data-only YAML file: a `data:` section and the seed (no task needed)."""
-
-    name: str | None = None
-    seed: int = Field(0, ge=0)
-    data: DataConfig
-
-
-def load_data_section(
-    path: str | Path, overrides: list[str] | None = None
-) -> tuple[DataConfig, int]:
-    """(data config, seed) of a recipe, a data-only YAML or a bare `data:` section.
-
-    A file with `task:` is a full recipe, validated against its task's schema. Otherwise a
-    file with `data:` is read as `DataRecipe`, and anything else as a bare `DataConfig`.
-    """
-    raw = read_yaml(path)
-    if "task" in raw:
-        recipe = load_recipe(path, overrides)
-        return recipe.data, int(recipe.seed)  # type: ignore[attr-defined]
-    raw = apply_overrides(raw, list(overrides or []))
-    if "data" in raw:
-        cfg = validate(DataRecipe, raw, source=str(path), overrides=overrides)
-        return cfg.data, cfg.seed
-    data = validate(DataConfig, raw, source=str(path), overrides=overrides)
-    return data, 0
 
 
 def preview(

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from soundry.models.discriminators import DiscOutput
+from soundry.nn.disc_output import DiscOutput
 
 AdversarialKind = Literal["lsgan", "hinge"]
 

@@ -33,7 +33,6 @@ Deviations from DAC, on purpose (no parameter shape changes):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
@@ -45,6 +44,7 @@ from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 from soundry.audio.dsp import SpectrogramCache, downsample
 from soundry.config import Strict
 from soundry.errors import ConfigError
+from soundry.nn.disc_output import DiscOutput, split_outputs  # noqa: F401  (re-exported)
 from soundry.registry import Registry
 
 LEAKY_SLOPE = 0.1
@@ -139,42 +139,6 @@ class DiscriminatorConfig(Strict):
     weight_norm: bool = True
     normalize: bool = True  # remove DC and peak-normalise each item, as DAC
     peak: float = Field(0.8, gt=0)
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-@dataclass
-class DiscOutput:
-    """One sub-discriminator's verdict.
-
-    logits: its final map (e.g. [B, 1, frames, period] for MPD); features: every
-    intermediate activation before it, in layer order (used by feature matching).
-    """
-
-    logits: torch.Tensor
-    features: list[torch.Tensor]
-    name: str = ""
-
-    def detached(self) -> DiscOutput:
-        """A copy whose tensors carry no autograd history."""
-        return DiscOutput(self.logits.detach(), [f.detach() for f in self.features], self.name)
-
-
-def split_outputs(outputs: list[DiscOutput], sizes: list[int]) -> list[list[DiscOutput]]:
-    """Split the outputs of a batch made by concatenating signals of `sizes` items each.
-
-    Discriminators treat batch items independently, so running real and generated audio
-    as one batch and splitting gives the same results as two calls, with fewer, larger
-    convolutions. Returns one output list per part (views, no copies).
-    """
-    parts: list[list[DiscOutput]] = [[] for _ in sizes]
-    for out in outputs:
-        logits = out.logits.split(sizes)
-        feats = [f.split(sizes) for f in out.features]
-        for i in range(len(sizes)):
-            parts[i].append(DiscOutput(logits[i], [f[i] for f in feats], out.name))
-    return parts
 
 
 # ----------------------------------------------------------------------------- layers

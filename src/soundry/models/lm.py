@@ -10,7 +10,7 @@ Input sequence (one transformer position each), left to right::
   generation see.
 - Audio prompt (optional): codes [B, K, Tp] embedded one frame per position (all levels of
   a frame together), marked by a learned prompt vector; never in the loss.
-- Audio steps: a codebook pattern (`soundry.generate.patterns`) lays codes [B, K, T] out as
+- Audio steps: a codebook pattern (`soundry.models.patterns`) lays codes [B, K, T] out as
   steps [B, K, S]. Each level has its own embedding table (audio codes + EOS/PAD/BOS/MASK)
   plus a level-position vector; the K level vectors of a step are summed with learned
   softmax weights (or plainly).
@@ -39,7 +39,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from soundry.config import Strict
-from soundry.generate.patterns import (
+from soundry.models.patterns import (
     DelayPatternConfig,
     Pattern,
     PatternConfig,

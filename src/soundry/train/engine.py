@@ -67,6 +67,7 @@ from soundry.train.checkpoint import (
 from soundry.train.ema import EMA
 from soundry.train.init_from import freeze, init_from, write_report
 from soundry.train.logging import Progress, RunLogger, check_wandb, write_provenance
+from soundry.train.optim import load_keeping_recipe
 from soundry.train.precision import bf16_cpu_warning, cpu_has_native_bf16
 from soundry.train.task import OptimizerSpec, Task, TaskContext
 
@@ -578,9 +579,10 @@ class Engine:
                                f"{', '.join(missing)}; it holds {', '.join(state['optimizers'])}")
         for spec in self.specs:
             saved = self.ckpt.read_optimizer(path, spec.name)
-            spec.optimizer.load_state_dict(saved["optimizer"])
-            if spec.scheduler is not None and saved["scheduler"] is not None:
-                spec.scheduler.load_state_dict(saved["scheduler"])
+            changed = load_keeping_recipe(spec.optimizer, spec.scheduler, saved["optimizer"],
+                                          saved["scheduler"])
+            for line in changed:
+                log.info("optimizer %s: the recipe changes %s on resume", spec.name, line)
         engine = state["engine"]
         self.updater.skipped.update(engine["skipped"])
         self.consecutive_skips = engine["consecutive_skips"]

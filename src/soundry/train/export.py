@@ -8,20 +8,14 @@ export; `export_run` finds the checkpoint (best, last or a step), reads the weig
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from soundry.config import load_recipe
 from soundry.errors import SoundryError
-from soundry.registry import Registry
-
-# task name -> fn(recipe, load_network) -> (kind, config dict, state_dict)
-Exporter = Callable[[Any, Callable[[str], dict[str, torch.Tensor]]], tuple[str, dict, dict]]
-EXPORTERS: Registry[Exporter] = Registry("exporter")
+from soundry.train.recipes import load_recipe
 
 
 def find_checkpoint(run_dir: Path, which: str = "last") -> Path:
@@ -62,8 +56,9 @@ def export_run(
     `chosen` says which checkpoint was taken and why (e.g. "best by valid/mel_distance =
     3.412 at step 300"), for the caller to print.
     """
+    import soundry.train.tasks  # noqa: F401  (registers tasks and exporters)
     from soundry.models.export import save_export
-    from soundry.train.tasks import TASKS  # noqa: F401  (registers tasks and exporters)
+    from soundry.train.registry import EXPORTERS
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"

@@ -453,3 +453,46 @@ def build_spec(
 def _fusable(params: list[tuple[str, nn.Parameter]]) -> bool:
     """Fused AdamW needs floating-point parameters on CPU or CUDA."""
     return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for _, p in params)
+
+
+def load_keeping_recipe(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None,
+    saved_optimizer: dict[str, Any],
+    saved_scheduler: dict[str, Any] | None,
+) -> list[str]:
+    """Load saved optimizer/scheduler state (moments, step counts, schedule position), but
+    keep the hyperparameters the recipe now sets (lr, betas, weight decay, ...).
+
+    `torch.optim.Optimizer.load_state_dict` restores every param-group setting of the saved
+    run, so a resumed run with `optim.generator.lr=...` would silently keep the old lr.
+    Returns one "key old -> new" line per group setting that changed.
+    """
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    saved_sizes = [len(g["params"]) for g in saved_optimizer["param_groups"]]
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    if saved_sizes != sizes:
+        raise ConfigError(
+            f"the recipe's optimizer groups its parameters as {sizes}, the checkpoint's as "
+            f"{saved_sizes} (a changed model, freeze list, or weight decay switched on or off); "
+            "such a run cannot be resumed, start a new one with --init-from")
+    optimizer.load_state_dict(saved_optimizer)
+    if scheduler is not None and saved_scheduler is not None:
+        scheduler.load_state_dict(saved_scheduler)
+    changes: list[str] = []
+    for i, (group, want) in enumerate(zip(optimizer.param_groups, fresh, strict=True)):
+        for key, value in want.items():
+            # with a schedule, 'lr' is its current value and 'initial_lr' the recipe's
+            if (key == "lr" and scheduler is not None) or group.get(key) == value:
+                continue
+            changes.append(f"group {i} {key} {group.get(key)} -> {value}")
+            group[key] = value
+    if changes and scheduler is not None:
+        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        # LambdaLR's lr is closed-form: base lr x factor(position)
+        factors = [f(scheduler.last_epoch) for f in scheduler.lr_lambdas]
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, factors,
+                                       strict=True):
+            group["lr"] = base * factor
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr reads
+    return changes

@@ -33,12 +33,11 @@ from soundry.models.discriminators import (
     split_outputs,
 )
 from soundry.train.config import AdamWConfig, ExponentialSchedule, OptimizerConfig
-from soundry.train.export import EXPORTERS
 from soundry.train.gan_schedule import GanScheduleConfig
 from soundry.train.optim import build_spec
 from soundry.train.recipe import RecipeBase
+from soundry.train.registry import EXPORTERS, register_task
 from soundry.train.task import OptimizerSpec, Task, TaskContext, Updater, Validation, frozen
-from soundry.train.tasks import register_task
 
 LOSS_NAMES = LOSS_TERMS
 

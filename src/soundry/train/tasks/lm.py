@@ -39,11 +39,10 @@ from soundry.data.tokens import (
 from soundry.errors import ConfigError, SoundryError
 from soundry.models.lm import TokenLM, TokenLMConfig, lm_export_config
 from soundry.train.config import AdamWConfig, OptimizerConfig, WarmupSchedule
-from soundry.train.export import EXPORTERS
 from soundry.train.optim import build_spec
 from soundry.train.recipe import RecipeBase
+from soundry.train.registry import EXPORTERS, register_task
 from soundry.train.task import OptimizerSpec, Task, TaskContext, Validation
-from soundry.train.tasks import register_task
 
 log = logging.getLogger(__name__)
 

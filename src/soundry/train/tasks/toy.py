@@ -28,8 +28,8 @@ from soundry.errors import ConfigError
 from soundry.train.config import AdamWConfig, OptimizerConfig
 from soundry.train.optim import build_spec
 from soundry.train.recipe import RecipeBase
+from soundry.train.registry import register_task
 from soundry.train.task import OptimizerSpec, Task, TaskContext, Validation, frozen
-from soundry.train.tasks import register_task
 
 # ----------------------------------------------------------------------------- config
 
