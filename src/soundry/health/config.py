@@ -147,7 +147,7 @@ class DiscriminatorDominanceConfig(MonitorConfig):
     """
 
     d_loss: str = "loss/d"
-    g_loss: list[str] = Field(default_factory=lambda: ["loss/adversarial", "loss/adv"])
+    g_loss: list[str] = Field(default_factory=lambda: ["loss/adversarial"])
     window: int = Field(25, ge=4)
     d_floor: float = Field(0.5, gt=0, lt=1)
     g_rise: float = Field(1.5, gt=1)

@@ -13,7 +13,7 @@ from typing import Any
 from soundry.health.core import Finding, Monitor, Series
 
 #: losses that rise by design during adversarial training (not judged for a sustained rise)
-ADVERSARIAL_TERMS = ("loss/d", "loss/adversarial", "loss/adv", "loss/feature_matching")
+ADVERSARIAL_TERMS = ("loss/d", "loss/adversarial", "loss/feature_matching")
 
 
 class _Spikes:

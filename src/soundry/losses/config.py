@@ -1,9 +1,7 @@
-"""The `losses:` section of a codec recipe, and the one place its weights are applied.
+"""The `losses:` section of a codec recipe and the loss terms a codec declares.
 
 Loss modules and functions (`soundry.losses.spectral`, `soundry.losses.adversarial`) return
-unweighted terms; `weighted_total` multiplies each term by its weight exactly once. (RAVE
-multiplied its feature-matching term by the weight twice, training with 400x instead of
-20x; keeping weights out of the loss functions makes that impossible.)
+unweighted terms; `soundry.losses.terms.LossTerms.total` multiplies each by its weight once.
 
 Defaults are DAC's: mel 15 (7 scales), feature matching 2, adversarial 1 (LSGAN),
 commitment 0.25, codebook 1; STFT and waveform terms off.
@@ -11,13 +9,14 @@ commitment 0.25, codebook 1; STFT and waveform terms off.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from soundry.config import Strict
+from soundry.losses.terms import ADVERSARIAL_TERMS, LossTerm, LossTerms, weighted_total
+
+__all__ = ["CODEC_TERMS", "CodecLossConfig", "weighted_total"]
 
 DAC_MEL_N_MELS = [5, 10, 20, 40, 80, 160, 320]
 DAC_MEL_WINDOWS = [32, 64, 128, 256, 512, 1024, 2048]
@@ -113,39 +112,16 @@ class CodecLossConfig(Strict):
     codebook: WeightConfig = Field(default_factory=lambda: WeightConfig(weight=1.0))
 
     def weights(self) -> dict[str, float]:
-        """Term name -> weight: mel, stft, waveform, adversarial, feature_matching,
-        commitment, codebook."""
-        return {name: float(getattr(self, name).weight) for name in LOSS_TERMS}
+        """Term name -> weight, for every term in `CODEC_TERMS`."""
+        return {name: float(getattr(self, name).weight) for name in CODEC_TERMS.names}
 
 
-LOSS_TERMS = (
-    "mel",
-    "stft",
-    "waveform",
-    "adversarial",
-    "feature_matching",
-    "commitment",
-    "codebook",
-)
-
-
-def weighted_total(
-    terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]
-) -> torch.Tensor:
-    """sum_k weights[k] * terms[k] over the given terms, each weight applied once.
-
-    Terms with weight 0 are left out (so a NaN in an unused term cannot poison the total).
-    A term without a weight is a programming error and raises KeyError.
-    """
-    total: torch.Tensor | None = None
-    for name, value in terms.items():
-        if name not in weights:
-            raise KeyError(f"loss term '{name}' has no weight (known: {', '.join(weights)})")
-        w = float(weights[name])
-        if w == 0.0:
-            continue
-        total = value * w if total is None else total + value * w
-    if total is None:
-        first = next(iter(terms.values()), None)
-        return first.new_zeros(()) if first is not None else torch.zeros(())
-    return total
+# Every term a codec step can log, with DAC's weights as defaults (the `losses:` section
+# above holds the recipe's weights; its defaults must agree with these).
+CODEC_TERMS = LossTerms([
+    LossTerm("mel", 15.0, "multi-scale log-mel L1 (DAC's MelSpectrogramLoss)"),
+    LossTerm("stft", 0.0, "multi-resolution log/linear STFT magnitude L1"),
+    LossTerm("waveform", 0.0, "waveform L1"),
+    LossTerm("commitment", 0.25, "VQ commitment: encoder latents to their (stopped) codes"),
+    LossTerm("codebook", 1.0, "VQ codebook: codes to their (stopped) encoder latents"),
+]) + ADVERSARIAL_TERMS

@@ -1,14 +1,10 @@
 """The codec system: a DAC/EnCodec-class generator trained against discriminators.
 
-One step (see `CodecTask.train_step`):
-
-1. generator forward: x -> codes -> y (quantizer dropout in training mode);
-2. discriminator update on real x vs detached y (skipped in reconstruction-only phases);
-   real audio goes through the discriminator once per step and its feature maps are kept
-   (detached) for the generator's feature-matching loss;
-3. generator update with reconstruction, feature-matching, adversarial and quantizer
-   losses, weighted by the recipe and the current schedule phase. The discriminator is
-   frozen during this pass, so none of its weight gradients are computed.
+One step (see `CodecTask.train_step`): the generator's forward pass x -> codes -> y
+(quantizer dropout in training mode), then the shared adversarial step
+(`soundry.train.gan.GanStep`: discriminator update on real x vs detached y, generator update
+with the frozen discriminator) with the codec's own terms: reconstruction (mel, STFT,
+waveform) and the quantizer's commitment and codebook losses (see `CODEC_TERMS`).
 
 Stereo audio is folded into the batch ([B, C, T] -> [B*C, 1, T]) for losses and
 discriminators, as for the generator.
@@ -16,7 +12,7 @@ discriminators, as for the generator.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,21 +21,17 @@ from pydantic import Field, model_validator
 from soundry.audio.dsp import SpectrogramCache
 from soundry.config import Strict
 from soundry.data.config import DataConfig
-from soundry.losses.config import LOSS_TERMS, CodecLossConfig, weighted_total
+from soundry.losses.config import CODEC_TERMS, CodecLossConfig
+from soundry.losses.terms import LossTerms
 from soundry.models.codec import CodecConfig, build_codec
-from soundry.models.discriminators import (
-    DiscriminatorConfig,
-    build_discriminator,
-    split_outputs,
-)
+from soundry.models.discriminators import DiscriminatorConfig, build_discriminator
 from soundry.train.config import AdamWConfig, ExponentialSchedule, OptimizerConfig
+from soundry.train.gan import GanStep
 from soundry.train.gan_schedule import GanScheduleConfig
 from soundry.train.optim import build_spec
 from soundry.train.recipe import RecipeBase
 from soundry.train.registry import EXPORTERS, register_task
-from soundry.train.task import OptimizerSpec, Task, TaskContext, Updater, Validation, frozen
-
-LOSS_NAMES = LOSS_TERMS
+from soundry.train.task import OptimizerSpec, Task, TaskContext, Updater, Validation
 
 
 class CodecOptimConfig(Strict):
@@ -66,6 +58,7 @@ class CodecRecipe(RecipeBase):
     """A codec recipe: data, model, discriminator, losses, schedule, optimizers."""
 
     task: Literal["codec"] = "codec"
+    loss_terms: ClassVar[LossTerms] = CODEC_TERMS
     data: DataConfig = Field(default_factory=DataConfig)
     model: CodecConfig = Field(default_factory=CodecConfig)
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
@@ -104,13 +97,6 @@ class CodecRecipe(RecipeBase):
                 f"valid.levels {bad}: every entry must be a level count between 1 and the "
                 f"codec's model.quantizer.n_codebooks ({n_levels})"
             )
-        for phase in self.schedule.phases:
-            for key in phase.weights:
-                if key not in LOSS_NAMES:
-                    raise ValueError(
-                        f"schedule phase '{phase.name}': unknown loss '{key}' in weights "
-                        f"(valid: {', '.join(LOSS_NAMES)})"
-                    )
         return self
 
     def _data_keys_act(self) -> None:
@@ -169,6 +155,7 @@ class CodecTask(Task):
             )
         # Quantizer dropout and dead-code restarts draw from the run's seed (and the step).
         self.generator.quantizer.seed = recipe.seed
+        self.gan = GanStep(self.discriminator, recipe.schedule, recipe.losses.adversarial.type)
         self._losses: Any = None  # built on first use, on the training device
         self._valid_items: list[tuple[str, np.ndarray]] | None = None
 
@@ -209,68 +196,32 @@ class CodecTask(Task):
         return self._losses.to(device)
 
     def weights_at(self, step: int) -> dict[str, float]:
-        """Loss weights in force at 0-based `step`: the recipe's, overridden by the phase's."""
-        base = dict(self.recipe.losses.weights())
-        base.update(self.recipe.schedule.phase_at(step).weights)
-        ramp = self.recipe.schedule.ramp(step)
-        for name in ("adversarial", "feature_matching"):
-            base[name] *= ramp
-        return base
+        """Loss weights in force at 0-based schedule `step` (the engine's step `step + 1`)."""
+        return self.gan.plan(step + 1, self.recipe.losses.weights()).weights
 
     def train_step(self, batch: Any, step: int, updater: Updater) -> dict[str, Any]:
         x = batch["audio"]
-        # The engine's steps are 1-based (the number of the optimizer step being taken);
-        # schedules count from 0.
-        phase = self.recipe.schedule.phase_at(step - 1)
-        weights = self.weights_at(step - 1)
+        plan = self.gan.plan(step, self.recipe.losses.weights())
         losses = self.losses(x.device)
         gen = self.generator
-        disc = self.discriminator
-
-        if phase.generator:
+        if plan.generator:
             out = gen(x, step=step)
         else:  # discriminator-only phase: the generator only supplies fakes
             with torch.no_grad():
                 out = gen(x)
-        real, fake = fold_channels(x), fold_channels(out.audio)
         # One spectrogram cache per signal: the mel/STFT losses and the multi-band
         # discriminator read the same STFTs instead of computing their own.
-        real_spec, fake_spec = SpectrogramCache(real), SpectrogramCache(fake)
-        logs: dict[str, Any] = {}
-        use_adv = phase.generator and phase.adversarial
+        real = SpectrogramCache(fold_channels(x))
+        fake = SpectrogramCache(fold_channels(out.audio))
 
-        # Discriminator: real passes through once; its features are reused (detached) below.
-        real_outs = None
-        if phase.discriminator:
-            # Real and detached fake as one batch: fewer, larger convolutions.
-            both = SpectrogramCache.cat([real_spec, fake_spec.detach()])
-            outs = disc(both.audio, both)
-            real_outs, fake_outs = split_outputs(outs, [real.shape[0], fake.shape[0]])
-            loss_d = losses.discriminator(real_outs, fake_outs)
-            updater.update("discriminator", loss_d)
-            logs["loss/d"] = loss_d.detach()
-            real_outs = [o.detached() for o in real_outs]
-        elif use_adv:
-            with torch.no_grad():
-                real_outs = disc(real, real_spec)
+        def generator_terms() -> dict[str, torch.Tensor]:
+            terms = losses.reconstruction(real, fake, plan.weights)
+            if gen.quantizer.has_losses:  # FSQ has no auxiliary loss: not logged as zeros
+                terms["commitment"] = out.commitment_loss
+                terms["codebook"] = out.codebook_loss
+            return terms
 
-        if not phase.generator:
-            return logs
-
-        terms = losses.reconstruction(real_spec, fake_spec, weights)
-        if gen.quantizer.has_losses:  # FSQ has no auxiliary loss: not logged as zeros
-            terms["commitment"] = out.commitment_loss
-            terms["codebook"] = out.codebook_loss
-        if use_adv:
-            with frozen(disc):
-                fake_outs = disc(fake, fake_spec)
-            terms.update(losses.generator_adversarial(real_outs, fake_outs))
-        loss_g = weighted_total(terms, weights)
-        updater.update("generator", loss_g)
-        logs["loss/g"] = loss_g.detach()
-        for name, value in terms.items():
-            logs[f"loss/{name}"] = value.detach()
-        return logs
+        return self.gan.run(plan, real, fake, updater, generator_terms, CODEC_TERMS)
 
     # -- validation ------------------------------------------------------------------------
 

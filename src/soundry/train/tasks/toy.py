@@ -7,14 +7,16 @@ epoch yet any batch can be rebuilt exactly after a resume, by any worker.
 
 The generator is a small conv autoencoder (weight-normed convs, a transposed-conv upsampler,
 dropout) trained with L1 to recover the clean signal from the noisy one; with
-`toy.adversarial` a tiny conv discriminator with its own optimizer adds an LSGAN loss, so
-the multi-network path (discriminator update, then generator update) is exercised.
+`toy.adversarial` a tiny conv discriminator with its own optimizer joins through the shared
+GAN step (`soundry.train.gan`): LSGAN losses, feature matching (weight `toy.fm_weight`) and
+the phases of `schedule:`, so the multi-network path is exercised the way every system
+uses it. This module is also the worked example of how a system plugs in (README).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,11 +27,15 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from soundry.config import Strict
 from soundry.errors import ConfigError
+from soundry.losses.terms import ADVERSARIAL_TERMS, LossTerm, LossTerms
+from soundry.nn.disc_output import DiscOutput
 from soundry.train.config import AdamWConfig, OptimizerConfig
+from soundry.train.gan import GanStep
+from soundry.train.gan_schedule import GanScheduleConfig
 from soundry.train.optim import build_spec
 from soundry.train.recipe import RecipeBase
 from soundry.train.registry import register_task
-from soundry.train.task import OptimizerSpec, Task, TaskContext, Validation, frozen
+from soundry.train.task import OptimizerSpec, Task, TaskContext, Validation
 
 # ----------------------------------------------------------------------------- config
 
@@ -56,6 +62,7 @@ class ToyConfig(Strict):
     gain_db: float = Field(6.0, ge=0)
     adversarial: bool = True
     adv_weight: float = Field(0.1, ge=0)
+    fm_weight: float = Field(0.0, ge=0)  # feature matching (off: the toy's original objective)
     valid_clips: int = Field(2, ge=0)
     nan_at_steps: list[int] = Field(default_factory=list)
 
@@ -65,12 +72,20 @@ class ToyOptim(Strict):
     discriminator: OptimizerConfig = Field(default_factory=lambda: AdamWConfig(lr=1e-3))
 
 
+# The terms of a toy step: its own reconstruction term and the shared adversarial ones.
+TOY_TERMS = LossTerms([LossTerm("recon", 1.0, "L1 between the output and the clean signal")]
+                      ) + ADVERSARIAL_TERMS
+
+
 class ToyRecipe(RecipeBase):
     """Recipe of the toy task (`task: toy`)."""
+
+    loss_terms: ClassVar[LossTerms] = TOY_TERMS
 
     task: Literal["toy"] = "toy"
     model: ToyModelConfig = Field(default_factory=ToyModelConfig)
     toy: ToyConfig = Field(default_factory=ToyConfig)
+    schedule: GanScheduleConfig = Field(default_factory=GanScheduleConfig)
     optim: ToyOptim = Field(default_factory=ToyOptim)
 
     @model_validator(mode="after")
@@ -78,7 +93,15 @@ class ToyRecipe(RecipeBase):
         if self.data.sources or self.data.valid:
             raise ValueError("the toy task makes its own data; data.sources and data.valid "
                              "must be empty")
+        if not self.toy.adversarial and self.schedule != GanScheduleConfig():
+            raise ValueError("schedule: needs toy.adversarial (without a discriminator there "
+                             "is nothing to schedule)")
         return self
+
+    def weights(self) -> dict[str, float]:
+        """The recipe's loss weights, by term."""
+        return {"recon": 1.0, "adversarial": self.toy.adv_weight,
+                "feature_matching": self.toy.fm_weight}
 
 
 # ----------------------------------------------------------------------------- data
@@ -226,7 +249,7 @@ class ToyAutoencoder(nn.Module):
 
 
 class ToyDiscriminator(nn.Module):
-    """[B, C, T] -> score map [B, 1, T / 16]."""
+    """[B, C, T] -> one `DiscOutput`: score map [B, 1, T / 16] and two feature maps."""
 
     def __init__(self, channels: int, width: int) -> None:
         super().__init__()
@@ -236,10 +259,12 @@ class ToyDiscriminator(nn.Module):
         ])
         self.post = nn.Conv1d(width, 1, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spec: Any = None) -> list[DiscOutput]:
+        features = []
         for conv in self.convs:
             x = F.leaky_relu(conv(x), 0.2)
-        return self.post(x)
+            features.append(x)
+        return [DiscOutput(self.post(x), features, "toy")]
 
 
 # ----------------------------------------------------------------------------- task
@@ -254,6 +279,7 @@ class ToyTask(Task):
     def __init__(self, recipe: ToyRecipe, ctx: TaskContext) -> None:
         super().__init__(recipe, ctx)
         self.nets: dict[str, nn.Module] = {}
+        self.gan: GanStep | None = None
 
     def networks(self) -> dict[str, nn.Module]:
         if not self.nets:
@@ -290,22 +316,20 @@ class ToyTask(Task):
         if step in self.recipe.toy.nan_at_steps:
             noisy = torch.full_like(noisy, float("nan"))
         gen = self.nets["generator"]
-        out = gen(noisy)
-        logs: dict[str, Any] = {}
-        adv = torch.zeros((), device=out.device)
-        if "discriminator" in self.nets:
-            disc = self.nets["discriminator"]
-            loss_d = (disc(clean) - 1).pow(2).mean() + disc(out.detach()).pow(2).mean()
-            updater.update("discriminator", loss_d)
-            with frozen(disc):
-                adv = (disc(out) - 1).pow(2).mean()
-            logs["loss/d"] = loss_d.detach()
-            logs["loss/adv"] = adv.detach()
-        recon = F.l1_loss(out.float(), clean)
-        loss_g = recon + self.recipe.toy.adv_weight * adv
-        updater.update("generator", loss_g)
-        logs["loss/recon"] = recon.detach()
-        return logs
+        if "discriminator" not in self.nets:  # reconstruction only
+            recon = F.l1_loss(gen(noisy).float(), clean)
+            updater.update("generator", recon)
+            return {"loss/recon": recon.detach()}
+        if self.gan is None:
+            self.gan = GanStep(self.nets["discriminator"], self.recipe.schedule, "lsgan")
+        plan = self.gan.plan(step, self.recipe.weights())
+        if plan.generator:
+            out = gen(noisy)
+        else:
+            with torch.no_grad():
+                out = gen(noisy)
+        return self.gan.run(plan, clean, out, updater,
+                            lambda: {"recon": F.l1_loss(out.float(), clean)}, TOY_TERMS)
 
     def validate(self, step: int) -> Validation:
         d, toy = self.recipe.data, self.recipe.toy

@@ -1,0 +1,161 @@
+"""One adversarial training step, shared by every system with a discriminator.
+
+A task computes its generator's output, then hands real and generated signals to
+`GanStep.run` with its own (non-adversarial) loss terms::
+
+    plan = self.gan.plan(step, self.recipe.losses.weights())
+    fake = generator(x) if plan.generator else no_grad(generator)(x)
+    logs = self.gan.run(plan, real=x, fake=fake, updater=updater,
+                        generator_terms=lambda: {"mel": mel_loss(fake, x)}, terms=TERMS)
+
+What `run` does, in order:
+
+1. discriminator update (phases with `discriminator: true`): real and *detached* generated
+   audio go through the discriminator as one batch (fewer, larger convolutions); its
+   loss (lsgan or hinge) goes to `updater.update("discriminator", ...)`. The real half's
+   feature maps are kept, detached, for feature matching;
+2. without a discriminator update but with adversarial losses, real audio goes through the
+   discriminator once under `no_grad` for the same purpose;
+3. generator update (phases with `generator: true`): the task's terms, then with
+   `adversarial: true` the generated audio through the *frozen* discriminator (no weight
+   gradients are computed) for the adversarial and feature-matching terms (against the
+   pre-update real features, as DAC), all weighted once by `LossTerms.total` and sent to
+   `updater.update("generator", ...)`.
+
+Weights come from the recipe, overridden by the current phase's `weights:` and with the
+adversarial and feature-matching weights scaled by the phase's ramp (`GanScheduleConfig`).
+
+Signals are [B, C, T] tensors or `SpectrogramCache`s of them (so STFTs a reconstruction loss
+computed are shared with a multi-resolution discriminator). A discriminator is called as
+`disc(audio, spec)` (spec: a `SpectrogramCache` of audio) and returns a list of
+`DiscOutput`, one per sub-discriminator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from soundry.audio.dsp import SpectrogramCache
+from soundry.losses.adversarial import (
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+)
+from soundry.losses.terms import ADVERSARIAL_TERMS, LossTerms
+from soundry.nn.disc_output import DiscOutput, split_outputs
+from soundry.train.gan_schedule import GanScheduleConfig, PhaseConfig
+from soundry.train.task import Updater, frozen
+
+Signal = torch.Tensor | SpectrogramCache
+
+
+@dataclass(frozen=True)
+class GanPlan:
+    """What one step does: its phase and the loss weights in force."""
+
+    phase: PhaseConfig
+    weights: dict[str, float]
+
+    @property
+    def generator(self) -> bool:
+        return self.phase.generator
+
+    @property
+    def discriminator(self) -> bool:
+        return self.phase.discriminator
+
+    @property
+    def adversarial(self) -> bool:
+        """The generator sees adversarial and feature-matching terms this step."""
+        return self.phase.generator and self.phase.adversarial
+
+
+class GanStep:
+    """The shared discriminator/generator update of a GAN-trained system.
+
+    `discriminator`: the network behind the optimizer named `disc_optimizer`; the generator's
+    optimizer is `gen_optimizer`. `kind`: the adversarial objective (lsgan or hinge).
+    """
+
+    terms = ADVERSARIAL_TERMS
+
+    def __init__(
+        self,
+        discriminator: nn.Module,
+        schedule: GanScheduleConfig,
+        kind: Literal["lsgan", "hinge"] = "lsgan",
+        gen_optimizer: str = "generator",
+        disc_optimizer: str = "discriminator",
+    ) -> None:
+        self.discriminator = discriminator
+        self.schedule = schedule
+        self.kind = kind
+        self.gen_optimizer = gen_optimizer
+        self.disc_optimizer = disc_optimizer
+
+    def plan(self, step: int, weights: Mapping[str, float]) -> GanPlan:
+        """The plan of the engine's (1-based) `step`, from the recipe's loss `weights`."""
+        # The engine numbers optimizer steps from 1; schedules count from 0.
+        phase = self.schedule.phase_at(step - 1)
+        current = dict(weights)
+        current.update(phase.weights)
+        ramp = self.schedule.ramp(step - 1)
+        for name in self.terms.names:
+            if name in current:
+                current[name] *= ramp
+        return GanPlan(phase, current)
+
+    def _score(self, signal: SpectrogramCache) -> list[DiscOutput]:
+        return self.discriminator(signal.audio, signal)
+
+    def run(
+        self,
+        plan: GanPlan,
+        real: Signal,
+        fake: Signal,
+        updater: Updater,
+        generator_terms: Callable[[], dict[str, torch.Tensor]],
+        terms: LossTerms,
+    ) -> dict[str, Any]:
+        """One step; returns the detached values to log (loss/d, loss/g, loss/<term>).
+
+        `generator_terms()` is called after the discriminator update and only when the
+        generator trains; it returns the task's unweighted terms. `terms` are the task's
+        declared terms (they must include this step's adversarial ones).
+        """
+        real_s = real if isinstance(real, SpectrogramCache) else SpectrogramCache(real)
+        fake_s = fake if isinstance(fake, SpectrogramCache) else SpectrogramCache(fake)
+        logs: dict[str, Any] = {}
+        real_outs: list[DiscOutput] | None = None
+        if plan.discriminator:
+            both = SpectrogramCache.cat([real_s, fake_s.detach()])
+            outs = self._score(both)
+            real_outs, fake_outs = split_outputs(outs, [real_s.shape[0], fake_s.shape[0]])
+            loss_d = discriminator_loss(real_outs, fake_outs, self.kind)
+            updater.update(self.disc_optimizer, loss_d)
+            logs["loss/d"] = loss_d.detach()
+            real_outs = [o.detached() for o in real_outs]
+        elif plan.adversarial:
+            with torch.no_grad():
+                real_outs = self._score(real_s)
+        if not plan.generator:
+            return logs
+
+        values = dict(generator_terms())
+        if plan.adversarial:
+            assert real_outs is not None
+            with frozen(self.discriminator):
+                fake_outs = self._score(fake_s)
+            values["adversarial"] = generator_adversarial_loss(fake_outs, self.kind)
+            values["feature_matching"] = feature_matching_loss(real_outs, fake_outs)
+        loss_g = terms.total(values, plan.weights)
+        updater.update(self.gen_optimizer, loss_g)
+        logs["loss/g"] = loss_g.detach()
+        for name, value in values.items():
+            logs[f"loss/{name}"] = value.detach()
+        return logs
