@@ -170,8 +170,8 @@ def _assert_run_exercises_the_codec_path(ref: Path) -> None:
     # Dead-code restarts ran: the usage counters were zeroed at the last restart (step 9),
     # so they hold exactly one step's codes (2 items x 5 frames) on a level all items use.
     gen = load_tensors(last / "generator.safetensors")
-    assert int(gen["quantizer.steps"]) == MAX_STEPS
-    assert float(gen["quantizer.stages.0.usage"].sum()) == 2 * 5
+    assert int(gen["bottleneck.quantizer.steps"]) == MAX_STEPS
+    assert float(gen["bottleneck.quantizer.stages.0.usage"].sum()) == 2 * 5
 
 
 def test_codec_resume_after_sigkill_is_exact(data: tuple[Path, Path], tmp_path: Path) -> None:

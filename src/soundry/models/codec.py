@@ -38,6 +38,13 @@ from torch import nn
 from soundry.config import Strict
 from soundry.errors import ConfigError, SoundryError
 from soundry.nn.activations import make_activation
+from soundry.nn.bottleneck import (
+    Bottleneck,
+    BottleneckInfo,
+    NoBottleneck,
+    QuantizerBottleneck,
+    VAEBottleneck,
+)
 from soundry.nn.conv import (
     Conv1d,
     ConvTranspose1d,
@@ -49,7 +56,7 @@ from soundry.nn.conv import (
     to_channels_last,
 )
 from soundry.nn.pqmf import PQMF, PQMFAnalysis, PQMFSynthesis
-from soundry.nn.quantize import FSQStage, QuantizerOutput, ResidualQuantizer, VQStage
+from soundry.nn.quantize import FSQStage, ResidualQuantizer, VQStage
 from soundry.registry import Registry
 
 # ----------------------------------------------------------------------------- config
@@ -104,7 +111,23 @@ class FSQConfig(Strict):
         return self
 
 
-QuantizerConfig = Annotated[RVQConfig | FSQConfig, Field(discriminator="type")]
+class VAEBottleneckConfig(Strict):
+    """A diagonal-Gaussian (VAE) bottleneck: continuous latents, a `kl` loss term, no codes."""
+
+    type: Literal["vae"] = "vae"
+
+
+class NoBottleneckConfig(Strict):
+    """No bottleneck: the encoder's output is the decoder's input (a plain autoencoder)."""
+
+    type: Literal["none"] = "none"
+
+
+# The `model.quantizer:` section: a quantizer (discrete codes) or a continuous bottleneck.
+BottleneckConfig = Annotated[
+    RVQConfig | FSQConfig | VAEBottleneckConfig | NoBottleneckConfig, Field(discriminator="type")
+]
+QuantizerConfig = BottleneckConfig
 
 
 class CodecConfig(Strict):
@@ -130,7 +153,9 @@ class CodecConfig(Strict):
     pqmf_bands: int = Field(0, ge=0)  # 0: no PQMF; else a power of 2
     pqmf_taps: int | None = Field(None, ge=3)
     output_tanh: bool = True
-    quantizer: QuantizerConfig = Field(
+    # the bottleneck between encoder and decoder (the key keeps its name from the discrete
+    # codecs, which are most of them): rvq | fsq | vae | none
+    quantizer: BottleneckConfig = Field(
         default_factory=lambda: RVQConfig(dead_code_threshold=1.0, init="data")  # "tiny"
     )
 
@@ -360,7 +385,8 @@ class DecoderBlock(nn.Module):
 class Encoder(nn.Module):
     """Waveform [B, 1, T] -> latent [B, latent_dim, T / hop]."""
 
-    def __init__(self, cfg: CodecConfig, pqmf: PQMF | None) -> None:
+    def __init__(self, cfg: CodecConfig, pqmf: PQMF | None, out_dim: int | None = None
+                 ) -> None:
         super().__init__()
         pad = "causal" if cfg.causal else "centred"
         self.analysis = PQMFAnalysis(pqmf) if pqmf is not None else None
@@ -375,7 +401,7 @@ class Encoder(nn.Module):
         self.act = make_activation(cfg.activation, width)
         self.proj = Conv1d(
             width,
-            cfg.resolved_latent_dim,
+            out_dim or cfg.resolved_latent_dim,
             cfg.latent_kernel_size,
             padding=pad,
             weight_norm=cfg.weight_norm,
@@ -437,18 +463,19 @@ class Decoder(nn.Module):
 
 # ----------------------------------------------------------------------------- quantizers
 
-QUANTIZERS: Registry[Any] = Registry("quantizer")
+BOTTLENECKS: Registry[Any] = Registry("bottleneck")
+QUANTIZERS = BOTTLENECKS
 
 
-@QUANTIZERS.register("rvq")
-def build_rvq(cfg: RVQConfig, dim: int, weight_norm: bool) -> ResidualQuantizer:
+@BOTTLENECKS.register("rvq")
+def build_rvq(cfg: RVQConfig, dim: int, weight_norm: bool) -> QuantizerBottleneck:
     stages = [
         VQStage(
             dim, cfg.codebook_size, cfg.codebook_dim, weight_norm=weight_norm, lookup=cfg.lookup
         )
         for _ in range(cfg.n_codebooks)
     ]
-    return ResidualQuantizer(
+    return QuantizerBottleneck(ResidualQuantizer(
         stages,
         dropout=cfg.dropout,
         dead_code_threshold=cfg.dead_code_threshold,
@@ -457,15 +484,25 @@ def build_rvq(cfg: RVQConfig, dim: int, weight_norm: bool) -> ResidualQuantizer:
         init=cfg.init,
         bypass=cfg.bypass,
         bypass_steps=cfg.bypass_steps,
-    )
+    ))
 
 
-@QUANTIZERS.register("fsq")
-def build_fsq(cfg: FSQConfig, dim: int, weight_norm: bool) -> ResidualQuantizer:
+@BOTTLENECKS.register("fsq")
+def build_fsq(cfg: FSQConfig, dim: int, weight_norm: bool) -> QuantizerBottleneck:
     stages = [FSQStage(dim, cfg.levels, weight_norm=weight_norm) for _ in range(cfg.n_codebooks)]
-    return ResidualQuantizer(
+    return QuantizerBottleneck(ResidualQuantizer(
         stages, dropout=cfg.dropout, bypass=cfg.bypass, bypass_steps=cfg.bypass_steps
-    )
+    ))
+
+
+@BOTTLENECKS.register("vae")
+def build_vae(cfg: VAEBottleneckConfig, dim: int, weight_norm: bool) -> VAEBottleneck:
+    return VAEBottleneck()
+
+
+@BOTTLENECKS.register("none")
+def build_none(cfg: NoBottleneckConfig, dim: int, weight_norm: bool) -> NoBottleneck:
+    return NoBottleneck()
 
 
 # ----------------------------------------------------------------------------- the codec
@@ -483,16 +520,19 @@ class CodecOutput:
     projected: each level's projected latent before lookup, concatenated [N, K * d, F].
     commitment_loss, codebook_loss: unweighted scalars (0 for FSQ).
     levels: [N] long, the levels each item used (quantizer dropout in training mode).
+    info: everything the bottleneck reported (its loss terms by name, per-level vectors).
+    For a continuous bottleneck (vae, none) codes, projected and levels are None.
     """
 
     audio: torch.Tensor
-    codes: torch.Tensor
+    codes: torch.Tensor | None
     latents: torch.Tensor
     pre_quantization: torch.Tensor
-    projected: torch.Tensor
+    projected: torch.Tensor | None
     commitment_loss: torch.Tensor
     codebook_loss: torch.Tensor
-    levels: torch.Tensor
+    levels: torch.Tensor | None
+    info: BottleneckInfo
 
 
 @dataclass(frozen=True)
@@ -532,10 +572,16 @@ class Codec(nn.Module):
         self.frame_rate = cfg.sample_rate / cfg.hop_length
         self.latent_dim = cfg.resolved_latent_dim
         pqmf = PQMF(cfg.pqmf_bands, cfg.pqmf_taps) if cfg.pqmf_bands else None
-        self.encoder = Encoder(cfg, pqmf)
-        self.quantizer: ResidualQuantizer = QUANTIZERS.build(
+        # Built in this order (encoder, bottleneck, decoder): it fixes which random numbers
+        # initialise which weights. A VAE's encoder gives mean and scale (2 x latent_dim).
+        enc_dim = 2 * self.latent_dim if cfg.quantizer.type == "vae" else self.latent_dim
+        self.encoder = Encoder(cfg, pqmf, enc_dim)
+        self.bottleneck: Bottleneck = BOTTLENECKS.build(
             cfg.quantizer, self.latent_dim, cfg.weight_norm
         )
+        if self.bottleneck.input_dim(self.latent_dim) != enc_dim:
+            raise ValueError(f"bottleneck {cfg.quantizer.type} takes "
+                             f"{self.bottleneck.input_dim(self.latent_dim)} channels")
         self.decoder = Decoder(cfg, pqmf)
         self._init_weights()
 
@@ -551,12 +597,36 @@ class Codec(nn.Module):
     # -- properties ------------------------------------------------------------------------
 
     @property
+    def discrete(self) -> bool:
+        """True when the bottleneck quantizes (the codec has codes)."""
+        return self.bottleneck.discrete
+
+    @property
+    def quantizer(self) -> ResidualQuantizer:
+        """The residual quantizer of a discrete codec."""
+        return self._discrete().quantizer
+
+    def _discrete(self) -> QuantizerBottleneck:
+        if not isinstance(self.bottleneck, QuantizerBottleneck):
+            raise SoundryError(f"this model's bottleneck ({self.config.quantizer.type}) is "
+                               "continuous: it has no codes (use forward or decode)")
+        return self.bottleneck
+
+    @property
     def n_codebooks(self) -> int:
-        return self.quantizer.n_codebooks
+        return self._discrete().n_codebooks
 
     @property
     def codebook_size(self) -> int:
-        return self.quantizer.codebook_size
+        return self._discrete().codebook_size
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any,
+                              **kwargs: Any) -> None:  # type: ignore[override]
+        # Weights saved before the bottleneck interface keep the quantizer at "quantizer.*".
+        old = prefix + "quantizer."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[prefix + "bottleneck.quantizer." + key[len(old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def bitrate_kbps(self, n_levels: int | None = None) -> float:
         """Bits per second / 1000 for all channels: frame_rate * levels * log2(size) * C."""
@@ -619,27 +689,30 @@ class Codec(nn.Module):
         """
         x, length = self._fold(audio)
         z = self._encode_latent(x)
-        q: QuantizerOutput = self.quantizer(z, n_levels, step=step)
-        y = self._unfold(self._decode_latent(q.quantized), z.shape[-1])[..., :length]
+        latents, info = self.bottleneck.encode(z, return_info=True, n_levels=n_levels, step=step)
+        y = self._unfold(self._decode_latent(self.bottleneck.decode(latents)),
+                         z.shape[-1])[..., :length]
+        zero = z.new_zeros(())
         return CodecOutput(
             audio=y,
-            codes=q.codes,
-            latents=q.quantized,
+            codes=info.codes,
+            latents=latents,
             pre_quantization=z,
-            projected=q.latents,
-            commitment_loss=q.commitment_loss,
-            codebook_loss=q.codebook_loss,
-            levels=q.levels,
+            projected=info.projected,
+            commitment_loss=info.losses.get("commitment", zero),
+            codebook_loss=info.losses.get("codebook", zero),
+            levels=info.levels,
+            info=info,
         )
 
     def encode(self, audio: torch.Tensor, n_levels: int | None = None) -> torch.Tensor:
         """Audio [B, C, T] -> codes [B * C, n_levels, ceil(T / hop)] (long)."""
         x, _ = self._fold(audio)
-        return self.quantizer.encode(self._encode_latent(x), n_levels)
+        return self._discrete().encode_codes(self._encode_latent(x), n_levels)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B * C, K', F] (any prefix K' <= K of the levels) -> audio [B, C, F * hop]."""
-        return self.decode(self.quantizer.decode_codes(codes))
+        return self.decode(self._discrete().decode_codes(codes))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Quantized latents [B * C, D, F] -> audio [B, C, F * hop]."""

@@ -180,7 +180,7 @@ def _module_map(cfg: CodecConfig, layout: str) -> dict[str, str]:
         raise ValueError(f"unknown DAC layout '{layout}'")
     for k in range(cfg.quantizer.n_codebooks):
         for part in ("in_proj", "out_proj", "codebook"):
-            m[f"quantizer.quantizers.{k}.{part}"] = f"quantizer.stages.{k}.{part}"
+            m[f"quantizer.quantizers.{k}.{part}"] = f"bottleneck.quantizer.stages.{k}.{part}"
     return m
 
 

@@ -127,14 +127,16 @@ def codec_export_config(source: Any, folded: bool | None = None) -> dict[str, An
     else:
         raise TypeError(f"expected a Codec or CodecConfig, got {type(source).__name__}")
     q = cfg.quantizer
-    codebook_size = q.codebook_size if q.type == "rvq" else math.prod(q.levels)
+    # a continuous bottleneck (vae, none) has no codes: 0 codebooks of 0 codes
+    codebook_size = {"rvq": getattr(q, "codebook_size", 0),
+                     "fsq": math.prod(getattr(q, "levels", [0]))}.get(q.type, 0)
     out: dict[str, Any] = {
         "model": to_dict(cfg),
         "sample_rate": cfg.sample_rate,
         "channels": cfg.channels,
         "hop_length": cfg.hop_length,
         "frame_rate": cfg.sample_rate / cfg.hop_length,
-        "n_codebooks": q.n_codebooks,
+        "n_codebooks": getattr(q, "n_codebooks", 0),
         "codebook_size": codebook_size,
     }
     if folded is not None:

@@ -62,7 +62,7 @@ mixed-radix number of the per-dim values; there is no codebook and no auxiliary 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -92,6 +92,8 @@ class QuantizerOutput:
     latents: projected latents of every computed stage, concatenated [B, K * d, F].
     commitment_loss, codebook_loss: scalars, summed over levels, mean over items.
     levels: [B] long, the number of levels each item used.
+    level_outputs: each computed stage's quantized output [B, D, F] (unmasked by dropout;
+      `level_outputs[0]` is level 0's vector, e.g. for a distillation head).
     """
 
     quantized: torch.Tensor
@@ -100,6 +102,7 @@ class QuantizerOutput:
     commitment_loss: torch.Tensor
     codebook_loss: torch.Tensor
     levels: torch.Tensor
+    level_outputs: list[torch.Tensor] = field(default_factory=list)
 
 
 class VQStage(nn.Module):
@@ -352,7 +355,7 @@ class ResidualQuantizer(nn.Module):
         quantized = torch.zeros_like(z)
         commitment = z.new_zeros(())
         codebook = z.new_zeros(())
-        codes, latents = [], []
+        codes, latents, outs = [], [], []
         for i, stage in enumerate(self.stages[:n_compute]):
             if init_now:
                 self._init_stage(stage, residual, i)
@@ -364,6 +367,7 @@ class ResidualQuantizer(nn.Module):
             codebook = codebook + (res.codebook * active).mean()
             codes.append(res.codes)
             latents.append(res.latents)
+            outs.append(res.out)
 
         out = QuantizerOutput(
             quantized=self._bypass(z, quantized) if self.training and self.bypass else quantized,
@@ -372,6 +376,7 @@ class ResidualQuantizer(nn.Module):
             commitment_loss=commitment,
             codebook_loss=codebook,
             levels=levels,
+            level_outputs=outs,
         )
         if init_now:
             self.initialized.fill_(True)

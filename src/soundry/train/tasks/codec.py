@@ -90,6 +90,12 @@ class CodecRecipe(RecipeBase):
                 f"{max(windows) // 2 / self.data.sample_rate:.3f} s"
             )
         self._data_keys_act()
+        if self.model.quantizer.type not in ("rvq", "fsq"):
+            raise ValueError(
+                f"model.quantizer.type '{self.model.quantizer.type}': a codec needs a "
+                "quantizer (rvq or fsq) to make codes; continuous bottlenecks belong to "
+                "autoencoder tasks"
+            )
         n_levels = self.model.quantizer.n_codebooks
         bad = [n for n in self.valid.levels if not 1 <= n <= n_levels]
         if bad:
