@@ -57,6 +57,7 @@ from soundry.config import to_dict
 from soundry.errors import ConfigError, SoundryError, TrainingStopped
 from soundry.health.runner import HealthRunner
 from soundry.registry import did_you_mean
+from soundry.train.auxiliary import check_unchanged
 from soundry.train.checkpoint import (
     CheckpointManager,
     all_finite,
@@ -66,7 +67,13 @@ from soundry.train.checkpoint import (
 )
 from soundry.train.ema import EMA
 from soundry.train.init_from import freeze, init_from, write_report
-from soundry.train.logging import Progress, RunLogger, check_wandb, write_provenance
+from soundry.train.logging import (
+    Progress,
+    RunLogger,
+    check_wandb,
+    read_auxiliary,
+    write_provenance,
+)
 from soundry.train.optim import load_keeping_recipe
 from soundry.train.precision import bf16_cpu_warning, cpu_has_native_bf16
 from soundry.train.task import OptimizerSpec, Task, TaskContext
@@ -416,6 +423,14 @@ class Engine:
             net.to(self.device)
             net.train()
 
+        self.auxiliary = self.task.auxiliary_networks()
+        clash = set(self.auxiliary) & set(self.networks)
+        if clash:
+            raise SoundryError(f"task '{recipe.task}' names {sorted(clash)} both as trained and "
+                               "as auxiliary networks")
+        for aux in self.auxiliary.values():
+            aux.prepare(self.device)
+
         report = None
         if resume_from is None and cfg.init_from:
             report = init_from(cfg.init_from, self.networks)
@@ -456,7 +471,10 @@ class Engine:
         self.logger: RunLogger | None = None
         if self.is_main:
             _write_config(recipe, self.run_dir / "config.yaml")
-            write_provenance(self.run_dir, self.step if self.resume else None, self.command)
+            if self.resume and self.auxiliary:
+                check_unchanged(self.auxiliary, read_auxiliary(self.run_dir))
+            write_provenance(self.run_dir, self.step if self.resume else None, self.command,
+                             {n: a.describe() for n, a in self.auxiliary.items()})
             self.logger = RunLogger(
                 self.run_dir, cfg.tensorboard, cfg.tensorboard_audio, cfg.wandb,
                 to_dict(recipe), resume_step=self.step if self.resume else None,

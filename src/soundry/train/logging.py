@@ -205,10 +205,14 @@ def provenance(command: list[str] | None = None) -> dict[str, Any]:
     }
 
 
-def write_provenance(run_dir: Path, resumed_from: int | None, command: list[str] | None) -> None:
-    """provenance.json: the first start, plus one entry per resume."""
+def write_provenance(run_dir: Path, resumed_from: int | None, command: list[str] | None,
+                     auxiliary: dict[str, Any] | None = None) -> None:
+    """provenance.json: the first start, plus one entry per resume. `auxiliary`: the frozen
+    networks' sources and content hashes (by name), recorded with each start."""
     path = Path(run_dir) / "provenance.json"
     info = provenance(command)
+    if auxiliary:
+        info["auxiliary"] = auxiliary
     if resumed_from is None or not path.exists():
         data = {**info, "resumes": []}
     else:
@@ -217,6 +221,15 @@ def write_provenance(run_dir: Path, resumed_from: int | None, command: list[str]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def read_auxiliary(run_dir: Path) -> dict[str, Any]:
+    """The auxiliary networks provenance.json recorded at the run's first start ({} if none)."""
+    path = Path(run_dir) / "provenance.json"
+    try:
+        return dict(json.loads(path.read_text()).get("auxiliary", {}))
+    except (OSError, ValueError):
+        return {}
 
 
 # ----------------------------------------------------------------------------- progress

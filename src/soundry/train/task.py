@@ -163,6 +163,14 @@ class Task(ABC):
         """
         return Validation(metrics={})
 
+    def auxiliary_networks(self) -> dict[str, Any]:
+        """Frozen networks the task uses but does not train (teachers), by name: each a
+        `soundry.train.auxiliary.Auxiliary` (see `load_auxiliary`). Called once, after
+        `networks()`; the engine moves them to the device, freezes them, puts them in eval
+        mode and records their source and content hash in provenance.json. They are never
+        optimised, averaged or checkpointed."""
+        return {}
+
     def ema_networks(self) -> list[str]:
         """Default networks to keep an EMA of when the recipe sets `train.ema` without naming
         networks (`train.ema.networks` takes precedence). No EMA unless `train.ema` is set."""
