@@ -42,16 +42,13 @@ import contextlib
 import itertools
 import logging
 import os
-import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from soundry.config import to_dict
 from soundry.errors import ConfigError, SoundryError, TrainingStopped
@@ -60,280 +57,36 @@ from soundry.registry import did_you_mean
 from soundry.train.auxiliary import check_unchanged
 from soundry.train.checkpoint import (
     CheckpointManager,
-    all_finite,
-    capture_rng,
-    restore_rng,
     step_name,
 )
 from soundry.train.ema import EMA
+from soundry.train.engine_state import restore_checkpoint, save_checkpoint
 from soundry.train.init_from import freeze, init_from, write_report
-from soundry.train.logging import (
+from soundry.train.logging import (  # noqa: F401  (summary_line: public API)
     Progress,
     RunLogger,
     check_wandb,
     read_auxiliary,
+    summary_line,
+    write_config,
     write_provenance,
 )
-from soundry.train.optim import load_keeping_recipe
 from soundry.train.precision import bf16_cpu_warning, cpu_has_native_bf16
-from soundry.train.task import OptimizerSpec, Task, TaskContext
+from soundry.train.runtime import (  # noqa: F401  (seed_everything: public API)
+    derive_seed,
+    isolated_rng,
+    make_accelerator,
+    preserved_rng,
+    seed_everything,
+    set_precision_flags,
+)
+from soundry.train.task import Task, TaskContext
+from soundry.train.updater import LogAccumulator, StepUpdater
 
 log = logging.getLogger("soundry.train")
 
 KILL_AT_STEP_ENV = "SOUNDRY_TEST_KILL_AT_STEP"
 
-
-def derive_seed(*values: int) -> int:
-    """A 63-bit seed from a tuple of integers (run seed, step, rank, ...)."""
-    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(2, np.uint64)[0]
-               >> np.uint64(1))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Draws from the python/numpy/torch generators inside the block leave no trace."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
-@contextlib.contextmanager
-def isolated_rng(seed: int) -> Iterator[None]:
-    """Seed python/numpy/torch generators inside the block; restore their states after."""
-    with preserved_rng():
-        seed_everything(seed)
-        yield
-
-
-def set_precision_flags(precision: str) -> None:
-    """tf32 allows TensorFloat-32 matmuls/convolutions on Ampere+ GPUs; the others forbid it."""
-    tf32 = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
-
-
-def make_accelerator(precision: str, cpu: bool) -> Any:
-    """An `accelerate.Accelerator` for this run's precision.
-
-    accelerate keeps its state in a process-wide singleton that refuses a second
-    Accelerator with another precision; a process that runs several trainings in a row
-    (tests, the demo) resets that part of it (the distributed part is kept).
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    mixed = "bf16" if precision == "bf16" else "no"
-    shared = AcceleratorState._shared_state
-    if shared and (shared.get("_mixed_precision") != mixed
-                   or (cpu and getattr(shared.get("device"), "type", "cpu") != "cpu")):
-        AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mixed, cpu=cpu)
-
-
-# ----------------------------------------------------------------------------- accumulators
-
-
-class LogAccumulator:
-    """Sums of logged values over one log interval, kept on the device (no sync per step).
-
-    Non-finite values are left out of the means; the NaN guard counts them instead.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.sums: dict[str, Any] = {}
-        self.counts: dict[str, Any] = {}
-        self.maxima: dict[str, float] = {}
-
-    def add(self, key: str, value: Any) -> None:
-        if isinstance(value, torch.Tensor):
-            v = value.detach().float()
-            if v.numel() != 1:
-                v = v.mean()
-            v = v.reshape(())
-            finite = torch.isfinite(v).float()
-            v = torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
-            if key in self.sums:
-                self.sums[key] = self.sums[key] + v
-                self.counts[key] = self.counts[key] + finite
-            else:
-                self.sums[key], self.counts[key] = v, finite
-        else:
-            v = float(value)
-            if not np.isfinite(v):
-                return
-            self.sums[key] = self.sums.get(key, 0.0) + v
-            self.counts[key] = self.counts.get(key, 0.0) + 1.0
-
-    def add_max(self, key: str, value: float) -> None:
-        if np.isfinite(value):
-            self.maxima[key] = max(self.maxima.get(key, -np.inf), value)
-
-    def means(self) -> dict[str, float | None]:
-        """Interval means (None when every value was non-finite) and maxima; one sync."""
-        on_device = [k for k, v in self.sums.items() if isinstance(v, torch.Tensor)]
-        totals = {k: (float(v), float(self.counts[k])) for k, v in self.sums.items()
-                  if k not in on_device}
-        if on_device:
-            flat = torch.stack([self.sums[k].to(self.device) for k in on_device]
-                               + [self.counts[k].to(self.device) for k in on_device]).tolist()
-            for i, k in enumerate(on_device):
-                totals[k] = (flat[i], flat[len(on_device) + i])
-        out: dict[str, float | None] = {
-            k: (total / count if count > 0 else None) for k, (total, count) in totals.items()
-        }
-        out.update(self.maxima)
-        return out
-
-    def reset(self) -> None:
-        self.sums.clear()
-        self.counts.clear()
-        self.maxima.clear()
-
-    def state_dict(self) -> dict[str, Any]:
-        def plain(d: dict[str, Any]) -> dict[str, list[Any]]:
-            return {k: [float(v), isinstance(v, torch.Tensor)] for k, v in d.items()}
-
-        return {"sums": plain(self.sums), "counts": plain(self.counts),
-                "maxima": dict(self.maxima)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        def back(d: dict[str, list[Any]]) -> dict[str, Any]:
-            return {k: (torch.tensor(v, dtype=torch.float32, device=self.device) if is_tensor
-                        else v) for k, (v, is_tensor) in d.items()}
-
-        self.sums, self.counts = back(state["sums"]), back(state["counts"])
-        self.maxima = dict(state["maxima"])
-
-
-# ----------------------------------------------------------------------------- updater
-
-
-class StepUpdater:
-    """The `Updater` the engine hands to `Task.train_step`."""
-
-    def __init__(self, specs: list[OptimizerSpec], grad_accum: int, accelerator: Any,
-                 acc: LogAccumulator) -> None:
-        self.specs = {s.name: s for s in specs}
-        self.params = {
-            s.name: [p for g in s.optimizer.param_groups for p in g["params"]] for s in specs
-        }
-        self.grad_accum = grad_accum
-        self.accelerator = accelerator
-        self.acc = acc
-        self.world_size = accelerator.num_processes
-        self.micro = 0
-        self._zeroed: set[str] = set()
-        self._pending: set[str] = set()
-        self._loss_ok: dict[str, torch.Tensor] = {}
-        self._called: set[str] = set()
-        self.skipped: dict[str, int] = {s.name: 0 for s in specs}
-        self.skipped_this_step = False
-        # this step's grad norm and clipping flag per optimizer (host floats, for health)
-        self.step_values: dict[str, float] = {}
-
-    def begin(self, micro: int) -> None:
-        self.micro = micro
-        self._called.clear()
-        if micro == 0:
-            self._zeroed.clear()
-            self.skipped_this_step = False
-            self.step_values = {}
-
-    def update(self, name: str, loss: torch.Tensor) -> bool:
-        spec = self.specs.get(name)
-        if spec is None:
-            raise KeyError(f"updater.update: no optimizer '{name}'{did_you_mean(name, self.specs)}"
-                           f" (optimizers: {', '.join(self.specs)})")
-        if loss.ndim != 0:
-            raise ValueError(f"updater.update('{name}'): loss must be a scalar, got "
-                             f"shape {tuple(loss.shape)}")
-        if name in self._called:
-            raise RuntimeError(f"updater.update('{name}') called twice in one train_step; sum "
-                               "the losses of one optimizer and update once")
-        self._called.add(name)
-        if name not in self._zeroed:
-            # drop gradients another optimizer's backward left on these parameters
-            spec.optimizer.zero_grad(set_to_none=True)
-            self._zeroed.add(name)
-            self._loss_ok.pop(name, None)
-        finite = torch.isfinite(loss.detach())
-        self._loss_ok[name] = finite if name not in self._loss_ok else self._loss_ok[name] & finite
-        if loss.requires_grad:
-            self.accelerator.backward(loss / self.grad_accum if self.grad_accum > 1 else loss)
-        self._pending.add(name)
-        if self.micro == self.grad_accum - 1:
-            return self._boundary(spec)
-        return False
-
-    def finish(self) -> None:
-        """Step optimizers whose loss was given in earlier micro-batches but not the last."""
-        for name in list(self._pending):
-            self._boundary(self.specs[name])
-
-    def _boundary(self, spec: OptimizerSpec) -> bool:
-        params = self.params[spec.name]
-        loss_ok = self._loss_ok.pop(spec.name)
-        if self.world_size > 1:  # every process must take the same decision
-            loss_ok = self._all_reduce(params, loss_ok)
-        grads = [p.grad for p in params if p.grad is not None]
-        if grads:
-            norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False)
-        else:
-            norm = torch.zeros((), device=self.accelerator.device)
-        ok = torch.isfinite(norm) & loss_ok
-        norm_value, ok_value = torch.stack([norm.float(), ok.float()]).tolist()  # one sync
-        stepped = bool(ok_value)
-        if stepped:
-            clipped = spec.clip is not None and bool(grads) and norm_value > spec.clip
-            if spec.clip is not None and grads:
-                torch.nn.utils.clip_grads_with_norm_(params, spec.clip, norm)
-            spec.optimizer.step()
-            if spec.scheduler is not None:
-                spec.scheduler.step()
-            self.acc.add(f"grad_norm/{spec.name}", norm_value)
-            self.acc.add_max(f"grad_norm_max/{spec.name}", norm_value)
-            if spec.clip is not None:  # share of this interval's steps that were clipped
-                self.acc.add(f"clip_fraction/{spec.name}", float(clipped))
-            self.step_values[f"grad_norm/{spec.name}"] = norm_value
-            self.step_values[f"clipped/{spec.name}"] = float(clipped)
-        else:
-            self.skipped[spec.name] += 1
-            self.skipped_this_step = True
-        spec.optimizer.zero_grad(set_to_none=True)
-        self._pending.discard(spec.name)
-        return stepped
-
-    def _all_reduce(self, params: list[nn.Parameter], loss_ok: torch.Tensor) -> torch.Tensor:
-        """Average gradients over processes in one flat all-reduce; returns whether every
-        process's loss was finite."""
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-        trainable = [p for p in params if p.requires_grad]
-        for p in trainable:
-            if p.grad is None:  # every process must reduce the same flat layout
-                p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in trainable]
-        bad_loss = (~loss_ok).float().reshape(1)
-        flat = _flatten_dense_tensors([*(g.float() for g in grads), bad_loss])
-        dist.all_reduce(flat)
-        reduced = _unflatten_dense_tensors(flat, [*grads, bad_loss])
-        for g, r in zip(grads, reduced[:-1], strict=True):
-            g.copy_(r / self.world_size)
-        return reduced[-1].reshape(()) == 0
 
 
 # ----------------------------------------------------------------------------- engine
@@ -462,7 +215,7 @@ class Engine:
         # per-process randomness for training (dropout, ...) differs between processes
         seed_everything(derive_seed(recipe.seed, 1, self.rank))
         if resume_from is not None:
-            self._load(resume_from)
+            restore_checkpoint(self, resume_from)
         elif self.resume:
             log.info("no complete checkpoint in %s: starting from step 0", self.run_dir)
         if self.world_size > 1:
@@ -470,7 +223,7 @@ class Engine:
 
         self.logger: RunLogger | None = None
         if self.is_main:
-            _write_config(recipe, self.run_dir / "config.yaml")
+            write_config(recipe, self.run_dir / "config.yaml")
             if self.resume and self.auxiliary:
                 check_unchanged(self.auxiliary, read_auxiliary(self.run_dir))
             write_provenance(self.run_dir, self.step if self.resume else None, self.command,
@@ -540,83 +293,6 @@ class Engine:
                                   f"{did_you_mean(name, self.networks)}; networks: "
                                   f"{', '.join(self.networks)}")
         return EMA({n: self.networks[n] for n in names}, ema_cfg.beta, ema_cfg.start_step)
-
-    # -- checkpoints
-
-    def _save(self, step: int) -> Path:
-        if not all_finite(self.networks):
-            last = self.ckpt.latest()
-            raise SoundryError(
-                f"step {step}: network weights are not finite; not saving them. The last good "
-                f"checkpoint is {last or 'none'}. Lower the learning rate or enable clipping."
-            )
-        optimizers = {
-            s.name: {"optimizer": s.optimizer.state_dict(),
-                     "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None}
-            for s in self.specs
-        }
-        state = {
-            "engine": {
-                "skipped": dict(self.updater.skipped),
-                "consecutive_skips": self.consecutive_skips,
-                "best": [self.ckpt.best, self.ckpt.best_metric, self.ckpt.best_value],
-                "log": self.acc.state_dict(),
-                "last_valid": self.last_valid,
-                "health": self.health.state_dict(),
-            },
-            "task": self.task.extra_state(),
-            "networks": list(self.networks),
-            "optimizers": [s.name for s in self.specs],
-            "ema": list(self.ema.networks) if self.ema else [],
-        }
-        rank_state = {"rng": capture_rng(), "loader": self.loader.state_dict()}
-        ema_state = ({n: self.ema.state_dict(n) for n in self.ema.networks}
-                     if self.ema is not None else {})
-        path = self.ckpt.save(step, self.networks, ema_state, optimizers, state, rank_state)
-        self.last_checkpoint = path
-        self.health.save_state(step)
-        return path
-
-    def _load(self, path: Path) -> None:
-        state = self.ckpt.read_state(path)
-        if set(state["networks"]) != set(self.networks):
-            raise SoundryError(f"checkpoint {path} holds networks {state['networks']}, the "
-                               f"task builds {list(self.networks)}")
-        for name, net in self.networks.items():
-            net.load_state_dict(self.ckpt.read_network(path, name))
-        if self.ema is not None:
-            for name in self.ema.networks:
-                if name in state["ema"]:
-                    self.ema.load_state_dict(name, self.ckpt.read_network(path, name, ema=True))
-                else:  # EMA switched on for a resumed run: start it from the weights
-                    self.ema.load_state_dict(name, {k: v.detach().float() for k, v in
-                                                    self.networks[name].state_dict().items()})
-        missing = [s.name for s in self.specs if s.name not in state["optimizers"]]
-        if missing:
-            raise SoundryError(f"checkpoint {path} has no state for optimizer(s) "
-                               f"{', '.join(missing)}; it holds {', '.join(state['optimizers'])}")
-        for spec in self.specs:
-            saved = self.ckpt.read_optimizer(path, spec.name)
-            changed = load_keeping_recipe(spec.optimizer, spec.scheduler, saved["optimizer"],
-                                          saved["scheduler"])
-            for line in changed:
-                log.info("optimizer %s: the recipe changes %s on resume", spec.name, line)
-        engine = state["engine"]
-        self.updater.skipped.update(engine["skipped"])
-        self.consecutive_skips = engine["consecutive_skips"]
-        best, metric, value = engine["best"]
-        if best is not None:
-            self.ckpt.set_best(best, metric, value)
-        self.acc.load_state_dict(engine["log"])
-        self.last_valid = engine["last_valid"]
-        self._health_state = engine.get("health")
-        self.task.load_extra_state(state["task"])
-        rank_state = self.ckpt.read_rank_state(path)
-        self.loader.load_state_dict(rank_state["loader"])
-        restore_rng(rank_state["rng"])
-        self.step = int(state["step"])
-        self.last_checkpoint = path
-        log.info("resumed from %s (step %d)", path, self.step)
 
     # -- validation
 
@@ -811,7 +487,7 @@ class Engine:
                     if best is not None:  # recorded only with the checkpoint it names
                         self.ckpt.set_best(step_name(step), *best)
                     t_save, c_save = time.perf_counter(), time.process_time()
-                    self._save(step)
+                    save_checkpoint(self, step)
                     self.checkpoint_seconds += time.perf_counter() - t_save
                     self.side_cpu_seconds += time.process_time() - c_save
                 else:
@@ -866,33 +542,6 @@ class Engine:
 
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
-
-
-def _write_config(recipe: Any, path: Path) -> None:
-    """The fully resolved recipe as YAML, replaced atomically (--resume reads it back)."""
-    import yaml
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
-    os.replace(tmp, path)
-
-
-def summary_line(summary: dict[str, Any]) -> str:
-    """One line: steps, time, run dir, best checkpoint."""
-    secs = int(summary["train_seconds"])
-    took = f"{secs // 3600}h{secs // 60 % 60:02d}m{secs % 60:02d}s" if secs >= 3600 else \
-        f"{secs // 60}m{secs % 60:02d}s"
-    best = summary["best_checkpoint"] or summary["last_checkpoint"] or "none"
-    label = "best checkpoint" if summary["best_checkpoint"] else "last checkpoint"
-    from soundry.eval.fmt import fmt_metric
-
-    value = (f" ({summary['best_metric']} = {fmt_metric(summary.get('best_value'), '.4g')})"
-             if summary["best_checkpoint"] else "")
-    data = summary.get("data") or {}
-    skipped = (f"; data: {data['usable_files']} files used, {data['skipped_files']} skipped, "
-               f"{data['replaced_items']} items replaced" if data else "")
-    return (f"trained {summary['steps']} steps in {took}: run dir {summary['run_dir']}; "
-            f"{label} {best}{value}{skipped}")
 
 
 def run_training(

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from soundry.config import to_dict
 from soundry.errors import MissingDependencyError
 
 PROVENANCE_PACKAGES = [
@@ -469,3 +470,33 @@ def _start_wandb(run_dir: Path, cfg: Any, config: dict[str, Any]) -> Any:
     id_file.write_text(run_id)
     return wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(run_dir),
                       config=config, id=run_id, resume="allow", name=run_dir.name)
+
+
+# ----------------------------------------------------------------------------- run files
+
+
+def write_config(recipe: Any, path: Path) -> None:
+    """The fully resolved recipe as YAML, replaced atomically (--resume reads it back)."""
+    import yaml
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+    os.replace(tmp, path)
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line: steps, time, run dir, best checkpoint."""
+    secs = int(summary["train_seconds"])
+    took = f"{secs // 3600}h{secs // 60 % 60:02d}m{secs % 60:02d}s" if secs >= 3600 else \
+        f"{secs // 60}m{secs % 60:02d}s"
+    best = summary["best_checkpoint"] or summary["last_checkpoint"] or "none"
+    label = "best checkpoint" if summary["best_checkpoint"] else "last checkpoint"
+    from soundry.eval.fmt import fmt_metric
+
+    value = (f" ({summary['best_metric']} = {fmt_metric(summary.get('best_value'), '.4g')})"
+             if summary["best_checkpoint"] else "")
+    data = summary.get("data") or {}
+    skipped = (f"; data: {data['usable_files']} files used, {data['skipped_files']} skipped, "
+               f"{data['replaced_items']} items replaced" if data else "")
+    return (f"trained {summary['steps']} steps in {took}: run dir {summary['run_dir']}; "
+            f"{label} {best}{value}{skipped}")
