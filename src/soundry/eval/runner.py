@@ -31,6 +31,7 @@ import numpy as np
 from soundry import __version__
 from soundry.errors import DataError, SoundryError
 from soundry.eval.baselines import BaselineSpec, check_encoders, roundtrip
+from soundry.eval.directions import higher_is_better
 from soundry.eval.extra_metrics import EXTRA_METRICS, availability, compute_extra, take_failures
 from soundry.eval.fmt import clean_json, dumps_json, fmt_metric, nonfinite_note
 
@@ -39,7 +40,6 @@ log = logging.getLogger("soundry.eval")
 System = Callable[[np.ndarray], np.ndarray]
 
 CORE_METRICS = ("mel_distance", "stft_distance", "si_sdr", "l1")
-HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}
 
 
 @dataclass
@@ -307,7 +307,7 @@ def evaluate(
         "files": len({r["file"] for r in rows}),
         "failed_files": failed,
         "metrics": metric_names,
-        "higher_is_better": [m for m in metric_names if m in HIGHER_IS_BETTER],
+        "higher_is_better": [m for m in metric_names if higher_is_better(m)],
         "skipped_metrics": dict(skipped_metrics or {}),
         "bootstrap": {
             "resamples": resamples,
