@@ -314,3 +314,24 @@ def test_optimize_for_inference_fp32_keeps_outputs(weight_norm: bool) -> None:
     assert_close(out_audio, ref_audio)
     w = codec.decoder.blocks[0].res[0].conv1.weight.unsqueeze(2)
     assert w.is_contiguous(memory_format=torch.channels_last)  # no reorder per call
+
+
+def test_recipes_take_the_architecture_from_the_presets() -> None:
+    """The DAC recipes name their preset instead of repeating the architecture; keys given
+    beside `preset:` override it (a quantizer of the preset's type is merged into it)."""
+    from soundry.config import to_dict
+    from soundry.models.codec import codec_preset
+    from soundry.paths import recipes_dir
+    from soundry.train.recipes import load_recipe
+
+    for name in ("dac-44k", "dac-16k"):
+        recipe = load_recipe(recipes_dir() / f"codec/{name}.yaml")
+        assert to_dict(recipe.model) == to_dict(validate(CodecConfig, codec_preset(name)))
+    cfg = validate(CodecConfig, {"preset": "dac-44k", "decoder_dim": 512,
+                                 "quantizer": {"n_codebooks": 4}})
+    assert cfg.decoder_dim == 512 and cfg.encoder_dim == 64
+    assert (cfg.quantizer.n_codebooks, cfg.quantizer.codebook_size) == (4, 1024)
+    fsq = validate(CodecConfig, {"preset": "dac-44k", "quantizer": {"type": "fsq"}})
+    assert fsq.quantizer.type == "fsq"
+    with pytest.raises(ConfigError, match="preset 'dac-99k'"):
+        validate(CodecConfig, {"preset": "dac-99k"})

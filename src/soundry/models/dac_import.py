@@ -30,6 +30,7 @@ import torch
 from soundry.config import validate
 from soundry.errors import SoundryError
 from soundry.models.codec import Codec, CodecConfig, build_codec
+from soundry.models.codec_config import codec_preset
 from soundry.nn.conv import norm_except_dim0
 
 # ----------------------------------------------------------------------------- configs
@@ -47,33 +48,27 @@ def _dac_values(
     codebook_dim: int,
     dropout: float,
 ) -> dict[str, Any]:
-    return {
-        "sample_rate": int(sample_rate),
-        "channels": 1,
-        "encoder_dim": int(encoder_dim),
-        "strides": [int(s) for s in strides],
-        "latent_dim": int(latent_dim) if latent_dim else None,
-        "decoder_dim": int(decoder_dim),
-        "decoder_strides": [int(s) for s in decoder_strides],
-        "kernel_size": 7,
-        "latent_kernel_size": 3,
-        "dilations": [1, 3, 9],
-        "activation": "snake",
-        "weight_norm": True,
-        "causal": False,
-        "upsample": "transposed",
-        "upsample_output_padding": False,
-        "pqmf_bands": 0,
-        "output_tanh": True,
-        "quantizer": {
-            "type": "rvq",
-            "n_codebooks": int(n_codebooks),
-            "codebook_size": int(codebook_size),
-            "codebook_dim": int(codebook_dim),
-            "dropout": float(dropout),
-            "dead_code_threshold": 0.0,
-        },
-    }
+    # Everything a DAC checkpoint does not vary (kernels, dilations, snake, weight norm,
+    # padding, output tanh, the RVQ's family) comes from the "dac-44k" preset.
+    values = codec_preset("dac-44k")
+    values.update(
+        sample_rate=int(sample_rate),
+        encoder_dim=int(encoder_dim),
+        strides=[int(s) for s in strides],
+        latent_dim=int(latent_dim) if latent_dim else None,
+        decoder_dim=int(decoder_dim),
+        decoder_strides=[int(s) for s in decoder_strides],
+        # descript-audio-codec v1.0 / transformers: odd-stride transposed convs give one
+        # sample fewer per layer than L * stride
+        upsample_output_padding=False,
+    )
+    values["quantizer"].update(
+        n_codebooks=int(n_codebooks),
+        codebook_size=int(codebook_size),
+        codebook_dim=int(codebook_dim),
+        dropout=float(dropout),
+    )
+    return values
 
 
 def config_from_hf_dac(hf_config: Any) -> CodecConfig:
