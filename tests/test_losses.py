@@ -198,3 +198,36 @@ def test_losses_reduce_in_fp32_under_bf16_autocast() -> None:
         fm = feature_matching_loss(outs, outs)
     assert mixed.dtype == torch.float32 and adv.dtype == fm.dtype == torch.float32
     torch.testing.assert_close(mixed, fp32, rtol=1e-5, atol=1e-6)
+
+
+def test_declared_terms_are_the_only_ones_a_step_can_weight_or_log() -> None:
+    from soundry.losses.config import CODEC_TERMS
+    from soundry.losses.terms import ADVERSARIAL_TERMS, LossTerm, LossTerms
+
+    terms = LossTerms([LossTerm("kl", 1e-4, "KL to the prior")]) + ADVERSARIAL_TERMS
+    assert terms.names == ("kl", "adversarial", "feature_matching")
+    weights = {"kl": 0.5, "adversarial": 2.0, "feature_matching": 0.0}
+    total = terms.total({"kl": torch.tensor(2.0), "adversarial": torch.tensor(3.0),
+                         "feature_matching": torch.tensor(float("nan"))}, weights)
+    assert total.item() == 7.0  # each weight once; a zero-weight NaN term left out
+    with pytest.raises(KeyError, match="'mel' is not a declared term"):
+        terms.total({"mel": torch.tensor(1.0)}, {"mel": 1.0})
+    with pytest.raises(ValueError, match="'k1'.*did you mean 'kl'"):
+        terms.check({"k1": 1.0}, "schedule phase 'gan'")
+    with pytest.raises(ValueError, match="declared twice"):
+        _ = terms + LossTerms([LossTerm("kl")])
+    # the codec's declared defaults are its recipe section's defaults
+    assert CODEC_TERMS.defaults() == CodecLossConfig().weights()
+
+
+def test_phase_weights_are_checked_against_each_tasks_own_terms() -> None:
+    from soundry.paths import recipes_dir
+    from soundry.train.recipes import load_recipe
+
+    phases = "schedule.phases=[{name: gan, weights: {%s: 0.0}}]"
+    load_recipe(recipes_dir() / "toy.yaml", [phases % "recon"])  # the toy's own term
+    with pytest.raises(ConfigError, match="unknown loss 'mel'"):
+        load_recipe(recipes_dir() / "toy.yaml", [phases % "mel"])  # the codec's, not the toy's
+    load_recipe(recipes_dir() / "codec/tiny.yaml", [phases % "mel"])
+    with pytest.raises(ConfigError, match="unknown loss 'recon'"):
+        load_recipe(recipes_dir() / "codec/tiny.yaml", [phases % "recon"])
