@@ -1,4 +1,9 @@
-"""`soundry export | encode | decode | reconstruct`: using a trained codec."""
+"""`soundry export | encode | decode | reconstruct`: using a trained codec or VAE.
+
+encode / decode / reconstruct dispatch on the export's kind: a codec writes and reads codes
+(`soundry.models.codec_io`), a VAE one latent vector per sound (`soundry.models.vae_io`);
+codec-only options given to a VAE are refused.
+"""
 
 from __future__ import annotations
 
@@ -30,19 +35,21 @@ def register(sub: Any) -> None:
     p.add_argument("--ema", action="store_true", help="export the EMA weights")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("encode", help="encode audio files to codes (.npz)")
-    p.add_argument("model", type=Path, help="exported codec directory")
+    p = sub.add_parser("encode", help="encode audio files to codes or VAE latents (.npz)")
+    p.add_argument("model", type=Path, help="exported codec or VAE directory")
     p.add_argument("input", type=Path, help="audio file or folder")
     p.add_argument("output", type=Path, help="OUT.npz (or a folder for a folder input)")
-    p.add_argument("--levels", type=int, default=None, help="codebook levels to keep (bitrate)")
-    p.add_argument("--chunk-seconds", type=float, default=10.0)
+    p.add_argument("--levels", type=int, default=None,
+                   help="codec: codebook levels to keep (bitrate)")
+    p.add_argument("--chunk-seconds", type=float, default=None, help="codec: chunk length "
+                   "(default 10)")
     p.set_defaults(func=_encode)
 
-    p = sub.add_parser("decode", help="decode codes (.npz) to audio")
+    p = sub.add_parser("decode", help="decode codes or VAE latents (.npz) to audio")
     p.add_argument("model", type=Path)
     p.add_argument("input", type=Path, help="codes .npz file or folder")
     p.add_argument("output", type=Path, help="OUT.wav (or a folder)")
-    p.add_argument("--chunk-seconds", type=float, default=10.0)
+    p.add_argument("--chunk-seconds", type=float, default=None)
     _precision_arg(p)
     p.set_defaults(func=_decode)
 
@@ -51,7 +58,7 @@ def register(sub: Any) -> None:
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("--levels", type=int, default=None)
-    p.add_argument("--chunk-seconds", type=float, default=10.0)
+    p.add_argument("--chunk-seconds", type=float, default=None)
     _precision_arg(p)
     p.set_defaults(func=_reconstruct)
 
@@ -88,31 +95,70 @@ def _pairs(inp: Path, out: Path, in_exts: set[str], out_ext: str) -> list[tuple[
     return [(inp, out)]
 
 
-def _encode(args: argparse.Namespace) -> int:
-    from soundry.models.codec_io import encode_file, load_codec
+def _load(args: argparse.Namespace) -> tuple[str, Any]:
+    """(kind, model) of the export; codec-only options given for a VAE are an error."""
+    from soundry.errors import SoundryError
+    from soundry.models.codec_io import load_codec
+    from soundry.models.export import load_export
+    from soundry.models.vae import OneShotVAE
 
-    codec = load_codec(args.model)
+    model = load_export(args.model)
+    if not isinstance(model, OneShotVAE):
+        return "codec", load_codec(args.model)
+    given = [flag for flag, value in (("--levels", getattr(args, "levels", None)),
+                                      ("--chunk-seconds", args.chunk_seconds))
+             if value is not None]
+    if getattr(args, "precision", "fp32") != "fp32":
+        given.append("--precision")
+    if given:
+        raise SoundryError(f"{args.model} is a VAE (one latent per sound); "
+                           f"{', '.join(given)}: codec-only option(s)")
+    return "vae", model
+
+
+def _chunk(args: argparse.Namespace) -> float:
+    return 10.0 if args.chunk_seconds is None else float(args.chunk_seconds)
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from soundry.models import codec_io, vae_io
+
+    kind, model = _load(args)
     for src, dst in _pairs(args.input, args.output, AUDIO_EXTS, ".npz"):
-        encode_file(codec, src, dst, levels=args.levels, chunk_seconds=args.chunk_seconds)
+        if kind == "vae":
+            vae_io.encode_file(model, src, dst)
+        else:
+            codec_io.encode_file(model, src, dst, levels=args.levels, chunk_seconds=_chunk(args))
         print(f"{src} -> {dst}")
     return 0
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from soundry.models.codec_io import decode_file, load_codec
+    from soundry.models import codec_io, vae_io
 
-    codec = load_codec(args.model).optimize_for_inference(args.precision)
+    kind, model = _load(args)
+    if kind == "codec":
+        model = model.optimize_for_inference(args.precision)
     for src, dst in _pairs(args.input, args.output, {".npz"}, ".wav"):
-        decode_file(codec, src, dst, chunk_seconds=args.chunk_seconds)
+        if kind == "vae":
+            vae_io.decode_file(model, src, dst)
+        else:
+            codec_io.decode_file(model, src, dst, chunk_seconds=_chunk(args))
         print(f"{src} -> {dst}")
     return 0
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
-    from soundry.models.codec_io import load_codec, reconstruct_file
+    from soundry.models import codec_io, vae_io
 
-    codec = load_codec(args.model).optimize_for_inference(args.precision)
+    kind, model = _load(args)
+    if kind == "codec":
+        model = model.optimize_for_inference(args.precision)
     for src, dst in _pairs(args.input, args.output, AUDIO_EXTS, ".wav"):
-        reconstruct_file(codec, src, dst, levels=args.levels, chunk_seconds=args.chunk_seconds)
+        if kind == "vae":
+            vae_io.reconstruct_file(model, src, dst)
+        else:
+            codec_io.reconstruct_file(model, src, dst, levels=args.levels,
+                                      chunk_seconds=_chunk(args))
         print(f"{src} -> {dst}")
     return 0

@@ -16,7 +16,8 @@ A minimal section names its sources; everything else has a default::
 Item kinds (`mode`):
 
 - `clips`: random crops of `segment_seconds` (files shorter than that are zero-padded).
-- `oneshot`: the first `segment_seconds` of each file, padded or trimmed (short sounds).
+- `oneshot`: the first `segment_seconds` of each file, padded or trimmed (short sounds);
+  training items may start up to `start_jitter_seconds` late (validation: at 0).
 - `utterances`: whole files (cut to at most `segment_seconds`), grouped into batches of
   similar duration by the duration-bucketed sampler (`bucket:`) and zero-padded to the
   longest item of their batch; batches then carry `lengths`.
@@ -59,11 +60,21 @@ class LoudnessConfig(Strict):
     `target_lufs`: every item is normalised to this loudness (None: left as read); the gain
     is limited so the peak stays within [-1, 1]. `min_lufs`: a random crop quieter than
     this is re-drawn at a new offset up to `retries` times (the loudest try is kept).
+    `peak`: normalise every item's peak to this linear level instead (for transients: a 1 s
+    drum hit brought to -16 LUFS would clip); needs `target_lufs: null`.
     """
 
     target_lufs: float | None = -16.0
     min_lufs: float | None = -40.0
     retries: int = Field(8, ge=0)
+    peak: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> LoudnessConfig:
+        if self.peak is not None and self.target_lufs is not None:
+            raise ValueError("loudness.peak and loudness.target_lufs both set: items are "
+                             "normalised either by peak or by loudness; set target_lufs: null")
+        return self
 
 
 def _check_range(lo: float, hi: float, what: str) -> None:
@@ -235,6 +246,7 @@ class DataConfig(Strict):
     sample_rate: int = Field(16000, gt=0)
     channels: Literal[1, 2] = 1
     segment_seconds: float = Field(0.5, gt=0)
+    start_jitter_seconds: float = Field(0.0, ge=0)  # oneshot: random start in [0, this]
     batch_size: int = Field(8, ge=1)
     num_workers: int = Field(2, ge=0)
     min_seconds: float = Field(0.05, ge=0)
@@ -254,6 +266,13 @@ class DataConfig(Strict):
                 "some sources have a `target` and some do not; give every source a target, "
                 "or set `degrade:` so sources without one get degraded pairs on the fly"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _jitter_needs_oneshot(self) -> DataConfig:
+        if self.start_jitter_seconds and self.mode != "oneshot":
+            raise ValueError("data.start_jitter_seconds only acts in mode 'oneshot' (clips "
+                             "are random crops already)")
         return self
 
     @property

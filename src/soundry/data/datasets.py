@@ -36,7 +36,7 @@ import torch.utils.data
 from soundry.audio.augment import Augmenter, Degrader, fit_length, pitch_shift
 from soundry.audio.io import read_audio
 from soundry.audio.loudness import loudness_gain, measure_loudness
-from soundry.data.config import DataConfig
+from soundry.data.config import DataConfig, LoudnessConfig
 from soundry.data.samplers import (
     PURPOSE_AUGMENT,
     PURPOSE_CROP,
@@ -271,20 +271,34 @@ class ClipDataset(torch.utils.data.Dataset):
         return max(0, int(left / aug.get("pitch_ratio", 1.0)))
 
     def _loudness_gain(self, audio: np.ndarray, level: float | None = None) -> np.float32:
-        """Gain to `loudness.target_lufs` (peak-limited); `level` when already measured."""
-        target = self.cfg.loudness.target_lufs
-        if target is None:
-            return np.float32(1.0)
-        return np.float32(loudness_gain(audio, self.sample_rate, target, level=level))
+        return normalization_gain(audio, self.sample_rate, self.cfg.loudness, level)
+
+
+def normalization_gain(audio: np.ndarray, sample_rate: int, cfg: LoudnessConfig,
+                       level: float | None = None) -> np.float32:
+    """Gain that brings `audio` [C, T] to `cfg.peak` (peak) or `cfg.target_lufs`
+    (loudness, peak-limited; `level`: its loudness when already measured); 1 when neither
+    is set or the audio is silent."""
+    if cfg.peak is not None:
+        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+        return np.float32(cfg.peak / peak if peak > 1e-6 else 1.0)
+    if cfg.target_lufs is None:
+        return np.float32(1.0)
+    return np.float32(loudness_gain(audio, sample_rate, cfg.target_lufs, level=level))
 
 
 class OneShotDataset(ClipDataset):
-    """The first `segment_seconds` of every file, zero-padded or trimmed (short sounds)."""
+    """The first `segment_seconds` of every file, zero-padded or trimmed (short sounds); with
+    `start_jitter_seconds`, starting at a random offset up to that (never past the file)."""
 
     random_windows = False
 
     def window(self, item: AudioItem, rng: np.random.Generator, frames: int) -> tuple[int, int]:
-        return 0, frames
+        jitter = round(self.cfg.start_jitter_seconds * self.sample_rate)
+        if jitter <= 0:
+            return 0, frames
+        return int(rng.integers(0, min(jitter, target_frames(item, self.sample_rate) - 1)
+                                + 1)), frames
 
     def retries(self, item: AudioItem, frames: int) -> int:
         return 0
@@ -327,6 +341,7 @@ def fixed_crops(
 ) -> list[tuple[AudioItem, int, int]]:
     """Deterministic validation windows: (item, offset, frames) at `cfg.sample_rate`.
 
+    Mode `oneshot`: the start of each of the first `count` files.
     Each file contributes as many non-overlapping windows as fit (at least one; shorter
     files are padded), evenly spaced and centred in the file; files are visited round-robin
     so `count` windows spread over as many files as possible. Offsets are multiples of
@@ -335,6 +350,8 @@ def fixed_crops(
     sr = cfg.sample_rate
     step = hop if cfg.snap_to_hop else 1
     frames = segment_frames(seconds, sr, hop, cfg.snap_to_hop)
+    if cfg.mode == "oneshot":  # a one-shot is its start: one window per file, at 0
+        return [(item, 0, frames) for item in items[:count]]
     per_file = []
     for item in items:
         total = target_frames(item, sr)

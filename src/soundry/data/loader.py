@@ -35,9 +35,15 @@ import numpy as np
 import torch
 
 from soundry.audio.augment import Degrader
-from soundry.audio.loudness import loudness_gain
 from soundry.data.config import DataConfig
-from soundry.data.datasets import DATASETS, ClipDataset, fixed_crops, read_crop, round_robin
+from soundry.data.datasets import (
+    DATASETS,
+    ClipDataset,
+    fixed_crops,
+    normalization_gain,
+    read_crop,
+    round_robin,
+)
 from soundry.data.samplers import (
     DurationBucketSampler,
     EpochBatchSampler,
@@ -416,9 +422,8 @@ def _valid_crops(cfg: DataConfig, hop: int) -> list[tuple[str, np.ndarray, np.nd
         except DataError as exc:
             log.warning("validation clip left out: %s", exc)
             continue
-        if cfg.loudness.target_lufs is not None:
-            gain = np.float32(loudness_gain(clean, cfg.sample_rate, cfg.loudness.target_lufs))
-            clean, noisy = clean * gain, noisy * gain
+        gain = normalization_gain(clean, cfg.sample_rate, cfg.loudness)
+        clean, noisy = clean * gain, noisy * gain
         if item.target is None and degrader is not None:
             rng = make_rng(VALID_SEED, i)
             noisy = degrader.apply(clean, degrader.draw(rng), rng)

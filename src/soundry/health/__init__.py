@@ -1,7 +1,8 @@
 """Training health: monitors that say, unprompted, when a run is silently failing.
 
 Monitors (ids are stable; recipes tune them under `health.<id>`):
-crop_coverage, sample_rate, silence, output_saturation, codebook_collapse, loss_spike,
+crop_coverage, sample_rate, silence, output_saturation, codebook_collapse,
+posterior_collapse, loss_spike,
 grad_spike, discriminator_dominance, eos_untrained, valid_vs_generation. See
 `soundry.health.config` for each monitor's thresholds and defaults, `soundry.health.runner`
 for how the engine feeds them and where findings go, and `soundry.health.doctor` for the

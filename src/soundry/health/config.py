@@ -105,6 +105,15 @@ class CodebookCollapseConfig(MonitorConfig):
     after_step: int = Field(50, ge=0)
 
 
+class PosteriorCollapseConfig(MonitorConfig):
+    """A VAE's latent unused: no active unit (error) or few (warning, under
+    `min_active_share` of the dimensions); validations before `after_step` are not judged
+    (the KL warm-up may start from a collapsed posterior)."""
+
+    min_active_share: float = Field(0.02, ge=0, le=1)
+    after_step: int = Field(200, ge=0)
+
+
 class LossSpikeConfig(MonitorConfig):
     """A logged loss far above its running median, or rising for long.
 
@@ -189,6 +198,8 @@ class HealthConfig(Strict):
     silence: SilenceConfig = Field(default_factory=SilenceConfig)
     output_saturation: OutputSaturationConfig = Field(default_factory=OutputSaturationConfig)
     codebook_collapse: CodebookCollapseConfig = Field(default_factory=CodebookCollapseConfig)
+    posterior_collapse: PosteriorCollapseConfig = Field(
+        default_factory=PosteriorCollapseConfig)
     loss_spike: LossSpikeConfig = Field(default_factory=LossSpikeConfig)
     grad_spike: GradSpikeConfig = Field(default_factory=GradSpikeConfig)
     discriminator_dominance: DiscriminatorDominanceConfig = Field(

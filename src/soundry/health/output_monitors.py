@@ -183,3 +183,51 @@ class CodebookCollapse(Monitor):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_mean = float(state.get("best_mean", 0.0))
         self.first_low = state.get("first_low")
+
+
+class PosteriorCollapse(Monitor):
+    """`posterior_collapse`: a VAE whose latent carries nothing about its input.
+
+    Reads `valid/active_units` (dimensions whose posterior mean varies over the validation
+    sounds with variance above 0.01, Burda et al. 2016) and `valid/latent_dim`. No active
+    unit after `after_step` is an error (the decoder ignores the latent: every sound comes
+    out alike, and sampling the prior is sampling noise); fewer than `min_active_share` of
+    the dimensions is a warning.
+    """
+
+    id = "posterior_collapse"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.first_dead: int | None = None
+
+    def on_valid(self, step: int, metrics: dict[str, float], audio: dict[str, Any],
+                 sample_rate: int) -> None:
+        active = metrics.get("valid/active_units", metrics.get("active_units"))
+        dims = metrics.get("valid/latent_dim", metrics.get("latent_dim"))
+        if active is None or not dims or not math.isfinite(active):
+            return
+        if step < self.cfg.after_step:
+            return
+        evidence = {"active_units": int(active), "latent_dim": int(dims),
+                    "kl_total": metrics.get("valid/kl/total")}
+        if active == 0:
+            self.first_dead = self.first_dead if self.first_dead is not None else step
+            self.pending.append(self.finding(
+                step, "error",
+                f"posterior collapse: none of the {int(dims)} latent dimensions is active "
+                "(their posterior means do not vary over the validation sounds); the decoder "
+                "ignores the latent. Lower the KL weight (losses.kl.weight), lengthen its "
+                "warm-up or set losses.kl.free_bits",
+                key="collapse", since=self.first_dead, **evidence))
+        elif active < self.cfg.min_active_share * dims:
+            self.pending.append(self.finding(
+                step, "warning",
+                f"only {int(active)} of {int(dims)} latent dimensions are active",
+                key="few", **evidence))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first_dead": self.first_dead}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.first_dead = state.get("first_dead")

@@ -33,7 +33,11 @@ from soundry.health.config import HealthConfig
 from soundry.health.core import SEVERITIES, BatchInfo, Finding, Monitor, plain_json
 from soundry.health.data_monitors import CropCoverage, SampleRate, Silence
 from soundry.health.lm_monitors import EosUntrained, ValidVsGeneration
-from soundry.health.output_monitors import CodebookCollapse, OutputSaturation
+from soundry.health.output_monitors import (
+    CodebookCollapse,
+    OutputSaturation,
+    PosteriorCollapse,
+)
 from soundry.health.train_monitors import DiscriminatorDominance, GradSpike, LossSpike
 
 log = logging.getLogger("soundry.health")
@@ -41,6 +45,7 @@ log = logging.getLogger("soundry.health")
 #: monitor id -> class; every id is also a `health.<id>` recipe section
 MONITORS: dict[str, type[Monitor]] = {
     m.id: m for m in (CropCoverage, SampleRate, Silence, OutputSaturation, CodebookCollapse,
+                      PosteriorCollapse,
                       LossSpike, GradSpike, DiscriminatorDominance, EosUntrained,
                       ValidVsGeneration)
 }

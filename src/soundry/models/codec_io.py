@@ -96,6 +96,9 @@ def read_codes(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """(codes [C, K, F], meta) from an .npz written by `encode_file`."""
     try:
         with np.load(path, allow_pickle=False) as data:
+            if "latents" in data and "codes" not in data:
+                raise SoundryError(f"{path} holds VAE latents, not codes; decode it with the "
+                                   "VAE that made it")
             codes = data["codes"]
             meta = json.loads(str(data["meta"]))
     except (OSError, KeyError, ValueError) as exc:

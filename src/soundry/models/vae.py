@@ -1,0 +1,446 @@
+"""A one-shot sound VAE: one global latent vector per sound, with Real NVP flows.
+
+    audio [B, C, T] -> codec encoder (channels folded into the batch) -> frames [B, C*E, F]
+      -> pooling over time (attention or mean) -> h [B, H]
+      -> Gaussian posterior q0(z0 | x) = N(mean(h), std(h)^2), z0 [B, D]
+      -> posterior flow z_K = f(z0; h) (Real NVP, conditioned on h)      [training: z0 sampled]
+    z_K -> linear "unpooling" to a seed [B * C, E', F] -> codec decoder (optionally
+      FiLM/AdaIN-modulated by z_K) -> audio [B, C, T]
+
+The prior p(z) is N(0, I) or a learned flow prior (`soundry.nn.flows.FlowPrior`). The
+ELBO's KL is then a one-sample Monte-Carlo estimate, log q0(z0) - log|det df/dz0| - log p(z_K);
+without either flow it is the closed form. `variational: false` gives a plain autoencoder
+(latent = mean, no KL); its prior flow, if any, is fitted to the detached latents.
+
+The network works on a fixed length: `seconds` at `sample_rate`, rounded up to whole frames
+(`n_samples`); shorter input is zero-padded at the end, longer input trimmed (a one-shot is
+its start). Stereo: the encoder and decoder see each channel as a batch item, but the latent
+is one per sound (the channels' frame features are concatenated before pooling and the seed
+holds every channel); `stereo: midside` codes mid (L+R)/2 and side (L-R)/2 instead of L, R.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from soundry.config import Strict
+from soundry.errors import SoundryError
+from soundry.models.codec import Decoder, Encoder
+from soundry.models.codec_config import CodecConfig
+from soundry.models.export import EXPORT_KINDS
+from soundry.nn.conv import Conv1d, from_channels_last, remove_weight_norm, to_channels_last
+from soundry.nn.flows import (
+    FlowPrior,
+    RealNVP,
+    gaussian_kl_per_dim,
+    gaussian_log_prob,
+    standard_normal_log_prob,
+)
+from soundry.nn.pqmf import PQMF
+
+
+class FlowConfig(Strict):
+    """A Real NVP flow: `layers` affine couplings (0: no flow)."""
+
+    layers: int = Field(4, ge=0)
+    hidden: int = Field(256, ge=1)
+    scale: Literal["tanh", "softplus"] = "tanh"
+    actnorm: bool = True
+    mixing: Literal["alternate", "permute"] = "alternate"
+
+
+class VAENetConfig(CodecConfig):
+    """The encoder/decoder: the codec's blocks (`model.net`, any codec `preset:`).
+
+    `latent_dim` here is the frame features' width (encoder output, decoder seed); the
+    bottleneck is the VAE's own, so `quantizer` must stay `{type: none}` and `causal` false.
+    """
+
+    @model_validator(mode="after")
+    def _vae_net(self) -> VAENetConfig:
+        if self.quantizer.type != "none":
+            raise ValueError("model.net.quantizer: the VAE has its own bottleneck; leave it "
+                             "out (or {type: none})")
+        if self.causal:
+            raise ValueError("model.net.causal: a one-shot VAE sees the whole sound; use false")
+        return self
+
+
+def _net_default() -> VAENetConfig:
+    return VAENetConfig(quantizer={"type": "none"})  # type: ignore[arg-type]
+
+
+class VAEModelConfig(Strict):
+    """The `model:` section of a VAE recipe."""
+
+    sample_rate: int = Field(44100, gt=0)
+    channels: Literal[1, 2] = 1
+    stereo: Literal["channels", "midside"] = "channels"
+    seconds: float = Field(1.0, gt=0)
+    latent_dim: int = Field(128, ge=2)
+    variational: bool = True
+    pooling: Literal["attention", "mean"] = "attention"
+    pooling_heads: int = Field(4, ge=1)
+    modulation: Literal["none", "film", "adain"] = "none"
+    net: VAENetConfig = Field(default_factory=_net_default)
+    posterior_flow: FlowConfig = Field(default_factory=FlowConfig)
+    prior_flow: FlowConfig = Field(default_factory=FlowConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _net_rate(cls, data: Any) -> Any:
+        # The net runs at the model's rate on one channel (channels are batch items) and
+        # has no quantizer; say so once here instead of in every recipe.
+        if isinstance(data, dict):
+            data = dict(data)
+            net = dict(data.get("net") or {})
+            net.setdefault("sample_rate", data.get("sample_rate", 44100))
+            net.setdefault("channels", 1)
+            net.setdefault("quantizer", {"type": "none"})
+            data["net"] = net
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> VAEModelConfig:
+        if self.net.sample_rate != self.sample_rate:
+            raise ValueError(f"model.net.sample_rate ({self.net.sample_rate}) must equal "
+                             f"model.sample_rate ({self.sample_rate})")
+        if self.net.channels != 1:
+            raise ValueError("model.net.channels must be 1 (channels are folded into the batch)"
+                             "; set model.channels")
+        if self.stereo == "midside" and self.channels != 2:
+            raise ValueError("model.stereo 'midside' needs model.channels 2")
+        width = self.net.resolved_latent_dim * self.channels
+        if self.pooling == "attention" and width % self.pooling_heads:
+            raise ValueError(f"model.pooling_heads ({self.pooling_heads}) must divide the "
+                             f"pooled width ({width} = net.latent_dim x channels)")
+        return self
+
+    @property
+    def hop_length(self) -> int:
+        return self.net.hop_length
+
+    @property
+    def frames(self) -> int:
+        return max(1, math.ceil(self.seconds * self.sample_rate / self.hop_length))
+
+    @property
+    def n_samples(self) -> int:
+        return self.frames * self.hop_length
+
+
+@dataclass
+class VAEOutput:
+    """What `OneShotVAE.forward` returns (B sounds, D latent dims).
+
+    audio: reconstruction [B, C, T] (T as the input). z: the latent the decoder consumed
+    [B, D] (z_K). z0, mean, std: the base posterior's draw and parameters [B, D] (std None
+    for a plain autoencoder). log_det: the posterior flow's log |det dz_K/dz0| [B].
+    log_q0, log_prior: log q0(z0 | x) and log p(z_K) [B] (None for a plain autoencoder).
+    """
+
+    audio: torch.Tensor
+    z: torch.Tensor
+    z0: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor | None
+    log_det: torch.Tensor
+    log_q0: torch.Tensor | None
+    log_prior: torch.Tensor | None
+
+    def kl_per_dim(self) -> torch.Tensor:
+        """Closed-form KL of the base posterior to N(0, 1) per dimension [B, D] (nats)."""
+        if self.std is None:
+            raise SoundryError("a plain autoencoder has no posterior (variational: false)")
+        return gaussian_kl_per_dim(self.mean, self.std)
+
+    def kl(self, exact: bool) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) per item [B] (nats): the closed form when `exact` (no flows),
+        else the one-sample estimate log q0(z0) - log_det - log p(z_K)."""
+        if exact:
+            return self.kl_per_dim().sum(dim=-1)
+        assert self.log_q0 is not None and self.log_prior is not None
+        return self.log_q0 - self.log_det - self.log_prior
+
+
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling over time with one learned query per head:
+    frames [B, W, F] -> [B, W] (each head's softmax over frames weighs its W / heads dims)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.score = nn.Conv1d(width, heads, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, w, f = x.shape
+        weights = torch.softmax(self.score(x), dim=-1)  # [B, H, F]
+        values = x.reshape(b, self.heads, w // self.heads, f)
+        return torch.einsum("bhf,bhdf->bhd", weights, values).reshape(b, w)
+
+
+class OneShotVAE(nn.Module):
+    """The VAE of `VAEModelConfig`; see the module docstring. Public API: `forward`,
+    `encode`, `decode`, `sample`, `interpolate`, `prior_log_prob`."""
+
+    def __init__(self, cfg: VAEModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.sample_rate = cfg.sample_rate
+        self.channels = cfg.channels
+        self.latent_dim = cfg.latent_dim
+        self.n_samples = cfg.n_samples
+        self.frames = cfg.frames
+        net = cfg.net
+        feat = net.resolved_latent_dim
+        width = feat * cfg.channels
+        pqmf = PQMF(net.pqmf_bands, net.pqmf_taps) if net.pqmf_bands else None
+        # built in this order: it fixes which random numbers initialise which weights
+        self.encoder = Encoder(net, pqmf, feat)
+        self.pool: nn.Module | None = (
+            AttentionPool(width, cfg.pooling_heads) if cfg.pooling == "attention" else None)
+        hidden = max(width, cfg.latent_dim)
+        self.head = nn.Sequential(nn.Linear(width, hidden), nn.SiLU())
+        n_out = 2 * cfg.latent_dim if cfg.variational else cfg.latent_dim
+        self.to_posterior = nn.Linear(hidden, n_out)
+        self.posterior_flow = _flow(cfg.posterior_flow, cfg.latent_dim, hidden, seed=1)
+        self.prior = FlowPrior(_flow(cfg.prior_flow, cfg.latent_dim, 0, seed=2))
+        self.unpool = nn.Linear(cfg.latent_dim, cfg.channels * feat * cfg.frames)
+        self.decoder = Decoder(net, pqmf)
+        self.modulation = cfg.modulation
+        self.film = nn.ModuleList()
+        if cfg.modulation != "none":
+            for block in self.decoder.blocks:
+                ch = block.res[0].conv1.out_channels
+                film = nn.Linear(cfg.latent_dim, 2 * ch)
+                nn.init.zeros_(film.weight)  # starts unmodulated (gain 1, shift 0)
+                nn.init.zeros_(film.bias)
+                self.film.append(film)
+        for m in self.modules():  # zero conv biases, as the codec does
+            if isinstance(m, Conv1d) and m.bias is not None:
+                with torch.no_grad():
+                    m.bias.zero_()
+
+    # -- shapes ----------------------------------------------------------------------------
+
+    @property
+    def exact_kl(self) -> bool:
+        """True when the KL has a closed form (no posterior flow, N(0, I) prior)."""
+        return self.posterior_flow.n_layers == 0 and not self.prior.learned
+
+    def fit_length(self, audio: torch.Tensor) -> torch.Tensor:
+        """[B, C, T] -> [B, C, n_samples]: zero-padded at the end or trimmed."""
+        if audio.dim() != 3:
+            raise SoundryError(f"VAE input must be [batch, channels, time], got "
+                               f"{tuple(audio.shape)}")
+        if audio.shape[1] != self.channels:
+            raise SoundryError(f"this VAE takes {self.channels} channel(s), the audio has "
+                               f"{audio.shape[1]}")
+        t = audio.shape[-1]
+        if t < self.n_samples:
+            return F.pad(audio, (0, self.n_samples - t))
+        return audio[..., : self.n_samples]
+
+    def _to_coded(self, audio: torch.Tensor) -> torch.Tensor:
+        if self.config.stereo == "midside":
+            left, right = audio[:, :1], audio[:, 1:]
+            return torch.cat([(left + right) / 2, (left - right) / 2], dim=1)
+        return audio
+
+    def _from_coded(self, audio: torch.Tensor) -> torch.Tensor:
+        if self.config.stereo == "midside":
+            mid, side = audio[:, :1], audio[:, 1:]
+            return torch.cat([mid + side, mid - side], dim=1).clamp(-1.0, 1.0)
+        return audio
+
+    # -- encoder ---------------------------------------------------------------------------
+
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder features h [B, hidden] of audio [B, C, T] (any T)."""
+        x = self._to_coded(self.fit_length(audio))
+        b, c, t = x.shape
+        dtype = next(self.encoder.parameters()).dtype
+        frames = self.encoder(x.reshape(b * c, 1, t).to(dtype)).float()  # [B*C, E, F]
+        frames = frames.reshape(b, c * frames.shape[1], frames.shape[2])
+        pooled = self.pool(frames) if self.pool is not None else frames.mean(dim=-1)
+        return self.head(pooled)
+
+    def posterior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean, std) of q0(z0 | x) [B, D] from features h (std None: plain autoencoder).
+        std = softplus(pre-scale) + 1e-4, as the codec's VAE bottleneck."""
+        out = self.to_posterior(h)
+        if not self.config.variational:
+            return out, None
+        mean, pre = out.chunk(2, dim=-1)
+        return mean, F.softplus(pre) + 1e-4
+
+    def forward(self, audio: torch.Tensor) -> VAEOutput:
+        """Encode (sampling z0 in training mode, the mean in eval), flow, decode."""
+        length = audio.shape[-1]
+        h = self.features(audio)
+        mean, std = self.posterior(h)
+        z0 = mean + std * torch.randn_like(mean) if (std is not None and self.training) \
+            else mean
+        z, log_det = self.posterior_flow(z0, h)
+        log_q0 = log_prior = None
+        if std is not None:
+            log_q0 = gaussian_log_prob(z0, mean, std)
+            log_prior = self.prior_log_prob(z)
+        y = self.decode(z)
+        if y.shape[-1] < length:
+            y = F.pad(y, (0, length - y.shape[-1]))
+        return VAEOutput(audio=y[..., :length], z=z, z0=z0, mean=mean, std=std,
+                         log_det=log_det, log_q0=log_q0, log_prior=log_prior)
+
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio [B, C, T] -> latents [B, D]: the posterior mean through the posterior flow
+        (deterministic, whatever the mode)."""
+        h = self.features(audio)
+        mean, _ = self.posterior(h)
+        z, _ = self.posterior_flow(mean, h)
+        return z
+
+    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) [B] of latents [B, D] under the prior (nats)."""
+        if self.prior.learned:
+            return self.prior.log_prob(z)
+        return standard_normal_log_prob(z)
+
+    # -- decoder ---------------------------------------------------------------------------
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents [B, D] -> audio [B, C, n_samples] in [-1, 1]."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise SoundryError(f"VAE latents must be [batch, {self.latent_dim}], got "
+                               f"{tuple(z.shape)}")
+        dec = self.decoder
+        dtype = next(dec.parameters()).dtype
+        b, c = z.shape[0], self.channels
+        seed = self.unpool(z).reshape(b * c, -1, self.frames)
+        x = dec.stem(to_channels_last(seed.to(dtype)))
+        zc = z.repeat_interleave(c, dim=0)  # each channel's item sees its sound's latent
+        for i, block in enumerate(dec.blocks):
+            x = block(x)
+            if self.modulation != "none":
+                if self.modulation == "adain":  # normalise each channel over time first
+                    x = (x - x.mean(dim=-1, keepdim=True)) / (x.std(dim=-1, keepdim=True) + 1e-5)
+                gain, shift = self.film[i](zc).to(dtype)[:, :, None, None].chunk(2, dim=1)
+                x = x * (1 + gain) + shift
+        y = from_channels_last(dec.proj(dec.act(x)))
+        if dec.synthesis is not None:
+            y = dec.synthesis(y)
+        y = torch.tanh(y) if dec.output_tanh else y
+        y = y.float().reshape(b, c, -1)[..., : self.n_samples]
+        return self._from_coded(y)
+
+    # -- generation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_latents(self, n: int, temperature: float = 1.0, seed: int | None = None
+                       ) -> torch.Tensor:
+        """n latents [n, D] from the prior (seeded draws are the same on every device)."""
+        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        if self.prior.learned:
+            return self.prior.sample(n, temperature, gen)
+        eps = torch.randn(n, self.latent_dim, generator=gen) * float(temperature)
+        return eps.to(self.unpool.weight.device)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(audio [n, C, n_samples], latents [n, D]) drawn from the prior."""
+        z = self.sample_latents(n, temperature, seed)
+        return self.decode(z), z
+
+    @torch.no_grad()
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 9,
+                    path: Literal["linear", "slerp"] = "linear"
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Walk from sound a to sound b ([C, T] or [1, C, T] each) in `steps` decoded points,
+        both ends included: (audio [steps, C, n_samples], latents [steps, D])."""
+        if steps < 2:
+            raise SoundryError("interpolation needs at least 2 steps (both ends)")
+        ends = [x if x.dim() == 3 else x[None] for x in (a, b)]
+        za, zb = self.encode(torch.cat([self.fit_length(x) for x in ends]))
+        t = torch.linspace(0.0, 1.0, steps, device=za.device)[:, None]
+        z = slerp(za, zb, t) if path == "slerp" else (1 - t) * za + t * zb
+        return self.decode(z), z
+
+    def remove_weight_norm(self) -> OneShotVAE:
+        """Fold weight norm into plain weights (same outputs); returns self."""
+        remove_weight_norm(self)
+        return self
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between vectors a, b [D] at fractions t [K, 1] -> [K, D]
+    (norms interpolated linearly; falls back to linear for (anti)parallel ends)."""
+    na, nb = a.norm(), b.norm()
+    ua, ub = a / na.clamp(min=1e-8), b / nb.clamp(min=1e-8)
+    omega = torch.arccos((ua * ub).sum().clamp(-1.0, 1.0))
+    if float(torch.sin(omega).abs()) < 1e-4:
+        return (1 - t) * a + t * b
+    so = torch.sin(omega)
+    direction = (torch.sin((1 - t) * omega) / so) * ua + (torch.sin(t * omega) / so) * ub
+    return direction * ((1 - t) * na + t * nb)
+
+
+def _flow(cfg: FlowConfig, dim: int, context_dim: int, seed: int) -> RealNVP:
+    return RealNVP(dim, cfg.layers, cfg.hidden, context_dim, cfg.scale, cfg.actnorm,
+                   cfg.mixing, seed=seed)
+
+
+def build_vae(cfg: VAEModelConfig) -> OneShotVAE:
+    """A randomly initialised VAE for a validated `VAEModelConfig`."""
+    return OneShotVAE(cfg)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def vae_export_config(vae: OneShotVAE) -> dict[str, Any]:
+    """The config.json body (without kind/version) of a VAE export."""
+    from soundry.config import to_dict
+
+    cfg = vae.config
+    return {
+        "model": to_dict(cfg),
+        "sample_rate": cfg.sample_rate,
+        "channels": cfg.channels,
+        "latent_dim": cfg.latent_dim,
+        "n_samples": cfg.n_samples,
+        "seconds": cfg.n_samples / cfg.sample_rate,
+    }
+
+
+@EXPORT_KINDS.register("vae")
+def load_vae_export(config: dict[str, Any], state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Build the VAE of `config["model"]`, load `state` (folded or not), fold, eval mode."""
+    from soundry.config import validate
+
+    if "model" not in config:
+        raise SoundryError("VAE export config.json has no 'model' section")
+    cfg = validate(VAEModelConfig, config["model"], source="export config.json: model")
+    vae = build_vae(cfg)
+    if cfg.net.weight_norm and not any(k.endswith(".weight_g") for k in state):
+        vae.remove_weight_norm()
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SoundryError(
+            "the export's weights do not match its config: "
+            + (f"missing {', '.join(missing[:4])} " if missing else "")
+            + (f"unexpected {', '.join(unexpected[:4])}" if unexpected else ""))
+    vae.remove_weight_norm()
+    return vae.eval()
+
+
+__all__ = ["FlowConfig", "OneShotVAE", "VAEModelConfig", "VAEOutput", "build_vae",
+           "load_vae_export", "slerp", "vae_export_config"]

@@ -1,0 +1,415 @@
+"""The one-shot VAE system (`task: vae`): `soundry.models.vae.OneShotVAE` trained with
+reconstruction, a KL to its (flow) prior and, from a configurable step, discriminators.
+
+One step (`VAETask.train_step`): the VAE's forward pass (z0 sampled from the posterior,
+pushed through the posterior flow, decoded), then the shared adversarial step
+(`soundry.train.gan.GanStep`) with the VAE's terms (`VAE_TERMS`): multi-scale mel and
+waveform L1, and the KL weighted by beta, which rises on a log scale from `kl.start` to
+`kl.weight` over `kl.warmup_steps` (a KL at full weight from step 0 collapses the
+posterior before the decoder can use it). Free bits (`kl.free_bits`, nats per dimension)
+floor each dimension's batch-mean base-posterior KL, so the loss stops pushing a dimension
+below it. A plain autoencoder (`model.variational: false`) has no KL; its prior flow learns
+the detached latents (`prior_nll`).
+
+Validation: reconstruction metrics of the held-out items, the posterior's KL per dimension,
+active units (Burda et al. 2016: dimensions whose posterior mean varies over the data with
+variance above 0.01), the flows' mean log-determinant, the prior's NLL of the held-out
+latents beside N(0, I)'s, and prior samples: silent count, diversity (mean pairwise mel
+distance) beside the data's, novelty (each sample's nearest training item). Audio:
+reconstructions, prior samples, a strip of all samples and an interpolation strip.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from soundry.audio.dsp import SpectrogramCache
+from soundry.config import Strict
+from soundry.data.config import DataConfig
+from soundry.losses.config import (
+    AdversarialLossConfig,
+    MelLossConfig,
+    STFTLossConfig,
+    WeightConfig,
+)
+from soundry.losses.spectral import MelLoss, MultiResolutionSTFTLoss, waveform_l1
+from soundry.losses.terms import ADVERSARIAL_TERMS, LossTerm, LossTerms
+from soundry.models.discriminators import DiscriminatorConfig, build_discriminator
+from soundry.models.vae import OneShotVAE, VAEModelConfig, build_vae, vae_export_config
+from soundry.nn.flows import gaussian_kl_per_dim, standard_normal_log_prob
+from soundry.train.gan import GanStep
+from soundry.train.gan_schedule import GanScheduleConfig
+from soundry.train.optim import build_spec
+from soundry.train.recipe import RecipeBase
+from soundry.train.registry import EXPORTERS, register_task
+from soundry.train.task import OptimizerSpec, Task, TaskContext, Updater, Validation
+from soundry.train.tasks.codec import CodecOptimConfig, fold_channels, safe_name
+
+VAE_TERMS = LossTerms([
+    LossTerm("mel", 15.0, "multi-scale log-mel L1 (DAC's MelSpectrogramLoss)"),
+    LossTerm("stft", 0.0, "multi-resolution log/linear STFT magnitude L1"),
+    LossTerm("waveform", 1.0, "waveform L1"),
+    LossTerm("kl", 0.01, "KL(q(z|x) || p(z)) in nats per sound (one-sample estimate with "
+             "flows), free bits on the base posterior; its weight is beta, log-ramped"),
+    LossTerm("prior_nll", 1.0, "plain autoencoder: the prior flow's NLL of the detached "
+             "latents (nats per sound)"),
+]) + ADVERSARIAL_TERMS
+
+#: Burda et al.'s threshold on the variance over the data of a dimension's posterior mean
+ACTIVE_VARIANCE = 0.01
+
+
+class KLConfig(Strict):
+    """beta (`weight`), its log-scale warm-up from `start`, and free bits per dimension."""
+
+    weight: float = Field(0.01, ge=0)
+    start: float = Field(1e-5, gt=0)
+    warmup_steps: int = Field(500, ge=0)
+    free_bits: float = Field(0.0, ge=0)
+    active_kl: float = Field(0.01, ge=0)  # validation: a dim with mean KL above this is "used"
+
+    def beta(self, step: int) -> float:
+        """beta at 0-based schedule step `step`: start * (weight / start) ** progress."""
+        if self.weight == 0 or self.warmup_steps == 0 or self.start >= self.weight:
+            return self.weight
+        progress = min(1.0, max(0, step) / self.warmup_steps)
+        return float(self.start * (self.weight / self.start) ** progress)
+
+
+class VAELossConfig(Strict):
+    """Every loss term of a VAE step and its weight."""
+
+    mel: MelLossConfig = Field(default_factory=MelLossConfig)
+    stft: STFTLossConfig = Field(default_factory=STFTLossConfig)
+    waveform: WeightConfig = Field(default_factory=lambda: WeightConfig(weight=1.0))
+    kl: KLConfig = Field(default_factory=KLConfig)
+    prior_nll: WeightConfig = Field(default_factory=lambda: WeightConfig(weight=1.0))
+    adversarial: AdversarialLossConfig = Field(default_factory=AdversarialLossConfig)
+    feature_matching: WeightConfig = Field(default_factory=lambda: WeightConfig(weight=2.0))
+
+    def weights(self) -> dict[str, float]:
+        """Term name -> weight (the KL at its full weight; see `KLConfig.beta`)."""
+        return {name: float(getattr(self, name).weight) for name in VAE_TERMS.names}
+
+
+class VAEValidConfig(Strict):
+    """What validation measures and logs."""
+
+    samples: int = Field(16, ge=2)  # prior samples drawn (diversity, novelty)
+    temperature: float = Field(1.0, gt=0)
+    reference_items: int = Field(64, ge=1)  # training items novelty is measured against
+    interpolation_steps: int = Field(9, ge=2)
+    audio_clips: int = Field(4, ge=0)  # reconstructions and prior samples logged as audio
+
+
+class VAERecipe(RecipeBase):
+    """A VAE recipe: data (one-shots), model, discriminator, losses, schedule, optimizers."""
+
+    task: Literal["vae"] = "vae"
+    loss_terms: ClassVar[LossTerms] = VAE_TERMS
+    data: DataConfig = Field(default_factory=lambda: DataConfig(
+        mode="oneshot", sample_rate=44100, segment_seconds=1.0, valid_seconds=1.0))
+    model: VAEModelConfig = Field(default_factory=VAEModelConfig)
+    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
+    losses: VAELossConfig = Field(default_factory=VAELossConfig)
+    schedule: GanScheduleConfig = Field(default_factory=GanScheduleConfig)
+    optim: CodecOptimConfig = Field(default_factory=CodecOptimConfig)
+    valid: VAEValidConfig = Field(default_factory=VAEValidConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VAERecipe:
+        d, m = self.data, self.model
+        if d.mode != "oneshot":
+            raise ValueError(f"data.mode '{d.mode}': the VAE learns whole one-shot sounds "
+                             "from their start; use mode 'oneshot'")
+        if m.sample_rate != d.sample_rate or m.channels != d.channels:
+            raise ValueError(f"model (sample_rate {m.sample_rate}, channels {m.channels}) and "
+                             f"data ({d.sample_rate}, {d.channels}) must agree")
+        for key in ("segment_seconds", "valid_seconds"):
+            if abs(getattr(d, key) - m.seconds) > 1e-9:
+                raise ValueError(f"data.{key} ({getattr(d, key)}) must equal model.seconds "
+                                 f"({m.seconds}): the VAE codes sounds of one length")
+        if d.degrade is not None or d.paired:
+            raise ValueError("data.degrade / paired sources: a VAE reconstructs its input; "
+                             "remove them")
+        windows = [*self.losses.mel.windows,
+                   *[w for mem in self.discriminator.members for w in getattr(mem, "windows", [])]]
+        if max(windows) // 2 >= m.n_samples:
+            raise ValueError(f"model.seconds ({m.seconds}) is too short for the largest STFT "
+                             f"window ({max(windows)})")
+        return self
+
+
+@register_task("vae")
+class VAETask(Task):
+    """Trains a one-shot VAE (its decoder against discriminators from the GAN phases on)."""
+
+    recipe_class = VAERecipe
+
+    def __init__(self, recipe: VAERecipe, ctx: TaskContext) -> None:
+        super().__init__(recipe, ctx)
+        with torch.random.fork_rng(devices=[]):  # weights from the run's seed alone
+            torch.manual_seed(recipe.seed)
+            self.generator: OneShotVAE = build_vae(recipe.model)
+            self.discriminator = build_discriminator(recipe.discriminator,
+                                                     recipe.model.sample_rate)
+        self.gan = GanStep(self.discriminator, recipe.schedule, recipe.losses.adversarial.type)
+        self._losses: tuple[MelLoss, MultiResolutionSTFTLoss] | None = None
+        self._valid: list[tuple[str, np.ndarray]] | None = None
+        self._reference: list[torch.Tensor] | None = None
+
+    # -- Task interface --------------------------------------------------------------------
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def optimizers(self) -> list[OptimizerSpec]:
+        steps = self.recipe.train.max_steps
+        return [build_spec(name, getattr(self.recipe.optim, name), {name: getattr(self, name)},
+                           steps) for name in ("discriminator", "generator")]
+
+    def train_loader(self) -> Any:
+        from soundry.data.loader import build_train_loader
+
+        return build_train_loader(self.recipe.data, seed=self.recipe.seed, hop=1,
+                                  overfit=self.ctx.overfit, rank=self.ctx.rank,
+                                  world_size=self.ctx.world_size)
+
+    def ema_networks(self) -> list[str]:
+        return ["generator"]
+
+    # -- training --------------------------------------------------------------------------
+
+    def weights_at(self, step: int) -> dict[str, float]:
+        """Loss weights in force at 0-based schedule `step` (beta ramped, phase applied)."""
+        weights = self.recipe.losses.weights()
+        weights["kl"] = self.recipe.losses.kl.beta(step)
+        return self.gan.plan(step + 1, weights).weights
+
+    def _recon_losses(self, device: torch.device) -> tuple[MelLoss, MultiResolutionSTFTLoss]:
+        if self._losses is None:
+            sr = self.recipe.model.sample_rate
+            self._losses = (MelLoss(self.recipe.losses.mel, sr),
+                            MultiResolutionSTFTLoss(self.recipe.losses.stft, sr))
+        return self._losses
+
+    def kl_loss(self, out: Any) -> torch.Tensor:
+        """The KL term (nats per sound, batch mean) with free bits on the base posterior."""
+        kl0 = out.kl_per_dim()  # [B, D]
+        per_dim = kl0.mean(dim=0)
+        free = self.recipe.losses.kl.free_bits
+        base = per_dim.clamp(min=free).sum() if free > 0 else per_dim.sum()
+        if self.generator.exact_kl:
+            return base
+        # flows: the one-sample estimate minus its closed-form base part, plus the floored base
+        return base + (out.kl(exact=False) - kl0.sum(dim=-1)).mean()
+
+    def train_step(self, batch: Any, step: int, updater: Updater) -> dict[str, Any]:
+        x = batch["audio"]
+        weights = self.recipe.losses.weights()
+        weights["kl"] = self.recipe.losses.kl.beta(step - 1)
+        plan = self.gan.plan(step, weights)
+        vae = self.generator
+        if plan.generator:
+            out = vae(x)
+        else:
+            with torch.no_grad():
+                out = vae(x)
+        mel, stft = self._recon_losses(x.device)
+        real = SpectrogramCache(fold_channels(x))
+        fake = SpectrogramCache(fold_channels(out.audio))
+
+        def generator_terms() -> dict[str, torch.Tensor]:
+            w = plan.weights
+            terms: dict[str, torch.Tensor] = {}
+            if w.get("mel"):
+                terms["mel"] = mel(fake, real)
+            if w.get("stft"):
+                terms["stft"] = stft(fake, real)
+            if w.get("waveform"):
+                terms["waveform"] = waveform_l1(fake, real)
+            if out.std is not None:
+                terms["kl"] = self.kl_loss(out)
+            elif vae.prior.learned:
+                terms["prior_nll"] = -vae.prior.log_prob(out.z.detach()).mean()
+            return terms
+
+        logs = self.gan.run(plan, real, fake, updater, generator_terms, VAE_TERMS)
+        logs["beta"] = plan.weights["kl"]
+        if out.std is not None:
+            logs["kl/base"] = out.kl_per_dim().sum(dim=-1).mean().detach()
+        if vae.posterior_flow.n_layers:
+            logs["flow/log_det"] = out.log_det.mean().detach()
+        return logs
+
+    # -- validation ------------------------------------------------------------------------
+
+    def valid_items(self) -> list[tuple[str, np.ndarray]]:
+        if self._valid is None:
+            from soundry.data.loader import build_valid_items
+
+            self._valid = build_valid_items(self.recipe.data, hop=1)
+        return self._valid
+
+    def reference_features(self) -> list[torch.Tensor]:
+        """Mel features of the starts of up to `valid.reference_items` training files."""
+        if self._reference is None:
+            self._reference = _features(self.recipe, training_starts(
+                self.recipe.data, self.recipe.valid.reference_items, self.generator.n_samples))
+        return self._reference
+
+    @torch.no_grad()
+    def validate(self, step: int) -> Validation:
+        from soundry.eval.set_metrics import mean_pairwise_distance, nearest_distances
+
+        vae, cfg = self.generator, self.recipe.valid
+        device = next(vae.parameters()).device
+        names = [n for n, _ in self.valid_items()]
+        x = torch.stack([_fit(torch.from_numpy(c), vae.n_samples) for _, c in self.valid_items()])
+        enc = encode_set(vae, x.to(device))
+        metrics = reconstruction_metrics(x, enc["audio"], vae.sample_rate)
+        metrics.update(latent_metrics(vae, enc, self.recipe.losses.kl.active_kl))
+
+        samples, _ = vae.sample(cfg.samples, cfg.temperature, seed=self.recipe.seed)
+        samples = samples.float().cpu()
+        sample_f, data_f = _features(self.recipe, samples), _features(self.recipe, x)
+        reference = self.reference_features()
+        novelty = nearest_distances(sample_f, reference)
+        rms = samples.square().mean(dim=(1, 2)).sqrt()
+        metrics.update({
+            "samples/silent": float((rms < 1e-3).sum()),
+            "samples/diversity": mean_pairwise_distance(sample_f),
+            "data/diversity": mean_pairwise_distance(data_f),
+            "samples/nearest_median": float(np.median(novelty)),
+            "samples/nearest_min": float(novelty.min()),
+            "data/nearest_median": float(np.median(nearest_distances(data_f, reference))),
+        })
+
+        audio: dict[str, Any] = {}
+        for i in range(min(cfg.audio_clips, len(names))):
+            audio[f"{safe_name(names[i], i)}_ref"] = x[i].numpy()
+            audio[f"{safe_name(names[i], i)}_out"] = enc["audio"][i].numpy()
+        for i in range(min(cfg.audio_clips, cfg.samples)):
+            audio[f"prior_{i:02d}"] = samples[i].numpy()
+        audio["prior_strip"] = strip(samples[:8], vae.sample_rate)
+        if len(names) >= 2:
+            path, _ = vae.interpolate(x[0].to(device), x[1].to(device), cfg.interpolation_steps)
+            audio["interp_strip"] = strip(path.float().cpu(), vae.sample_rate)
+        return Validation(metrics=metrics, audio=audio, sample_rate=vae.sample_rate)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _fit(clip: torch.Tensor, n: int) -> torch.Tensor:
+    """[C, T] -> [C, n] (zero-padded or trimmed)."""
+    if clip.shape[-1] < n:
+        return torch.nn.functional.pad(clip, (0, n - clip.shape[-1]))
+    return clip[..., :n]
+
+
+def _features(recipe: VAERecipe, audio: torch.Tensor) -> list[torch.Tensor]:
+    from soundry.eval.set_metrics import MelFeatures
+
+    return MelFeatures(recipe.model.sample_rate)(audio)
+
+
+@torch.no_grad()
+def encode_set(vae: OneShotVAE, x: torch.Tensor, chunk: int = 8) -> dict[str, torch.Tensor]:
+    """Posterior of sounds [N, C, T] in chunks: mean, std (base), z (through the flow),
+    log_det, reconstruction audio [N, C, T] (CPU float32)."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, x.shape[0], chunk):
+        xb = x[start:start + chunk]
+        h = vae.features(xb)
+        mean, std = vae.posterior(h)
+        z, log_det = vae.posterior_flow(mean, h)
+        got = {"mean": mean, "z": z, "log_det": log_det,
+               "audio": vae.decode(z)[..., : xb.shape[-1]]}
+        if std is not None:
+            got["std"] = std
+        for k, v in got.items():
+            parts.setdefault(k, []).append(v.float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def reconstruction_metrics(x: torch.Tensor, y: torch.Tensor, sample_rate: int
+                           ) -> dict[str, float]:
+    """Mean mel / STFT distance and L1 of reconstructions y of sounds x [N, C, T]."""
+    from soundry.eval.metrics import l1, mel_distance, stft_distance
+
+    scores: dict[str, list[float]] = {"mel_distance": [], "stft_distance": [], "l1": []}
+    for ref, est in zip(x, y, strict=True):
+        scores["mel_distance"].append(mel_distance(ref, est, sample_rate))
+        scores["stft_distance"].append(stft_distance(ref, est, sample_rate))
+        scores["l1"].append(l1(ref, est))
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def latent_metrics(vae: OneShotVAE, enc: dict[str, torch.Tensor], active_kl: float = 0.01
+                   ) -> dict[str, float]:
+    """KL per dimension, active units, flow log-det and prior vs N(0, I) NLL (per dim)."""
+    d = vae.latent_dim
+    z = enc["z"]
+    out: dict[str, float] = {"latent_dim": float(d)}
+    if z.shape[0] >= 2:
+        var = enc["mean"].var(dim=0)
+        out["active_units"] = float((var > ACTIVE_VARIANCE).sum())
+    if "std" in enc:
+        kl = gaussian_kl_per_dim(enc["mean"], enc["std"]).mean(dim=0)
+        out.update({"kl/total": float(kl.sum()), "kl/max_dim": float(kl.max()),
+                    "kl/dims_used": float((kl > active_kl).sum())})
+    if vae.posterior_flow.n_layers:
+        out["flow/log_det"] = float(enc["log_det"].mean())
+    device = next(vae.parameters()).device
+    with torch.no_grad():
+        prior = vae.prior_log_prob(z.to(device)).float().cpu()
+    out["prior/nll_per_dim"] = float(-prior.mean() / d)
+    out["prior/normal_nll_per_dim"] = float(-standard_normal_log_prob(z).mean() / d)
+    return out
+
+
+def strip(sounds: torch.Tensor, sample_rate: int, gap_seconds: float = 0.05) -> np.ndarray:
+    """Sounds [K, C, T] one after another with short silences between: [C, K * (T + gap)]."""
+    gap = np.zeros((sounds.shape[1], int(gap_seconds * sample_rate)), dtype=np.float32)
+    parts: list[np.ndarray] = []
+    for s in sounds:
+        parts += [s.numpy().astype(np.float32), gap]
+    return np.concatenate(parts[:-1], axis=1) if parts else gap
+
+
+def training_starts(cfg: DataConfig, count: int, n_samples: int) -> torch.Tensor:
+    """The (normalised) starts [N, C, n_samples] of up to `count` training files, spread over
+    the sources (round robin); files that fail to read are left out."""
+    from soundry.data.datasets import normalization_gain, read_crop, round_robin
+    from soundry.data.loader import load_sources
+    from soundry.errors import DataError
+
+    out = []
+    for item in round_robin(load_sources(cfg).train):
+        if len(out) >= count:
+            break
+        try:
+            clip = read_crop(item.path, item, 0, n_samples, cfg.sample_rate, cfg.channels)
+        except DataError:
+            continue
+        if np.isfinite(clip).all():
+            out.append(torch.from_numpy(clip * normalization_gain(clip, cfg.sample_rate,
+                                                                  cfg.loudness)))
+    return torch.stack(out) if out else torch.zeros(0, cfg.channels, n_samples)
+
+
+@EXPORTERS.register("vae")
+def export_vae_run(recipe: VAERecipe, load_network: Any) -> tuple[str, dict, dict]:
+    """The VAE of a run as a `vae` export (weight norm folded)."""
+    vae = build_vae(recipe.model)
+    vae.load_state_dict(load_network("generator"))
+    vae.remove_weight_norm()
+    return "vae", vae_export_config(vae), vae.state_dict()
+
+
+__all__ = ["VAE_TERMS", "VAERecipe", "VAETask"]

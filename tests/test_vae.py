@@ -1,0 +1,265 @@
+"""The one-shot VAE: shapes (mono, stereo), its KL and beta ramp, its recipe checks, the data
+it reads (peak normalisation, start jitter, validation from file starts), the posterior
+collapse monitor, and the whole user path: train, export, load, sample, interpolate,
+encode / decode with codec-only options refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from soundry.cli import main
+from soundry.config import validate
+from soundry.errors import ConfigError
+from soundry.models.vae import VAEModelConfig, build_vae, slerp
+from soundry.train.tasks.vae import KLConfig, VAERecipe, VAETask
+
+NET = {"strides": [2, 4], "encoder_dim": 4, "latent_dim": 8, "decoder_dim": 16}
+SMALL = {"sample_rate": 8000, "seconds": 0.25, "latent_dim": 8, "net": NET,
+         "posterior_flow": {"layers": 2, "hidden": 16}, "prior_flow": {"layers": 2, "hidden": 16}}
+
+
+def small_vae(**extra: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_vae(validate(VAEModelConfig, {**SMALL, **extra}, source="test"))
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"channels": 2},
+    {"channels": 2, "stereo": "midside", "modulation": "adain", "pooling": "mean"},
+    {"modulation": "film", "variational": False, "net": {**NET, "upsample": "resize"}},
+])
+def test_shapes_mono_and_stereo(extra: dict) -> None:
+    vae = small_vae(**extra)
+    c = vae.channels
+    x = torch.randn(3, c, 1900) * 0.1  # shorter than the model's length: padded
+    out = vae.train()(x)
+    assert out.audio.shape == (3, c, 1900) and out.z.shape == (3, 8)
+    assert out.audio.abs().max() <= 1.0
+    out.audio.square().mean().backward()
+    vae.eval()
+    z = vae.encode(torch.randn(2, c, 5000))  # longer: trimmed to the start
+    assert z.shape == (2, 8)
+    assert vae.decode(z).shape == (2, c, vae.n_samples)
+    audio, zs = vae.sample(4, seed=1)
+    assert audio.shape == (4, c, vae.n_samples) and zs.shape == (4, 8)
+    with pytest.raises(Exception, match="channel"):
+        vae.encode(torch.randn(1, 3 - c, 2000))
+
+
+def test_midside_codes_mid_and_side() -> None:
+    vae = small_vae(channels=2, stereo="midside")
+    x = torch.tensor([[[0.5, 0.1], [0.1, -0.3]]])
+    coded = vae._to_coded(x)
+    torch.testing.assert_close(coded, torch.tensor([[[0.3, -0.1], [0.2, 0.2]]]))
+    torch.testing.assert_close(vae._from_coded(coded), x)
+
+
+def test_sampling_is_seeded_and_interpolation_ends_are_the_reconstructions() -> None:
+    vae = small_vae().eval()
+    a, za = vae.sample(3, seed=5)
+    b, zb = vae.sample(3, seed=5)
+    _, zc = vae.sample(3, seed=6)
+    assert torch.equal(a, b) and torch.equal(za, zb) and not torch.allclose(za, zc)
+    s1, s2 = torch.randn(1, 2000) * 0.2, torch.randn(1, 2000) * 0.2
+    for path in ("linear", "slerp"):
+        sounds, z = vae.interpolate(s1, s2, steps=9, path=path)
+        assert sounds.shape == (9, 1, vae.n_samples)  # both ends counted
+        ends = vae.encode(torch.stack([s1, s2]))
+        torch.testing.assert_close(z[0], ends[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(z[-1], ends[1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sounds[0], vae.decode(ends[:1])[0], atol=1e-5, rtol=1e-4)
+
+
+def test_slerp_keeps_the_arc() -> None:
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    mid = slerp(a, b, torch.tensor([[0.5]]))[0]
+    assert float(mid.norm()) == pytest.approx(1.5)
+    assert float(mid[0]) == pytest.approx(float(mid[1]))  # on the bisector
+
+
+def test_kl_closed_form_without_flows_and_estimate_with_them() -> None:
+    vae = small_vae(posterior_flow={"layers": 0}, prior_flow={"layers": 0}).train()
+    assert vae.exact_kl
+    out = vae(torch.randn(4, 1, 2000) * 0.1)
+    per_dim = 0.5 * (out.mean ** 2 + out.std ** 2 - 1) - torch.log(out.std)
+    torch.testing.assert_close(out.kl(exact=True), per_dim.sum(-1))
+    # with flows: log q0 - log det - log p(z_K), whose mean over draws nears the KL
+    flowed = small_vae().train()
+    assert not flowed.exact_kl
+    o = flowed(torch.randn(2, 1, 2000) * 0.1)
+    manual = o.log_q0 - o.log_det - flowed.prior_log_prob(o.z)
+    torch.testing.assert_close(o.kl(exact=False), manual)
+
+
+def test_free_bits_floor_each_dimension() -> None:
+    recipe = validate(VAERecipe, _recipe({"losses": {"kl": {"free_bits": 0.5}}}), source="t")
+    task = VAETask(recipe, _ctx())
+    task.generator = small_vae(posterior_flow={"layers": 0}, prior_flow={"layers": 0})
+    out = task.generator.train()(torch.randn(4, 1, 2000) * 0.1)
+    per_dim = out.kl_per_dim().mean(0).detach()
+    assert float(task.kl_loss(out).detach()) == pytest.approx(float(per_dim.clamp(min=0.5).sum()),
+                                                     rel=1e-6)
+
+
+def test_beta_rises_on_a_log_scale() -> None:
+    kl = KLConfig(weight=1e-2, start=1e-6, warmup_steps=100)
+    assert kl.beta(0) == pytest.approx(1e-6)
+    assert kl.beta(50) == pytest.approx(1e-4)  # geometric midpoint
+    assert kl.beta(100) == kl.beta(10_000) == pytest.approx(1e-2)
+    assert KLConfig(weight=0.0).beta(3) == 0.0
+
+
+def _recipe(extra: dict | None = None) -> dict:
+    base = {
+        "task": "vae",
+        "data": {"mode": "oneshot", "sample_rate": 8000, "segment_seconds": 0.25,
+                 "valid_seconds": 0.25, "batch_size": 2, "num_workers": 0, "valid_count": 4,
+                 "loudness": {"target_lufs": None, "min_lufs": None, "peak": 0.9}},
+        "model": SMALL,
+        "discriminator": {"members": [{"type": "mpd", "periods": [2, 3], "channels": [4, 8]},
+                                      {"type": "mrd", "windows": [256, 128], "channels": 4}]},
+        "losses": {"mel": {"windows": [32, 64, 128, 256], "n_mels": [5, 10, 20, 40]},
+                   "kl": {"warmup_steps": 4}},
+        "schedule": {"phases": [
+            {"name": "warmup", "steps": 3, "discriminator": False, "adversarial": False},
+            {"name": "gan", "ramp_steps": 2}]},
+        "valid": {"samples": 4, "reference_items": 6, "audio_clips": 2},
+    }
+    for key, value in (extra or {}).items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return base
+
+
+def _ctx():  # noqa: ANN202
+    from soundry.train.task import TaskContext
+
+    return TaskContext()
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    ({"data": {"mode": "clips"}}, "oneshot"),
+    ({"data": {"segment_seconds": 0.5}}, "model.seconds"),
+    ({"model": {"sample_rate": 16000}}, "must agree"),
+    ({"schedule": {"phases": [{"name": "w", "steps": 2, "weights": {"commitment": 1.0}}]}},
+     "commitment"),
+    ({"model": {"net": {**NET, "quantizer": {"type": "rvq"}}}}, "own bottleneck"),
+    ({"data": {"loudness": {"target_lufs": -16.0, "peak": 0.9}}}, "peak"),
+])
+def test_recipe_mistakes_are_clear_errors(extra: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        validate(VAERecipe, _recipe(extra), source="test")
+
+
+def _drums(folder: Path, count: int, seed: int, jitter: bool = False) -> Path:
+    """Decaying noise bursts at 8 kHz, 0.3 s, peaks well under 0.9, onsets at 0."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    t = np.arange(2400) / 8000
+    for i in range(count):
+        tone = np.sin(2 * np.pi * rng.uniform(60, 300) * t)
+        noise = rng.normal(0, 1, t.size) * rng.uniform(0, 1)
+        x = (0.4 * tone + 0.2 * noise) * np.exp(-t * rng.uniform(8, 40)) * rng.uniform(0.1, 0.5)
+        sf.write(folder / f"hit_{i:02d}.wav", x.astype(np.float32), 8000, "FLOAT")
+    return folder
+
+
+def test_oneshot_data_peak_normalised_from_the_start(tmp_path: Path) -> None:
+    from soundry.data.config import DataConfig
+    from soundry.data.datasets import OneShotDataset
+    from soundry.data.loader import build_valid_items, load_sources
+
+    train = _drums(tmp_path / "train", 6, 0)
+    valid = _drums(tmp_path / "valid", 3, 1)
+    cfg = validate(DataConfig, {**_recipe()["data"], "sources": [{"path": str(train)}],
+                                "valid": str(valid)}, source="t")
+    items = build_valid_items(cfg)
+    for name, clip in items:
+        assert float(np.abs(clip).max()) == pytest.approx(0.9, abs=1e-4)
+        raw, _ = sf.read(valid / f"{name[3:]}.wav", dtype="float32")
+        # the start of the file, not a window centred in it
+        np.testing.assert_allclose(clip[0, :100] / 0.9 * np.abs(raw).max(), raw[:100],
+                                   atol=1e-5)
+    jit = validate(DataConfig, {**cfg.model_dump(), "start_jitter_seconds": 0.01}, source="t")
+    ds = OneShotDataset(load_sources(jit).train, jit, seed=0)
+    offsets = {ds[(0, i, 0, i % 6)]["offset"] for i in range(30)}
+    assert len(offsets) > 3 and max(offsets) <= 80
+    with pytest.raises(ConfigError, match="oneshot"):
+        validate(DataConfig, {"start_jitter_seconds": 0.01}, source="t")
+
+
+def test_posterior_collapse_monitor() -> None:
+    from soundry.health.config import PosteriorCollapseConfig
+    from soundry.health.output_monitors import PosteriorCollapse
+
+    mon = PosteriorCollapse(PosteriorCollapseConfig(after_step=100))
+    mon.on_valid(50, {"valid/active_units": 0.0, "valid/latent_dim": 128.0}, {}, 0)
+    assert not mon.pending  # during the warm-up
+    mon.on_valid(300, {"valid/active_units": 12.0, "valid/latent_dim": 128.0}, {}, 0)
+    assert not mon.pending
+    mon.on_valid(600, {"valid/active_units": 0.0, "valid/latent_dim": 128.0}, {}, 0)
+    assert [f.severity for f in mon.pending] == ["error"]
+    assert "posterior collapse" in mon.pending[0].message
+
+
+def test_train_export_sample_interpolate_encode_decode(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    import yaml
+
+    train = _drums(tmp_path / "train", 8, 0)
+    valid = _drums(tmp_path / "valid", 4, 1)
+    recipe = tmp_path / "vae.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe()))
+    run, exp = tmp_path / "run", tmp_path / "exp"
+    assert main(["train", str(recipe), "--data", str(train), "--valid", str(valid), "--out",
+                 str(run), "--threads", "1", "train.max_steps=6", "train.valid_every=6",
+                 "train.checkpoint_every=6", "train.progress=false", "train.ema=null"]) == 0
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    valid_row = next(m for m in metrics if "valid/mel_distance" in m)
+    for key in ("valid/active_units", "valid/kl/total", "valid/prior/nll_per_dim",
+                "valid/samples/diversity", "valid/data/diversity", "valid/samples/nearest_median",
+                "valid/flow/log_det"):
+        assert np.isfinite(valid_row[key]), key
+    step_dir = sorted((run / "valid").iterdir())[-1]
+    for name in ("prior_00.wav", "prior_strip.wav", "prior_strip.png", "interp_strip.wav"):
+        assert (step_dir / name).is_file(), name
+    strip, sr = sf.read(step_dir / "interp_strip.wav")
+    assert sr == 8000 and len(strip) > 9 * 2000
+
+    assert main(["export", str(run), str(exp)]) == 0
+    import soundry
+
+    model = soundry.load(str(exp))
+    assert all(hasattr(model, m) for m in ("encode", "decode", "sample", "interpolate"))
+
+    assert main(["sample", str(exp), "--count", "3", "--out", str(tmp_path / "s"),
+                 "--seed", "2", "--temperature", "0.8"]) == 0
+    listing = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert [s["seed"] for s in listing["samples"]] == [2, 3, 4]
+    again = model.sample(1, 0.8, seed=3)[0][0, 0].numpy()
+    got, _ = sf.read(tmp_path / "s" / "sample_001.wav", dtype="float32")
+    np.testing.assert_allclose(got, again, atol=1 / 16000)  # 16-bit WAV
+
+    a, b = valid / "hit_00.wav", valid / "hit_01.wav"
+    assert main(["interpolate", str(exp), str(a), str(b), "--steps", "5", "--out",
+                 str(tmp_path / "i"), "--path", "slerp"]) == 0
+    steps = json.loads((tmp_path / "i" / "interpolation.json").read_text())["steps"]
+    assert [s["t"] for s in steps] == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+    lat = tmp_path / "lat.npz"
+    assert main(["encode", str(exp), str(a), str(lat)]) == 0
+    with np.load(lat) as data:
+        assert data["latents"].shape == (1, 8)
+    assert main(["decode", str(exp), str(lat), str(tmp_path / "dec.wav")]) == 0
+    out, _ = sf.read(tmp_path / "dec.wav", dtype="float32")
+    assert out.shape == (model.n_samples,)
+    capsys.readouterr()
+    assert main(["encode", str(exp), str(a), str(lat), "--levels", "2"]) == 2
+    assert "codec-only" in capsys.readouterr().err
+    assert main(["decode", str(exp), str(lat), str(tmp_path / "x.wav"), "--precision",
+                 "bf16"]) == 2
