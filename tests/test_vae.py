@@ -94,8 +94,14 @@ def test_kl_closed_form_without_flows_and_estimate_with_them() -> None:
     flowed = small_vae().train()
     assert not flowed.exact_kl
     o = flowed(torch.randn(2, 1, 2000) * 0.1)
-    manual = o.log_q0 - o.log_det - flowed.prior_log_prob(o.z)
+    from soundry.nn.flows import standard_normal_log_prob
+
+    manual = o.log_q0 - o.log_det - standard_normal_log_prob(o.z)  # detached prior: N(0, I)
     torch.testing.assert_close(o.kl(exact=False), manual)
+    joint = small_vae(prior_training="joint").train()
+    assert joint.prior_in_kl and not joint.prior_fitted_apart
+    j = joint(torch.randn(2, 1, 2000) * 0.1)
+    torch.testing.assert_close(j.kl(exact=False), j.log_q0 - j.log_det - joint.prior_log_prob(j.z))
 
 
 def test_free_bits_floor_each_dimension() -> None:
@@ -263,3 +269,89 @@ def test_train_export_sample_interpolate_encode_decode(tmp_path: Path, capsys) -
     assert "codec-only" in capsys.readouterr().err
     assert main(["decode", str(exp), str(lat), str(tmp_path / "x.wav"), "--precision",
                  "bf16"]) == 2
+
+
+def test_generation_scores_and_verdict(tmp_path: Path) -> None:
+    from soundry.eval.generation import noise_bursts, score_vae, vae_verdict
+
+    vae = small_vae().eval()
+    rng = np.random.default_rng(0)
+    t = torch.arange(vae.n_samples) / 8000
+    def hits(n: int) -> torch.Tensor:  # noqa: E306
+        return torch.stack([torch.sin(2 * np.pi * float(rng.uniform(80, 400)) * t)[None]
+                            * torch.exp(-t * float(rng.uniform(5, 30))) * 0.8
+                            for _ in range(n)]).float()
+    train, held = hits(12), hits(6)
+    s = score_vae(vae, train, held, n_samples=6, pairs=2)
+    assert s["silent"] >= 0 and s["interpolation"]["pairs"] == 2
+    assert s["interpolation"]["end_to_recon_max"] == pytest.approx(0.0, abs=1e-6)
+    assert set(s["frechet"]) == {"samples", "noise_bursts", "decoder_normal", "train"}
+    assert s["frechet"]["train"] < s["frechet"]["noise_bursts"]  # real sounds are nearer
+    ok, reasons, _ = vae_verdict(s)
+    assert ok == (not reasons)
+    # each criterion bites
+    good = {**s, "silent": 0, "copies": 0, "in_range_share": 1.0,
+            "frechet": {"samples": 1.0, "noise_bursts": 2.0, "decoder_normal": 2.0, "train": 0},
+            "diversity_samples": 1.0, "diversity_train": 1.0,
+            "nll_per_dim": {"prior": 0.5, "normal": 1.0},
+            "interpolation": {"step_ratio_max": 2.0, "end_to_recon_max": 0.0, "pairs": 2},
+            "recon_mel_median": 1.0}
+    assert vae_verdict(good)[0]
+    for bad in ({"silent": 2}, {"copies": 1}, {"in_range_share": 0.5},
+                {"diversity_samples": 0.4}, {"nll_per_dim": {"prior": 0.95, "normal": 1.0}},
+                {"interpolation": {"step_ratio_max": 4.0, "end_to_recon_max": 0.0}}):
+        assert not vae_verdict({**good, **bad})[0], bad
+    env = noise_bursts(held)
+    assert env.shape == held.shape and float(env[..., -100:].abs().max()) < 0.2
+
+
+def _train_small(tmp_path: Path) -> tuple[dict, float, list[dict]]:
+    """250 reconstruction steps of the small VAE on 24 hits: (last validation row, the
+    untrained model's held-out mel distance, health findings)."""
+    import yaml
+
+    from soundry.eval.metrics import mel_distance
+
+    train = _drums(tmp_path / "train", 24, 0)
+    valid = _drums(tmp_path / "valid", 8, 1)
+    recipe = _recipe({"data": {"batch_size": 8}, "losses": {"kl": {"warmup_steps": 150}},
+                      "schedule": {"phases": [{"name": "recon", "discriminator": False,
+                                               "adversarial": False}]},
+                      "optim": {"generator": {"type": "adamw", "lr": 2e-3}}})
+    (tmp_path / "vae.yaml").write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "vae.yaml"), "--data", str(train), "--valid",
+                 str(valid), "--out", str(run), "--threads", "1", "train.max_steps=250",
+                 "train.valid_every=250", "train.checkpoint_every=250", "train.progress=false",
+                 "train.ema=null", "health.posterior_collapse.after_step=0"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "valid/mel_distance" in r][-1]
+    untrained = small_vae().eval()
+    held = torch.stack([torch.from_numpy(sf.read(p, dtype="float32")[0][None, :2000])
+                        for p in sorted(valid.glob("*.wav"))])
+    held = held / held.abs().amax(dim=(1, 2), keepdim=True) * 0.9
+    with torch.no_grad():
+        base = float(np.mean([mel_distance(x, y, 8000) for x, y in
+                              zip(held, untrained(held).audio, strict=True)]))
+    health = [json.loads(x) for x in (run / "health.jsonl").read_text().splitlines()] \
+        if (run / "health.jsonl").is_file() else []
+    return last, base, health
+
+
+@pytest.mark.slow
+def test_vae_reconstruction_learns_and_a_collapse_is_reported(tmp_path: Path) -> None:
+    last, base, health = _train_small(tmp_path)
+    assert last["valid/mel_distance"] < 0.7 * base, (last["valid/mel_distance"], base)
+    collapsed = last["valid/active_units"] == 0
+    flagged = any(f["monitor"] == "posterior_collapse" and f["severity"] == "error"
+                  for f in health)
+    assert collapsed == flagged  # a collapse never goes unreported, and only a collapse
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known: the global latent does not become active in "
+                   "short runs (posterior collapse, see the VAE section of the README)")
+def test_vae_latent_becomes_active(tmp_path: Path) -> None:
+    last, _, _ = _train_small(tmp_path)
+    assert last["valid/active_units"] >= 1
+    assert last["valid/samples/diversity"] > 0.2 * last["valid/data/diversity"]

@@ -3,14 +3,17 @@
     audio [B, C, T] -> codec encoder (channels folded into the batch) -> frames [B, C*E, F]
       -> pooling over time (attention or mean) -> h [B, H]
       -> Gaussian posterior q0(z0 | x) = N(mean(h), std(h)^2), z0 [B, D]
-      -> posterior flow z_K = f(z0; h) (Real NVP, conditioned on h)      [training: z0 sampled]
+      -> posterior flow z_K = f(z0) (Real NVP; optionally conditioned on h) [training: z0 sampled]
     z_K -> linear "unpooling" to a seed [B * C, E', F] -> codec decoder (optionally
       FiLM/AdaIN-modulated by z_K) -> audio [B, C, T]
 
-The prior p(z) is N(0, I) or a learned flow prior (`soundry.nn.flows.FlowPrior`). The
-ELBO's KL is then a one-sample Monte-Carlo estimate, log q0(z0) - log|det df/dz0| - log p(z_K);
-without either flow it is the closed form. `variational: false` gives a plain autoencoder
-(latent = mean, no KL); its prior flow, if any, is fitted to the detached latents.
+The prior p(z) is N(0, I) or a learned flow prior (`soundry.nn.flows.FlowPrior`). With a
+posterior flow the KL is a one-sample Monte-Carlo estimate, log q0(z0) - log|det df/dz0| -
+log p(z_K); without it (and p = N(0, I)) the closed form. By default (`prior_training:
+detached`) the KL is taken to N(0, I) and the prior flow is fitted to the detached latents
+(the sampling prior models the aggregate posterior); `joint` puts the learned prior in the
+KL. `variational: false` gives a plain autoencoder (latent = mean, no KL); its prior flow,
+if any, is fitted to the detached latents.
 
 The network works on a fixed length: `seconds` at `sample_rate`, rounded up to whole frames
 (`n_samples`); shorter input is zero-padded at the end, longer input trimmed (a one-shot is
@@ -54,6 +57,11 @@ class FlowConfig(Strict):
     scale: Literal["tanh", "softplus"] = "tanh"
     actnorm: bool = True
     mixing: Literal["alternate", "permute"] = "alternate"
+    # posterior flow only: condition the couplings on the pooled encoder features. Off by
+    # default: with it the input reaches z_K through the couplings' shifts, the base
+    # posterior's means stop carrying the sound (no active units) and the prior fits a
+    # point mass
+    context: bool = False
 
 
 class VAENetConfig(CodecConfig):
@@ -86,11 +94,23 @@ class VAEModelConfig(Strict):
     seconds: float = Field(1.0, gt=0)
     latent_dim: int = Field(128, ge=2)
     variational: bool = True
+    # the base posterior's std at initialisation: small, so the latent's signal is not
+    # drowned by its sampling noise before the encoder has learned to spread the means
+    # (at softplus(0) = 0.69 the decoder learns to ignore z: the posterior collapses)
+    posterior_init_std: float = Field(0.005, gt=0, lt=1)
     pooling: Literal["attention", "mean"] = "attention"
     pooling_heads: int = Field(4, ge=1)
     modulation: Literal["none", "film", "adain"] = "none"
+    # how the prior flow learns. "detached": the KL is taken to N(0, I) and the prior flow is
+    # fitted to the detached latents (its own NLL term), so it models the aggregate posterior
+    # without pulling on it. "joint": the ELBO's KL to the learned prior itself; measured on
+    # drum hits, the prior tightens around the first, near-identical latents and its
+    # gradient then holds every latent together (no active unit, all samples alike)
+    prior_training: Literal["detached", "joint"] = "detached"
     net: VAENetConfig = Field(default_factory=_net_default)
-    posterior_flow: FlowConfig = Field(default_factory=FlowConfig)
+    # no ActNorm on the posterior side by default: fitted to a first batch of near-identical
+    # latents it scales them (and the effective learning rate) up ~100x and training diverges
+    posterior_flow: FlowConfig = Field(default_factory=lambda: FlowConfig(actnorm=False))
     prior_flow: FlowConfig = Field(default_factory=FlowConfig)
 
     @model_validator(mode="before")
@@ -143,7 +163,8 @@ class VAEOutput:
     audio: reconstruction [B, C, T] (T as the input). z: the latent the decoder consumed
     [B, D] (z_K). z0, mean, std: the base posterior's draw and parameters [B, D] (std None
     for a plain autoencoder). log_det: the posterior flow's log |det dz_K/dz0| [B].
-    log_q0, log_prior: log q0(z0 | x) and log p(z_K) [B] (None for a plain autoencoder).
+    log_q0, log_prior: log q0(z0 | x) and log p(z_K) [B] (None for a plain autoencoder;
+    p is N(0, I) unless `prior_training: joint`).
     """
 
     audio: torch.Tensor
@@ -210,7 +231,12 @@ class OneShotVAE(nn.Module):
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.SiLU())
         n_out = 2 * cfg.latent_dim if cfg.variational else cfg.latent_dim
         self.to_posterior = nn.Linear(hidden, n_out)
-        self.posterior_flow = _flow(cfg.posterior_flow, cfg.latent_dim, hidden, seed=1)
+        if cfg.variational:
+            with torch.no_grad():  # softplus(b) + 1e-4 = posterior_init_std
+                target = max(cfg.posterior_init_std - 1e-4, 1e-6)
+                self.to_posterior.bias[cfg.latent_dim:] = math.log(math.expm1(target))
+        self.posterior_flow = _flow(cfg.posterior_flow, cfg.latent_dim,
+                                    hidden if cfg.posterior_flow.context else 0, seed=1)
         self.prior = FlowPrior(_flow(cfg.prior_flow, cfg.latent_dim, 0, seed=2))
         self.unpool = nn.Linear(cfg.latent_dim, cfg.channels * feat * cfg.frames)
         self.decoder = Decoder(net, pqmf)
@@ -232,8 +258,18 @@ class OneShotVAE(nn.Module):
 
     @property
     def exact_kl(self) -> bool:
-        """True when the KL has a closed form (no posterior flow, N(0, I) prior)."""
-        return self.posterior_flow.n_layers == 0 and not self.prior.learned
+        """True when the KL has a closed form (no posterior flow, KL taken to N(0, I))."""
+        return self.posterior_flow.n_layers == 0 and not self.prior_in_kl
+
+    @property
+    def prior_in_kl(self) -> bool:
+        """True when the KL is taken to the learned prior (`prior_training: joint`)."""
+        return self.prior.learned and self.config.prior_training == "joint"
+
+    @property
+    def prior_fitted_apart(self) -> bool:
+        """True when the prior flow learns from detached latents (its own NLL term)."""
+        return self.prior.learned and not self.prior_in_kl
 
     def fit_length(self, audio: torch.Tensor) -> torch.Tensor:
         """[B, C, T] -> [B, C, n_samples]: zero-padded at the end or trimmed."""
@@ -292,7 +328,8 @@ class OneShotVAE(nn.Module):
         log_q0 = log_prior = None
         if std is not None:
             log_q0 = gaussian_log_prob(z0, mean, std)
-            log_prior = self.prior_log_prob(z)
+            log_prior = self.prior_log_prob(z) if self.prior_in_kl \
+                else standard_normal_log_prob(z)
         y = self.decode(z)
         if y.shape[-1] < length:
             y = F.pad(y, (0, length - y.shape[-1]))

@@ -8,8 +8,8 @@ waveform L1, and the KL weighted by beta, which rises on a log scale from `kl.st
 `kl.weight` over `kl.warmup_steps` (a KL at full weight from step 0 collapses the
 posterior before the decoder can use it). Free bits (`kl.free_bits`, nats per dimension)
 floor each dimension's batch-mean base-posterior KL, so the loss stops pushing a dimension
-below it. A plain autoencoder (`model.variational: false`) has no KL; its prior flow learns
-the detached latents (`prior_nll`).
+below it. The prior flow learns the detached latents (`prior_nll`) unless
+`model.prior_training: joint` puts it in the KL; a plain autoencoder has no KL.
 
 Validation: reconstruction metrics of the held-out items, the posterior's KL per dimension,
 active units (Burda et al. 2016: dimensions whose posterior mean varies over the data with
@@ -55,8 +55,8 @@ VAE_TERMS = LossTerms([
     LossTerm("waveform", 1.0, "waveform L1"),
     LossTerm("kl", 0.01, "KL(q(z|x) || p(z)) in nats per sound (one-sample estimate with "
              "flows), free bits on the base posterior; its weight is beta, log-ramped"),
-    LossTerm("prior_nll", 1.0, "plain autoencoder: the prior flow's NLL of the detached "
-             "latents (nats per sound)"),
+    LossTerm("prior_nll", 1.0, "the prior flow's NLL of the detached latents (nats per "
+             "sound; unless model.prior_training is joint)"),
 ]) + ADVERSARIAL_TERMS
 
 #: Burda et al.'s threshold on the variance over the data of a dimension's posterior mean
@@ -234,7 +234,7 @@ class VAETask(Task):
                 terms["waveform"] = waveform_l1(fake, real)
             if out.std is not None:
                 terms["kl"] = self.kl_loss(out)
-            elif vae.prior.learned:
+            if vae.prior_fitted_apart or (out.std is None and vae.prior.learned):
                 terms["prior_nll"] = -vae.prior.log_prob(out.z.detach()).mean()
             return terms
 
