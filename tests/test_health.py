@@ -99,6 +99,7 @@ def test_every_monitor_has_a_recipe_section_and_strict_keys():
     cfg = HealthConfig()
     assert set(MONITORS) == {
         "crop_coverage", "sample_rate", "silence", "output_saturation", "codebook_collapse",
+        "posterior_collapse",
         "loss_spike", "grad_spike", "discriminator_dominance", "eos_untrained",
         "valid_vs_generation"}
     for mid in MONITORS:

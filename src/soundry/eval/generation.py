@@ -66,8 +66,8 @@ def score_vae(vae: Any, train: torch.Tensor, heldout: torch.Tensor, n_samples: i
               seed: int = 0, temperature: float = 1.0, pairs: int = 8,
               steps: int = 9) -> dict[str, Any]:
     """Figures of the module docstring. train, heldout: sounds [N, C, vae.n_samples]."""
+    from soundry.models.vae import encode_set
     from soundry.nn.flows import standard_normal_log_prob
-    from soundry.train.tasks.vae import encode_set
 
     sr = vae.sample_rate
     feats = MelFeatures(sr)

@@ -430,6 +430,25 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return direction * ((1 - t) * na + t * nb)
 
 
+@torch.no_grad()
+def encode_set(vae: OneShotVAE, x: torch.Tensor, chunk: int = 8) -> dict[str, torch.Tensor]:
+    """Posterior of sounds [N, C, T] in chunks: mean, std (base), z (through the flow),
+    log_det, reconstruction audio [N, C, T] (CPU float32)."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, x.shape[0], chunk):
+        xb = x[start:start + chunk]
+        h = vae.features(xb)
+        mean, std = vae.posterior(h)
+        z, log_det = vae.posterior_flow(mean, h)
+        got = {"mean": mean, "z": z, "log_det": log_det,
+               "audio": vae.decode(z)[..., : xb.shape[-1]]}
+        if std is not None:
+            got["std"] = std
+        for k, v in got.items():
+            parts.setdefault(k, []).append(v.float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
 def _flow(cfg: FlowConfig, dim: int, context_dim: int, seed: int) -> RealNVP:
     return RealNVP(dim, cfg.layers, cfg.hidden, context_dim, cfg.scale, cfg.actnorm,
                    cfg.mixing, seed=seed)
@@ -479,5 +498,5 @@ def load_vae_export(config: dict[str, Any], state: dict[str, torch.Tensor]) -> t
     return vae.eval()
 
 
-__all__ = ["FlowConfig", "OneShotVAE", "VAEModelConfig", "VAEOutput", "build_vae",
+__all__ = ["FlowConfig", "OneShotVAE", "VAEModelConfig", "VAEOutput", "build_vae", "encode_set",
            "load_vae_export", "slerp", "vae_export_config"]

@@ -39,7 +39,13 @@ from soundry.losses.config import (
 from soundry.losses.spectral import MelLoss, MultiResolutionSTFTLoss, waveform_l1
 from soundry.losses.terms import ADVERSARIAL_TERMS, LossTerm, LossTerms
 from soundry.models.discriminators import DiscriminatorConfig, build_discriminator
-from soundry.models.vae import OneShotVAE, VAEModelConfig, build_vae, vae_export_config
+from soundry.models.vae import (
+    OneShotVAE,
+    VAEModelConfig,
+    build_vae,
+    encode_set,
+    vae_export_config,
+)
 from soundry.nn.flows import gaussian_kl_per_dim, standard_normal_log_prob
 from soundry.train.gan import GanStep
 from soundry.train.gan_schedule import GanScheduleConfig
@@ -316,25 +322,6 @@ def _features(recipe: VAERecipe, audio: torch.Tensor) -> list[torch.Tensor]:
     from soundry.eval.set_metrics import MelFeatures
 
     return MelFeatures(recipe.model.sample_rate)(audio)
-
-
-@torch.no_grad()
-def encode_set(vae: OneShotVAE, x: torch.Tensor, chunk: int = 8) -> dict[str, torch.Tensor]:
-    """Posterior of sounds [N, C, T] in chunks: mean, std (base), z (through the flow),
-    log_det, reconstruction audio [N, C, T] (CPU float32)."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, x.shape[0], chunk):
-        xb = x[start:start + chunk]
-        h = vae.features(xb)
-        mean, std = vae.posterior(h)
-        z, log_det = vae.posterior_flow(mean, h)
-        got = {"mean": mean, "z": z, "log_det": log_det,
-               "audio": vae.decode(z)[..., : xb.shape[-1]]}
-        if std is not None:
-            got["std"] = std
-        for k, v in got.items():
-            parts.setdefault(k, []).append(v.float().cpu())
-    return {k: torch.cat(v) for k, v in parts.items()}
 
 
 def reconstruction_metrics(x: torch.Tensor, y: torch.Tensor, sample_rate: int
