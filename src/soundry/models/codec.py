@@ -384,10 +384,7 @@ class Codec(nn.Module):
         # descript-audio-codec calls trunc_normal_(std=0.02) on its conv weights, but on a
         # weight-normed conv that writes a recomputed tensor, so its trained models actually
         # start from torch's default conv init; only the zeroed biases take effect. Same here.
-        for m in self.modules():
-            if isinstance(m, Conv1d) and m.bias is not None:
-                with torch.no_grad():
-                    m.bias.zero_()
+        zero_conv_biases(self)
 
     # -- properties ------------------------------------------------------------------------
 
@@ -547,6 +544,14 @@ class Codec(nn.Module):
         enc_right = max(hi - ((n + 1) * hop - 1), 0)
         lo, hi = input_span(self.decoder, n * hop, (n + 1) * hop - 1)
         return ReceptiveField(enc_left, enc_right, max(n - lo, 0), max(hi - n, 0), hop)
+
+
+def zero_conv_biases(module: nn.Module) -> None:
+    """Zero the bias of every `Conv1d` in `module` (DAC's init that takes effect)."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, Conv1d) and m.bias is not None:
+                m.bias.zero_()
 
 
 def _dtype_of(module: nn.Module) -> torch.dtype:

@@ -164,14 +164,25 @@ def load_codec_export(config: dict[str, Any], state: dict[str, torch.Tensor]) ->
         raise SoundryError("codec export config.json has no 'model' section")
     cfg = validate(CodecConfig, config["model"], source="export config.json: model")
     codec = build_codec(cfg)
-    if cfg.weight_norm and not any(k.endswith(".weight_g") for k in state):
-        codec.remove_weight_norm()  # the weights were exported folded
-    missing, unexpected = codec.load_state_dict(state, strict=False)
+    load_folded(codec, state, cfg.weight_norm)
+    return codec.eval()
+
+
+def load_folded(model: torch.nn.Module, state: dict[str, torch.Tensor],
+                weight_norm: bool) -> torch.nn.Module:
+    """Load an export's weights into a freshly built `model` whether they were saved
+    weight-normed or folded (the layout is read from the keys), then fold weight norm.
+    A clear error when the weights do not match the model's config."""
+    from soundry.nn.conv import remove_weight_norm
+
+    if weight_norm and not any(k.endswith(".weight_g") for k in state):
+        remove_weight_norm(model)  # the weights were exported folded
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise SoundryError(
             "the export's weights do not match its config: "
             + (f"missing {', '.join(missing[:4])} " if missing else "")
             + (f"unexpected {', '.join(unexpected[:4])}" if unexpected else "")
         )
-    codec.remove_weight_norm()
-    return codec.eval()
+    remove_weight_norm(model)
+    return model

@@ -35,10 +35,10 @@ from torch import nn
 
 from soundry.config import Strict
 from soundry.errors import SoundryError
-from soundry.models.codec import Decoder, Encoder
+from soundry.models.codec import Decoder, Encoder, zero_conv_biases
 from soundry.models.codec_config import CodecConfig
-from soundry.models.export import EXPORT_KINDS
-from soundry.nn.conv import Conv1d, from_channels_last, remove_weight_norm, to_channels_last
+from soundry.models.export import EXPORT_KINDS, load_folded
+from soundry.nn.conv import from_channels_last, remove_weight_norm, to_channels_last
 from soundry.nn.flows import (
     FlowPrior,
     RealNVP,
@@ -249,10 +249,7 @@ class OneShotVAE(nn.Module):
                 nn.init.zeros_(film.weight)  # starts unmodulated (gain 1, shift 0)
                 nn.init.zeros_(film.bias)
                 self.film.append(film)
-        for m in self.modules():  # zero conv biases, as the codec does
-            if isinstance(m, Conv1d) and m.bias is not None:
-                with torch.no_grad():
-                    m.bias.zero_()
+        zero_conv_biases(self)  # as the codec does
 
     # -- shapes ----------------------------------------------------------------------------
 
@@ -486,15 +483,7 @@ def load_vae_export(config: dict[str, Any], state: dict[str, torch.Tensor]) -> t
         raise SoundryError("VAE export config.json has no 'model' section")
     cfg = validate(VAEModelConfig, config["model"], source="export config.json: model")
     vae = build_vae(cfg)
-    if cfg.net.weight_norm and not any(k.endswith(".weight_g") for k in state):
-        vae.remove_weight_norm()
-    missing, unexpected = vae.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise SoundryError(
-            "the export's weights do not match its config: "
-            + (f"missing {', '.join(missing[:4])} " if missing else "")
-            + (f"unexpected {', '.join(unexpected[:4])}" if unexpected else ""))
-    vae.remove_weight_norm()
+    load_folded(vae, state, cfg.net.weight_norm)
     return vae.eval()
 
 
