@@ -1,11 +1,19 @@
 """A one-shot sound VAE: one global latent vector per sound, with Real NVP flows.
 
     audio [B, C, T] -> codec encoder (channels folded into the batch) -> frames [B, C*E, F]
-      -> pooling over time (attention or mean) -> h [B, H]
+      -> batch norm per channel (`feature_norm`) -> pooling over time (attention or mean)
+      -> h [B, H]
       -> Gaussian posterior q0(z0 | x) = N(mean(h), std(h)^2), z0 [B, D]
       -> posterior flow z_K = f(z0) (Real NVP; optionally conditioned on h) [training: z0 sampled]
     z_K -> linear "unpooling" to a seed [B * C, E', F] -> codec decoder (optionally
       FiLM/AdaIN-modulated by z_K) -> audio [B, C, T]
+
+Against posterior collapse, two choices at initialisation: the encoder's frames are batch
+normalised, so posterior means differ between sounds by far more than the small initial
+posterior std (an untrained codec encoder's frames barely differ), and the unpooling and
+FiLM maps start at zero, so the decoder starts from its learned seed and takes z in only
+along directions that lower the loss (a random map would make z's spread noise that the
+untrained decoder's gradient first removes).
 
 The prior p(z) is N(0, I) or a learned flow prior (`soundry.nn.flows.FlowPrior`). With a
 posterior flow the KL is a one-sample Monte-Carlo estimate, log q0(z0) - log|det df/dz0| -
@@ -99,6 +107,11 @@ class VAEModelConfig(Strict):
     # (at softplus(0) = 0.69 the decoder learns to ignore z: the posterior collapses)
     posterior_init_std: float = Field(0.005, gt=0, lt=1)
     pooling: Literal["attention", "mean"] = "attention"
+    # batch-normalise the encoder's frames (per channel over batch and time) before pooling.
+    # The codec's encoder, freshly initialised, outputs frames ~1e-3 in size whose spread over
+    # sounds is ~1e-4: far below the posterior's sampling noise, so the decoder learns to
+    # ignore z before the encoder can spread it (measured: no active unit after 475 steps)
+    feature_norm: Literal["batch", "none"] = "batch"
     pooling_heads: int = Field(4, ge=1)
     modulation: Literal["none", "film", "adain"] = "none"
     # how the prior flow learns. "detached": the KL is taken to N(0, I) and the prior flow is
@@ -225,6 +238,9 @@ class OneShotVAE(nn.Module):
         pqmf = PQMF(net.pqmf_bands, net.pqmf_taps) if net.pqmf_bands else None
         # built in this order: it fixes which random numbers initialise which weights
         self.encoder = Encoder(net, pqmf, feat)
+        # eps far below the untrained encoder's frame variance (~1e-6), which it must not swamp
+        self.feature_norm: nn.Module | None = (
+            nn.BatchNorm1d(width, eps=1e-6) if cfg.feature_norm == "batch" else None)
         self.pool: nn.Module | None = (
             AttentionPool(width, cfg.pooling_heads) if cfg.pooling == "attention" else None)
         hidden = max(width, cfg.latent_dim)
@@ -232,13 +248,18 @@ class OneShotVAE(nn.Module):
         n_out = 2 * cfg.latent_dim if cfg.variational else cfg.latent_dim
         self.to_posterior = nn.Linear(hidden, n_out)
         if cfg.variational:
-            with torch.no_grad():  # softplus(b) + 1e-4 = posterior_init_std
+            with torch.no_grad():  # softplus(b) + 1e-4 = posterior_init_std, for every sound
                 target = max(cfg.posterior_init_std - 1e-4, 1e-6)
                 self.to_posterior.bias[cfg.latent_dim:] = math.log(math.expm1(target))
+                self.to_posterior.weight[cfg.latent_dim:].zero_()
         self.posterior_flow = _flow(cfg.posterior_flow, cfg.latent_dim,
                                     hidden if cfg.posterior_flow.context else 0, seed=1)
         self.prior = FlowPrior(_flow(cfg.prior_flow, cfg.latent_dim, 0, seed=2))
         self.unpool = nn.Linear(cfg.latent_dim, cfg.channels * feat * cfg.frames)
+        # zero-initialised, as FiLM below: the decoder starts from its learned seed (the
+        # bias) and takes in z only along directions that lower the loss; a random map would
+        # make z's spread noise to the untrained decoder, whose gradient then removes it
+        nn.init.zeros_(self.unpool.weight)
         self.decoder = Decoder(net, pqmf)
         self.modulation = cfg.modulation
         self.film = nn.ModuleList()
@@ -302,6 +323,15 @@ class OneShotVAE(nn.Module):
         dtype = next(self.encoder.parameters()).dtype
         frames = self.encoder(x.reshape(b * c, 1, t).to(dtype)).float()  # [B*C, E, F]
         frames = frames.reshape(b, c * frames.shape[1], frames.shape[2])
+        if self.feature_norm is not None:
+            # Batch norm divides the encoder's gradients by its frames' std (~1e-3 untrained),
+            # so they would dwarf the decoder's and the generator's one clip would shrink
+            # every update. Scaled back by that std here (the forward pass is unchanged),
+            # they are what unit-scale frames would get; Adam's steps do not depend on it.
+            scale = (frames.detach().var(dim=(0, 2), keepdim=True, unbiased=False)
+                     + self.feature_norm.eps).sqrt()
+            frames = frames * scale + (frames * (1 - scale)).detach()
+            frames = self.feature_norm(frames)
         pooled = self.pool(frames) if self.pool is not None else frames.mean(dim=-1)
         return self.head(pooled)
 
