@@ -9,7 +9,11 @@ are GM percussion notes 35..81 at velocities 60/100/127 on the drum kits (bank 1
 soundfont holds, taken in an order that spreads them evenly over kits, notes and velocities.
 Notes a kit leaves silent are skipped, and so are notes where a kit only reuses an earlier
 kit's sample (in FluidR3_GM most kits replace just a few drums: of 376 kit-notes about 120
-are sounds of their own, so at most ~360 distinct hits exist). Levels are the soundfont's
+are sounds of their own). So is a kit-note that sounds like one already kept, of any kit or
+note: within `SAME_MEL` in mel distance at full velocity, peak-normalised (kits share
+samples panned, filtered or pitched a little: such twins sat 0.01-0.7 apart, distinct drums
+1.2 and more). Without that, held-out hits had twins in training, and "unseen" meant
+nothing. Levels are the soundfont's
 own: nothing is normalised, a file is only scaled down if it would clip. About `holdout` of
 the hits go to heldout, whole sounds at a time (a kit's note at all its velocities), picked
 by a hash of the name, so no held-out sound is heard in training at another velocity.
@@ -55,6 +59,9 @@ SILENT = 1e-3  # a hit whose peak stays below this is a note the kit does not ma
 ONSET = 1e-4  # the first sample above this (about 3 LSB at 16 bit) is the onset
 PRE = 4  # samples kept before the onset, so the attack is not cut
 NEAR = 0.999  # correlation above which two renderings count as the same sample
+# mel distance (soundry.eval.set_metrics, peak-normalised) below which two kit-notes count as
+# one sound: velocity layers of a sound lie 0.05-0.25 apart, shared samples up to ~0.7
+SAME_MEL = 1.0
 CEILING = 0.99
 FADE_S = 0.01
 OUR_WAV = re.compile(r"kit-[a-z0-9-]+_note-\d+_vel-\d+\.wav")
@@ -251,6 +258,32 @@ def render_sounds(fluidsynth: str, sf2: Path, kits: list[int], seconds: float,
     return sounds, pcm
 
 
+def distinct_sounds(sounds: dict[int, list[int]], pcm: dict[Hit, np.ndarray],
+                    sample_rate: int, threshold: float = SAME_MEL) -> dict[int, list[int]]:
+    """{program: notes} keeping a kit-note only if its full-velocity hit, peak-normalised,
+    lies at least `threshold` (mel distance) from every kit-note kept before it (kits in
+    order, then notes)."""
+    import torch
+
+    from soundry.eval.set_metrics import MelFeatures, pairwise_mel_distance
+
+    order = [(p, n) for p, ns in sounds.items() for n in ns]
+    if not order:
+        return {p: [] for p in sounds}
+    hits = np.stack([pcm[p, n, VELOCITIES[-1]].astype(np.float32) for p, n in order])
+    hits /= np.maximum(np.abs(hits).max(axis=1, keepdims=True), 1.0)
+    feats = MelFeatures(sample_rate)(torch.from_numpy(hits)[:, None])
+    dist = pairwise_mel_distance(feats, feats)
+    kept: list[int] = []
+    for i in range(len(order)):
+        if all(dist[i, j] >= threshold for j in kept):
+            kept.append(i)
+    out: dict[int, list[int]] = {p: [] for p in sounds}
+    for i in kept:
+        out[order[i][0]].append(order[i][1])
+    return out
+
+
 def heldout_names(names: list[str], holdout: float) -> set[str]:
     """The names for heldout: whole sounds (one kit's note, at each velocity it has), taken in
     the order of a hash of the sound until they make about `holdout` of all. Splitting by
@@ -285,7 +318,7 @@ def make_drums(out: Path, count: int = 320, seconds: float = 1.2, sample_rate: i
     out = Path(out)
     train_dir, heldout_dir = out / "train", out / "heldout"
     params = {"count": count, "seconds": seconds, "sample_rate": sample_rate,
-              "holdout": holdout}
+              "holdout": holdout, "same_mel": SAME_MEL}
     if reusable(out, params):
         return train_dir, heldout_dir
     tools = find_tools()
@@ -303,6 +336,7 @@ def make_drums(out: Path, count: int = 320, seconds: float = 1.2, sample_rate: i
         sounds, pcm = render_sounds(fluidsynth, sf2, list(kits), seconds, sample_rate)
     except subprocess.CalledProcessError as e:
         return f"fluidsynth failed: {e.stderr.decode(errors='replace').strip()[-500:]}"
+    sounds = distinct_sounds(sounds, pcm, sample_rate)
 
     chosen: dict[str, np.ndarray] = {}
     seen: set[bytes] = set()

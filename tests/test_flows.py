@@ -128,3 +128,50 @@ def test_prior_sampling_is_seeded_and_inverts_log_prob() -> None:
     warm = prior.sample(2000, temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert float(cold.std()) < float(warm.std())
     assert torch.isfinite(prior.log_prob(a)).all()
+
+
+def test_running_standardize_tracks_batches_inverts_and_freezes_in_eval() -> None:
+    from soundry.nn.flows import RunningStandardize
+
+    gen = torch.Generator().manual_seed(0)
+    layer = RunningStandardize(3, momentum=0.1).double().train()
+    scale = torch.tensor([0.01, 1.0, 5.0], dtype=torch.float64)
+    for _ in range(200):
+        layer(torch.randn(64, 3, generator=gen, dtype=torch.float64) * scale + 2.0)
+    torch.testing.assert_close(layer.mean, torch.full((3,), 2.0, dtype=torch.float64),
+                               atol=0.05 * 5, rtol=0)
+    torch.testing.assert_close(layer.var.sqrt(), scale, rtol=0.1, atol=0)
+    layer.eval()
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64) * scale + 2.0
+    before = layer.mean.clone()
+    y, log_det = layer(x + 100.0)  # eval: statistics frozen
+    assert torch.equal(layer.mean, before)
+    y, log_det = layer(x)
+    back, log_det_inv = layer.inverse(y)
+    torch.testing.assert_close(back, x, atol=1e-12, rtol=0)
+    torch.testing.assert_close(log_det_inv, -log_det)
+    jac = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0][0], x[0])
+    assert float(log_det[0]) == pytest.approx(float(torch.linalg.slogdet(jac)[1]), abs=1e-9)
+
+
+def test_standardised_prior_is_not_sharpened_by_the_first_batch() -> None:
+    """A prior fitted to tightly packed latents that then spread out (a VAE's encoder
+    learning) keeps a finite NLL when standardised by running statistics."""
+    torch.manual_seed(0)
+    nll = {}
+    for standardize in (False, True):
+        prior = FlowPrior(RealNVP(8, layers=4, hidden=32, actnorm=not standardize),
+                          standardize=standardize).train()
+        opt = torch.optim.Adam(prior.parameters(), lr=1e-3)
+        for step in range(300):
+            spread = 0.01 * (1.05 ** step)  # the latents spread ~2000x over the run
+            loss = -prior.log_prob(torch.randn(32, 8) * spread).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        prior.eval()
+        with torch.no_grad():
+            nll[standardize] = float(-prior.log_prob(torch.randn(256, 8) * spread).mean())
+    gauss = 8 * (0.5 * math.log(2 * math.pi * spread ** 2) + 0.5)  # the true NLL
+    assert abs(nll[True] - gauss) < 0.5 * 8, nll
+    assert nll[False] > nll[True] + 8, nll

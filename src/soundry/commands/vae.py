@@ -14,8 +14,9 @@ def register(sub: Any) -> None:
     p.add_argument("model", type=Path, help="exported VAE directory")
     p.add_argument("--count", type=int, default=8)
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="scale of the prior's base noise (below 1: safer, less varied)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="scale of the prior's base noise (lower: safer, less varied); "
+                   "default: the model's sample_temperature")
     p.add_argument("--seed", type=int, default=0, help="sample i is drawn with seed + i")
     p.set_defaults(func=_sample)
 

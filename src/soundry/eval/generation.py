@@ -63,9 +63,10 @@ def noise_bursts(like: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 @torch.no_grad()
 def score_vae(vae: Any, train: torch.Tensor, heldout: torch.Tensor, n_samples: int = 32,
-              seed: int = 0, temperature: float = 1.0, pairs: int = 8,
+              seed: int = 0, temperature: float | None = None, pairs: int = 8,
               steps: int = 9) -> dict[str, Any]:
-    """Figures of the module docstring. train, heldout: sounds [N, C, vae.n_samples]."""
+    """Figures of the module docstring. train, heldout: sounds [N, C, vae.n_samples];
+    temperature None: the model's default (`sample_temperature`)."""
     from soundry.models.vae import encode_set
     from soundry.nn.flows import standard_normal_log_prob
 
@@ -78,6 +79,8 @@ def score_vae(vae: Any, train: torch.Tensor, heldout: torch.Tensor, n_samples: i
     recon_err = np.diag(pairwise_mel_distance(feats(enc["audio"]), held_f))
     held_near = nearest_distances(held_f, train_f)
 
+    if temperature is None:
+        temperature = float(vae.config.sample_temperature)
     samples, _ = vae.sample(n_samples, temperature, seed=seed)
     samples = samples.float().cpu()
     sample_f = feats(samples)

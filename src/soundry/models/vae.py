@@ -70,6 +70,11 @@ class FlowConfig(Strict):
     # posterior's means stop carrying the sound (no active units) and the prior fits a
     # point mass
     context: bool = False
+    # prior flow only: standardise the latents by running batch statistics before the
+    # couplings (`soundry.nn.flows.RunningStandardize`). The latents move while the encoder
+    # trains; a prior fitted to them by gradient alone (ActNorm from the first batch) grew
+    # ~100x too sharp, and its NLL of the moved latents jumped from -400 to 1e7 nats
+    standardize: bool = False
 
 
 class VAENetConfig(CodecConfig):
@@ -120,11 +125,18 @@ class VAEModelConfig(Strict):
     # drum hits, the prior tightens around the first, near-identical latents and its
     # gradient then holds every latent together (no active unit, all samples alike)
     prior_training: Literal["detached", "joint"] = "detached"
+    # the prior's default sampling temperature (`sample`, `soundry sample` without
+    # --temperature). A VAE decoder averages: around the data it decodes smoother hits than
+    # the data's, and draws a little wider than the latents it saw decode sharper ones.
+    # Validation logs the Frechet distance of samples to training sounds per temperature
+    # (samples/frechet_t<T>) to choose it by
+    sample_temperature: float = Field(1.0, gt=0)
     net: VAENetConfig = Field(default_factory=_net_default)
     # no ActNorm on the posterior side by default: fitted to a first batch of near-identical
     # latents it scales them (and the effective learning rate) up ~100x and training diverges
     posterior_flow: FlowConfig = Field(default_factory=lambda: FlowConfig(actnorm=False))
-    prior_flow: FlowConfig = Field(default_factory=FlowConfig)
+    prior_flow: FlowConfig = Field(
+        default_factory=lambda: FlowConfig(layers=4, actnorm=False, standardize=True))
 
     @model_validator(mode="before")
     @classmethod
@@ -150,6 +162,9 @@ class VAEModelConfig(Strict):
                              "; set model.channels")
         if self.stereo == "midside" and self.channels != 2:
             raise ValueError("model.stereo 'midside' needs model.channels 2")
+        if self.posterior_flow.standardize:
+            raise ValueError("model.posterior_flow.standardize: running statistics belong to "
+                             "the prior flow (a density over latents); remove it")
         width = self.net.resolved_latent_dim * self.channels
         if self.pooling == "attention" and width % self.pooling_heads:
             raise ValueError(f"model.pooling_heads ({self.pooling_heads}) must divide the "
@@ -254,7 +269,8 @@ class OneShotVAE(nn.Module):
                 self.to_posterior.weight[cfg.latent_dim:].zero_()
         self.posterior_flow = _flow(cfg.posterior_flow, cfg.latent_dim,
                                     hidden if cfg.posterior_flow.context else 0, seed=1)
-        self.prior = FlowPrior(_flow(cfg.prior_flow, cfg.latent_dim, 0, seed=2))
+        self.prior = FlowPrior(_flow(cfg.prior_flow, cfg.latent_dim, 0, seed=2),
+                               standardize=cfg.prior_flow.standardize)
         self.unpool = nn.Linear(cfg.latent_dim, cfg.channels * feat * cfg.frames)
         # zero-initialised, as FiLM below: the decoder starts from its learned seed (the
         # bias) and takes in z only along directions that lower the loss; a random map would
@@ -408,9 +424,12 @@ class OneShotVAE(nn.Module):
     # -- generation ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample_latents(self, n: int, temperature: float = 1.0, seed: int | None = None
-                       ) -> torch.Tensor:
-        """n latents [n, D] from the prior (seeded draws are the same on every device)."""
+    def sample_latents(self, n: int, temperature: float | None = None,
+                       seed: int | None = None) -> torch.Tensor:
+        """n latents [n, D] from the prior (seeded draws are the same on every device);
+        temperature None: the model's `sample_temperature`."""
+        if temperature is None:
+            temperature = self.config.sample_temperature
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         if self.prior.learned:
             return self.prior.sample(n, temperature, gen)
@@ -418,9 +437,10 @@ class OneShotVAE(nn.Module):
         return eps.to(self.unpool.weight.device)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None
+    def sample(self, n: int, temperature: float | None = None, seed: int | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(audio [n, C, n_samples], latents [n, D]) drawn from the prior."""
+        """(audio [n, C, n_samples], latents [n, D]) drawn from the prior (temperature None:
+        the model's `sample_temperature`)."""
         z = self.sample_latents(n, temperature, seed)
         return self.decode(z), z
 

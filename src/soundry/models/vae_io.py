@@ -111,15 +111,17 @@ def reconstruct_file(vae: Any, src: Path, dst: Path) -> None:
     write_audio(dst, y[0].float().cpu().numpy(), vae.sample_rate)
 
 
-def write_samples(vae: Any, out: Path, count: int, temperature: float = 1.0,
+def write_samples(vae: Any, out: Path, count: int, temperature: float | None = None,
                   seed: int = 0) -> dict[str, Any]:
     """`count` prior samples as out/sample_<i>.wav plus out/samples.json (latents, seed,
-    temperature). Sample i is the same whatever `count` when drawn with its own seed
+    temperature; None: the model's `sample_temperature`). Sample i is the same whatever `count` when drawn with its own seed
     (seed + i), so a listing can be extended."""
     from soundry.audio.io import write_audio
 
     if count < 1:
         raise SoundryError("--count must be at least 1")
+    if temperature is None:
+        temperature = float(vae.config.sample_temperature)
     out.mkdir(parents=True, exist_ok=True)
     items = []
     for i in range(count):

@@ -15,6 +15,11 @@ Layers (Dinh et al. 2017, "Density estimation using Real NVP"):
 - `ActNorm` (Glow): per-dimension affine map, initialised from the first training batch to
   zero mean and unit variance.
 - `Permutation`: a fixed, seeded shuffle of the dimensions (log-det 0).
+- `RunningStandardize`: per-dimension (x - mean) / std with the mean and std tracked by a
+  bias-corrected moving average of training batches, not learned. A density fitted to
+  moving targets (a VAE's latents while its encoder trains) keeps their scale this way: an
+  ActNorm set from the first batch and then learned by gradient stays ~100x too sharp when
+  the latents spread out, and its NLL of the moved latents explodes.
 
 `RealNVP` stacks couplings with alternating masks (even / odd dimensions), each optionally
 preceded by ActNorm and followed by a permutation (`mixing: permute`). `FlowPrior` is a
@@ -144,6 +149,48 @@ class ActNorm(nn.Module):
         return y * torch.exp(self.log_std) + self.bias, self.log_std.sum().expand(y.shape[0])
 
 
+class RunningStandardize(nn.Module):
+    """y = (x - mean) / std per dimension, mean and std [D] from a moving average of the
+    training batches' statistics (`momentum` per batch, bias-corrected as in Adam, so the
+    first batches count fully); frozen in eval mode. Not a parameter: the gradient never
+    sharpens it. log-det = -sum(log std)."""
+
+    def __init__(self, dim: int, momentum: float = 0.02, min_std: float = 1e-3) -> None:
+        super().__init__()
+        self.momentum = float(momentum)
+        self.min_std = float(min_std)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("weight", torch.zeros(()))  # sum of the averaging weights
+
+    @torch.no_grad()
+    def _track(self, x: torch.Tensor) -> None:
+        if x.shape[0] < 2:
+            return
+        m = self.momentum
+        new_weight = self.weight * (1 - m) + m
+        # bias-corrected: the running sums over the weight seen so far
+        keep = self.weight * (1 - m) / new_weight
+        self.mean.mul_(keep).add_(x.mean(dim=0).float(), alpha=float(1 - keep))
+        self.var.mul_(keep).add_(x.var(dim=0).float(), alpha=float(1 - keep))
+        self.weight.copy_(new_weight)
+
+    def _std(self) -> torch.Tensor:
+        return self.var.sqrt().clamp(min=self.min_std)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training and torch.is_grad_enabled():
+            self._track(x.detach())
+        std = self._std()
+        return (x - self.mean) / std, (-std.log().sum()).expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor, context: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        std = self._std()
+        return y * std + self.mean, std.log().sum().expand(y.shape[0])
+
+
 class Permutation(nn.Module):
     """A fixed shuffle of the dimensions, seeded (log-det 0)."""
 
@@ -227,23 +274,30 @@ class RealNVP(nn.Module):
 class FlowPrior(nn.Module):
     """p(z): a RealNVP f maps z to eps ~ N(0, I) (the density direction, so ActNorm layers
     initialise from data); sampling inverts it, z = f^-1(eps). Zero layers: N(0, I).
+    `standardize`: z passes a `RunningStandardize` first (a learned prior only).
 
-    log p(z) = log N(f(z); 0, I) + log |det df/dz|.
+    log p(z) = log N(f(s(z)); 0, I) + log |det df/du| + log |det ds/dz|.
     """
 
-    def __init__(self, flow: RealNVP) -> None:
+    def __init__(self, flow: RealNVP, standardize: bool = False) -> None:
         super().__init__()
         self.flow = flow
         self.dim = flow.dim
+        self.standardize = RunningStandardize(flow.dim) if standardize and flow.n_layers \
+            else None
 
     @property
     def learned(self) -> bool:
         return self.flow.n_layers > 0
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(z) of vectors [B, D] -> [B] (nats)."""
-        eps, log_det = self.flow(z)
-        return standard_normal_log_prob(eps) + log_det
+        """log p(z) of vectors [B, D] -> [B] (nats). In training mode with gradients on,
+        the standardisation tracks z's statistics first."""
+        log_det = z.new_zeros(z.shape[0])
+        if self.standardize is not None:
+            z, log_det = self.standardize(z)
+        eps, flow_log_det = self.flow(z)
+        return standard_normal_log_prob(eps) + flow_log_det + log_det
 
     def sample(self, n: int, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -253,4 +307,6 @@ class FlowPrior(nn.Module):
         device = ref.device if ref is not None else torch.device("cpu")
         eps = torch.randn(n, self.dim, generator=generator) * float(temperature)
         z, _ = self.flow.inverse(eps.to(device))
+        if self.standardize is not None:
+            z, _ = self.standardize.inverse(z)
         return z

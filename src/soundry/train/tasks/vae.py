@@ -8,8 +8,9 @@ waveform L1, and the KL weighted by beta, which rises on a log scale from `kl.st
 `kl.weight` over `kl.warmup_steps` (a KL at full weight from step 0 collapses the
 posterior before the decoder can use it). Free bits (`kl.free_bits`, nats per dimension)
 floor each dimension's batch-mean base-posterior KL, so the loss stops pushing a dimension
-below it. The prior flow learns the detached latents (`prior_nll`) unless
-`model.prior_training: joint` puts it in the KL; a plain autoencoder has no KL.
+below it. The prior flow learns the detached latents (`prior_nll`) with an optimizer of
+its own (`optim.prior`) unless `model.prior_training: joint` puts it in the KL; a plain
+autoencoder has no KL.
 
 Validation: reconstruction metrics of the held-out items, the posterior's KL per dimension,
 active units (Burda et al. 2016: dimensions whose posterior mean varies over the data with
@@ -49,7 +50,7 @@ from soundry.models.vae import (
 from soundry.nn.flows import gaussian_kl_per_dim, standard_normal_log_prob
 from soundry.train.gan import GanStep
 from soundry.train.gan_schedule import GanScheduleConfig
-from soundry.train.optim import build_spec
+from soundry.train.optim import AdamWConfig, OptimizerConfig, build_spec
 from soundry.train.recipe import RecipeBase
 from soundry.train.registry import EXPORTERS, register_task
 from soundry.train.task import OptimizerSpec, Task, TaskContext, Updater, Validation
@@ -102,11 +103,27 @@ class VAELossConfig(Strict):
         return {name: float(getattr(self, name).weight) for name in VAE_TERMS.names}
 
 
+class VAEOptimConfig(CodecOptimConfig):
+    """The codec's generator and discriminator optimizers, and one for the prior flow.
+
+    The prior flow learns the detached latents with an optimizer and clip of its own: its
+    NLL's gradient neither counts in the generator's grad norm (nor its clip), nor can a
+    spike of it shrink the autoencoder's update.
+    """
+
+    prior: OptimizerConfig = Field(default_factory=lambda: AdamWConfig(
+        lr=1e-3, betas=(0.9, 0.99), clip=100.0))
+
+
 class VAEValidConfig(Strict):
     """What validation measures and logs."""
 
     samples: int = Field(16, ge=2)  # prior samples drawn (diversity, novelty)
-    temperature: float = Field(1.0, gt=0)
+    temperature: float | None = Field(None, gt=0)  # None: model.sample_temperature
+    # the Frechet distance (log-mel frames) of samples to the training reference items at
+    # each of these temperatures (samples/frechet_t<T>): what model.sample_temperature is
+    # chosen by, without touching held-out data
+    temperatures: list[float] = Field(default_factory=lambda: [0.75, 1.0, 1.25, 1.5, 2.0])
     reference_items: int = Field(64, ge=1)  # training items novelty is measured against
     interpolation_steps: int = Field(9, ge=2)
     audio_clips: int = Field(4, ge=0)  # reconstructions and prior samples logged as audio
@@ -123,7 +140,7 @@ class VAERecipe(RecipeBase):
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
     losses: VAELossConfig = Field(default_factory=VAELossConfig)
     schedule: GanScheduleConfig = Field(default_factory=GanScheduleConfig)
-    optim: CodecOptimConfig = Field(default_factory=CodecOptimConfig)
+    optim: VAEOptimConfig = Field(default_factory=VAEOptimConfig)
     valid: VAEValidConfig = Field(default_factory=VAEValidConfig)
 
     @model_validator(mode="after")
@@ -166,7 +183,7 @@ class VAETask(Task):
         self.gan = GanStep(self.discriminator, recipe.schedule, recipe.losses.adversarial.type)
         self._losses: tuple[MelLoss, MultiResolutionSTFTLoss] | None = None
         self._valid: list[tuple[str, np.ndarray]] | None = None
-        self._reference: list[torch.Tensor] | None = None
+        self._reference: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     # -- Task interface --------------------------------------------------------------------
 
@@ -174,9 +191,19 @@ class VAETask(Task):
         return {"generator": self.generator, "discriminator": self.discriminator}
 
     def optimizers(self) -> list[OptimizerSpec]:
-        steps = self.recipe.train.max_steps
-        return [build_spec(name, getattr(self.recipe.optim, name), {name: getattr(self, name)},
-                           steps) for name in ("discriminator", "generator")]
+        """discriminator, generator and, when the prior flow learns apart, prior: each over
+        its own parameters (the generator's leave out the prior flow's then)."""
+        steps, optim, vae = self.recipe.train.max_steps, self.recipe.optim, self.generator
+        specs = [build_spec("discriminator", optim.discriminator,
+                            {"discriminator": self.discriminator}, steps)]
+        if not vae.prior_fitted_apart:
+            return [*specs, build_spec("generator", optim.generator, {"generator": vae}, steps)]
+        parts = {f"generator.{name}": child for name, child in vae.named_children()
+                 if name != "prior"}
+        spec = build_spec("generator", optim.generator, parts, steps)
+        prior = build_spec("prior", optim.prior, {"generator.prior": vae.prior}, steps)
+        spec.networks = prior.networks = ["generator"]
+        return [*specs, spec, prior]
 
     def train_loader(self) -> Any:
         from soundry.data.loader import build_train_loader
@@ -240,11 +267,16 @@ class VAETask(Task):
                 terms["waveform"] = waveform_l1(fake, real)
             if out.std is not None:
                 terms["kl"] = self.kl_loss(out)
-            if vae.prior_fitted_apart or (out.std is None and vae.prior.learned):
+            if out.std is None and vae.prior.learned and not vae.prior_fitted_apart:
+                # a plain autoencoder whose prior is "joint": no KL, so it learns here
                 terms["prior_nll"] = -vae.prior.log_prob(out.z.detach()).mean()
             return terms
 
         logs = self.gan.run(plan, real, fake, updater, generator_terms, VAE_TERMS)
+        if vae.prior_fitted_apart:  # every step, whichever network the phase trains
+            prior_nll = -vae.prior.log_prob(out.z.detach()).mean()
+            updater.update("prior", self.recipe.losses.prior_nll.weight * prior_nll)
+            logs["loss/prior_nll"] = prior_nll.detach()
         logs["beta"] = plan.weights["kl"]
         if out.std is not None:
             logs["kl/base"] = out.kl_per_dim().sum(dim=-1).mean().detach()
@@ -261,11 +293,13 @@ class VAETask(Task):
             self._valid = build_valid_items(self.recipe.data, hop=1)
         return self._valid
 
-    def reference_features(self) -> list[torch.Tensor]:
-        """Mel features of the starts of up to `valid.reference_items` training files."""
+    def reference(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(the starts [N, C, T] of up to `valid.reference_items` training files, their mel
+        features)."""
         if self._reference is None:
-            self._reference = _features(self.recipe, training_starts(
-                self.recipe.data, self.recipe.valid.reference_items, self.generator.n_samples))
+            starts = training_starts(self.recipe.data, self.recipe.valid.reference_items,
+                                     self.generator.n_samples)
+            self._reference = (starts, _features(self.recipe, starts))
         return self._reference
 
     @torch.no_grad()
@@ -283,7 +317,7 @@ class VAETask(Task):
         samples, _ = vae.sample(cfg.samples, cfg.temperature, seed=self.recipe.seed)
         samples = samples.float().cpu()
         sample_f, data_f = _features(self.recipe, samples), _features(self.recipe, x)
-        reference = self.reference_features()
+        starts, reference = self.reference()
         novelty = nearest_distances(sample_f, reference)
         rms = samples.square().mean(dim=(1, 2)).sqrt()
         metrics.update({
@@ -294,6 +328,8 @@ class VAETask(Task):
             "samples/nearest_min": float(novelty.min()),
             "data/nearest_median": float(np.median(nearest_distances(data_f, reference))),
         })
+        metrics.update(temperature_sweep(vae, starts, cfg.temperatures, cfg.samples,
+                                         self.recipe.seed))
 
         audio: dict[str, Any] = {}
         for i in range(min(cfg.audio_clips, len(names))):
@@ -357,6 +393,24 @@ def latent_metrics(vae: OneShotVAE, enc: dict[str, torch.Tensor], active_kl: flo
         prior = vae.prior_log_prob(z.to(device)).float().cpu()
     out["prior/nll_per_dim"] = float(-prior.mean() / d)
     out["prior/normal_nll_per_dim"] = float(-standard_normal_log_prob(z).mean() / d)
+    return out
+
+
+def temperature_sweep(vae: OneShotVAE, reference: torch.Tensor, temperatures: list[float],
+                      n: int, seed: int) -> dict[str, float]:
+    """samples/frechet_t<T>: the Frechet distance (log-mel frame statistics) of n prior
+    samples at each temperature T to the reference sounds [N, C, T]."""
+    from soundry.eval.set_metrics import frechet_distance, log_mel_frames
+
+    if not temperatures or len(reference) < 2:
+        return {}
+    ref = log_mel_frames(reference, vae.sample_rate)
+    out = {}
+    for t in temperatures:
+        samples, _ = vae.sample(n, t, seed=seed)
+        frames = log_mel_frames(samples.float().cpu(), vae.sample_rate)
+        out[f"samples/frechet_t{t:g}"] = frechet_distance(frames, ref) if len(frames) > 1 \
+            else float("nan")
     return out
 
 
