@@ -21,7 +21,8 @@ from soundry.train.tasks.vae import KLConfig, VAERecipe, VAETask
 
 NET = {"strides": [2, 4], "encoder_dim": 4, "latent_dim": 8, "decoder_dim": 16}
 SMALL = {"sample_rate": 8000, "seconds": 0.25, "latent_dim": 8, "net": NET,
-         "posterior_flow": {"layers": 2, "hidden": 16}, "prior_flow": {"layers": 2, "hidden": 16}}
+         "posterior_flow": {"layers": 2, "hidden": 16},
+         "prior_flow": {"layers": 2, "hidden": 16, "actnorm": False, "standardize": True}}
 
 
 def small_vae(**extra: object) -> torch.nn.Module:
@@ -95,6 +96,30 @@ def test_sampling_is_seeded_and_interpolation_ends_are_the_reconstructions() -> 
         torch.testing.assert_close(z[0], ends[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(z[-1], ends[1], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(sounds[0], vae.decode(ends[:1])[0], atol=1e-5, rtol=1e-4)
+
+
+def test_sampling_defaults_to_the_models_temperature() -> None:
+    vae = small_vae(sample_temperature=1.5).eval()
+    default, z = vae.sample(4, seed=1)
+    wide, zw = vae.sample(4, 1.5, seed=1)
+    _, z1 = vae.sample(4, 1.0, seed=1)
+    assert torch.equal(z, zw) and torch.equal(default, wide) and not torch.allclose(z, z1)
+
+
+def test_prior_flow_has_an_optimizer_of_its_own() -> None:
+    recipe = validate(VAERecipe, _recipe(), source="t")
+    task = VAETask(recipe, _ctx())
+    specs = {s.name: s for s in task.optimizers()}
+    assert set(specs) == {"discriminator", "generator", "prior"}
+    owned = {n: {id(p) for g in s.optimizer.param_groups for p in g["params"]}
+             for n, s in specs.items()}
+    prior = {id(p) for p in task.generator.prior.parameters()}
+    rest = {id(p) for n, p in task.generator.named_parameters() if not n.startswith("prior.")}
+    assert owned["prior"] == prior and owned["generator"] == rest and prior and rest
+    joint = validate(VAERecipe, _recipe({"model": {**SMALL, "prior_training": "joint"}}),
+                     source="t")
+    assert {s.name for s in VAETask(joint, _ctx()).optimizers()} == {"discriminator",
+                                                                     "generator"}
 
 
 def test_slerp_keeps_the_arc() -> None:
@@ -249,8 +274,9 @@ def test_train_export_sample_interpolate_encode_decode(tmp_path: Path, capsys) -
     valid_row = next(m for m in metrics if "valid/mel_distance" in m)
     for key in ("valid/active_units", "valid/kl/total", "valid/prior/nll_per_dim",
                 "valid/samples/diversity", "valid/data/diversity", "valid/samples/nearest_median",
-                "valid/flow/log_det"):
+                "valid/flow/log_det", "valid/samples/frechet_t1", "valid/samples/frechet_t1.5"):
         assert np.isfinite(valid_row[key]), key
+    assert any("loss/prior_nll" in m and "grad_norm/prior" in m for m in metrics)
     step_dir = sorted((run / "valid").iterdir())[-1]
     for name in ("prior_00.wav", "prior_strip.wav", "prior_strip.png", "interp_strip.wav"):
         assert (step_dir / name).is_file(), name

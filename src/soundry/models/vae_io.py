@@ -114,8 +114,8 @@ def reconstruct_file(vae: Any, src: Path, dst: Path) -> None:
 def write_samples(vae: Any, out: Path, count: int, temperature: float | None = None,
                   seed: int = 0) -> dict[str, Any]:
     """`count` prior samples as out/sample_<i>.wav plus out/samples.json (latents, seed,
-    temperature; None: the model's `sample_temperature`). Sample i is the same whatever `count` when drawn with its own seed
-    (seed + i), so a listing can be extended."""
+    temperature; None: the model's `sample_temperature`). Sample i is the same whatever
+    `count` when drawn with its own seed (seed + i), so a listing can be extended."""
     from soundry.audio.io import write_audio
 
     if count < 1:
