@@ -183,7 +183,7 @@ class VAETask(Task):
         self.gan = GanStep(self.discriminator, recipe.schedule, recipe.losses.adversarial.type)
         self._losses: tuple[MelLoss, MultiResolutionSTFTLoss] | None = None
         self._valid: list[tuple[str, np.ndarray]] | None = None
-        self._reference: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+        self._reference: tuple[np.ndarray, list[torch.Tensor]] | None = None
 
     # -- Task interface --------------------------------------------------------------------
 
@@ -293,13 +293,16 @@ class VAETask(Task):
             self._valid = build_valid_items(self.recipe.data, hop=1)
         return self._valid
 
-    def reference(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(the starts [N, C, T] of up to `valid.reference_items` training files, their mel
-        features)."""
+    def reference(self) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """(the log-mel frames, the mel features) of the starts of up to
+        `valid.reference_items` training files, computed once."""
         if self._reference is None:
+            from soundry.eval.set_metrics import log_mel_frames
+
             starts = training_starts(self.recipe.data, self.recipe.valid.reference_items,
                                      self.generator.n_samples)
-            self._reference = (starts, _features(self.recipe, starts))
+            self._reference = (log_mel_frames(starts, self.recipe.model.sample_rate),
+                               _features(self.recipe, starts))
         return self._reference
 
     @torch.no_grad()
@@ -317,7 +320,7 @@ class VAETask(Task):
         samples, _ = vae.sample(cfg.samples, cfg.temperature, seed=self.recipe.seed)
         samples = samples.float().cpu()
         sample_f, data_f = _features(self.recipe, samples), _features(self.recipe, x)
-        starts, reference = self.reference()
+        ref_frames, reference = self.reference()
         novelty = nearest_distances(sample_f, reference)
         rms = samples.square().mean(dim=(1, 2)).sqrt()
         metrics.update({
@@ -328,7 +331,7 @@ class VAETask(Task):
             "samples/nearest_min": float(novelty.min()),
             "data/nearest_median": float(np.median(nearest_distances(data_f, reference))),
         })
-        metrics.update(temperature_sweep(vae, starts, cfg.temperatures, cfg.samples,
+        metrics.update(temperature_sweep(vae, ref_frames, cfg.temperatures, cfg.samples,
                                          self.recipe.seed))
 
         audio: dict[str, Any] = {}
@@ -396,15 +399,14 @@ def latent_metrics(vae: OneShotVAE, enc: dict[str, torch.Tensor], active_kl: flo
     return out
 
 
-def temperature_sweep(vae: OneShotVAE, reference: torch.Tensor, temperatures: list[float],
+def temperature_sweep(vae: OneShotVAE, ref: np.ndarray, temperatures: list[float],
                       n: int, seed: int) -> dict[str, float]:
     """samples/frechet_t<T>: the Frechet distance (log-mel frame statistics) of n prior
-    samples at each temperature T to the reference sounds [N, C, T]."""
+    samples at each temperature T to reference frames (`log_mel_frames` of sounds)."""
     from soundry.eval.set_metrics import frechet_distance, log_mel_frames
 
-    if not temperatures or len(reference) < 2:
+    if not temperatures or len(ref) < 2:
         return {}
-    ref = log_mel_frames(reference, vae.sample_rate)
     out = {}
     for t in temperatures:
         samples, _ = vae.sample(n, t, seed=seed)
