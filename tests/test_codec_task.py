@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 from fixtures.numerics import assert_codes_agree
 
+from soundry.audio.dsp import SpectrogramCache
 from soundry.cli import main as cli
 from soundry.paths import recipes_dir
 from soundry.train.recipes import load_recipe
@@ -142,6 +143,36 @@ def test_real_audio_goes_through_the_discriminator_once_per_step() -> None:
     assert torch.equal(seen[0][:2], x) and seen[0].shape[0] == 4
     assert not torch.equal(seen[1], x)
     assert not real_passes
+
+
+def test_discriminator_windows_cut_real_and_fake_alike_and_are_seeded() -> None:
+    # 0.02 s at 16 kHz = 320 of the items' 1600 samples
+    task = _task("schedule.phases=[{name: gan}]", "schedule.discriminator_seconds=0.02")
+    seen: list[torch.Tensor] = []
+    task.discriminator.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = 0.3 * torch.randn(2, 1, 1600)
+    logs = task.train_step({"audio": x}, 7, RecordingUpdater(task))
+    assert torch.isfinite(torch.as_tensor(logs["loss/feature_matching"]))
+    d_batch, g_batch = seen
+    assert d_batch.shape == (4, 1, 320) and g_batch.shape == (2, 1, 320)
+    # the real windows are windows of x; the G pass scores the fake at the same offsets
+    # as the D pass (detached there)
+    starts = []
+    for i in range(2):
+        hits = [o for o in range(1600 - 320 + 1) if torch.equal(x[i, :, o:o + 320], d_batch[i])]
+        assert len(hits) == 1
+        starts.append(hits[0])
+    assert torch.allclose(d_batch[2:], g_batch.detach())
+    # seeded by (seed, step): the same step draws the same windows, another step others
+    gen = task.gan
+    a = gen.windows(*(SpectrogramCache(x),) * 2, 7)[0].audio
+    b = gen.windows(*(SpectrogramCache(x),) * 2, 7)[0].audio
+    c = gen.windows(*(SpectrogramCache(x),) * 2, 8)[0].audio
+    assert torch.equal(a, d_batch[:2]) and torch.equal(a, b) and not torch.equal(a, c)
+    assert len(set(starts)) == 2 or starts[0] != 0  # per-item offsets, not all at the start
+    # without the key (or a window as long as the items) the discriminator sees everything
+    whole = _task("schedule.phases=[{name: gan}]", "schedule.discriminator_seconds=1.0").gan
+    assert whole.windows(SpectrogramCache(x), SpectrogramCache(x), 7)[0].audio is x
 
 
 def test_schedule_phases_switch_at_the_right_steps() -> None:

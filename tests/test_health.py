@@ -215,6 +215,27 @@ def test_loss_spike_flags_the_commitment_blow_up_of_a_mass_restart(tmp_path):
     assert "loss/commitment" in hit and hit["loss/commitment"]["since"] <= 100
 
 
+def test_loss_spike_judges_a_signed_noisy_loss_against_its_spread():
+    """A flow's NLL per sound changes sign from batch to batch (median ~0, values +-50): a
+    value of 63 is noise, not a 400x jump; a jump to 5000 still is an error. A positive
+    loss keeps the plain ratio to its median."""
+    from soundry.health.train_monitors import LossSpike
+
+    rng = np.random.default_rng(0)
+    for key, base, noise, value, expected in (
+            ("loss/prior_nll", 0.0, 25.0, 63.0, None),
+            ("loss/prior_nll", 0.0, 25.0, 5000.0, "error"),
+            ("loss/mel", 3.0, 0.1, 45.0, "warning"),
+            ("loss/mel", 3.0, 0.1, 400.0, "error")):
+        monitor = LossSpike(HealthConfig().loss_spike)
+        for step in range(1, 65):
+            monitor.on_scalars(step, {key: base + noise * rng.standard_normal()})
+        assert monitor.check(64) == []
+        monitor.on_scalars(65, {key: value})
+        found = [f.severity for f in monitor.check(70) if f.key == key]
+        assert found == ([expected] if expected else []), (key, value)
+
+
 def test_grad_spike_flags_a_jump_far_above_the_running_median():
     """The rule itself, on a planted series (default thresholds): noise around 10, then one
     step at 60x (warning) and, separately, one at 2000x (error)."""

@@ -138,6 +138,15 @@ class Series:
             vals = vals[-last:]
         return float(np.median(vals)) if vals else math.nan
 
+    def spread(self, last: int | None = None) -> float:
+        """A robust standard deviation of the last values: 1.4826 x their median absolute
+        deviation (the std for Gaussian noise)."""
+        vals = np.array([v for _, v in self.values][-last:] if last else
+                        [v for _, v in self.values])
+        if not len(vals):
+            return math.nan
+        return float(1.4826 * np.median(np.abs(vals - np.median(vals))))
+
     def last(self) -> tuple[int, float]:
         return self.values[-1]
 

@@ -17,16 +17,24 @@ ADVERSARIAL_TERMS = ("loss/d", "loss/adversarial", "loss/feature_matching")
 
 
 class _Spikes:
-    """The worst jump of one series above its running median since the last check."""
+    """The worst jump of one series above its running median since the last check.
+
+    A jump's ratio is 1 + (value - median) / scale, scale = max(|median|, spread): for a
+    positive series that varies little against its level this is value / median; for one
+    that changes sign or is noisy around zero (a flow's NLL per sound: median 0.1, values
+    +-50 from batch to batch) the jump is measured against the noise, not against a median
+    that happens to sit near zero.
+    """
 
     def __init__(self) -> None:
         self.worst: dict[str, tuple[float, int, float, float]] = {}  # key -> ratio, step, v, med
 
     def see(self, key: str, step: int, value: float, median: float, factor: float,
-            min_delta: float = 0.0) -> None:
-        if not (math.isfinite(value) and math.isfinite(median)) or median <= 0:
+            min_delta: float = 0.0, spread: float = 0.0) -> None:
+        scale = max(abs(median), spread) if math.isfinite(spread) else abs(median)
+        if not (math.isfinite(value) and math.isfinite(median)) or scale <= 0:
             return
-        ratio = value / median
+        ratio = 1.0 + (value - median) / scale
         if ratio >= factor and value - median >= min_delta:
             if key not in self.worst or ratio > self.worst[key][0]:
                 self.worst[key] = (ratio, step, value, median)
@@ -55,7 +63,7 @@ class LossSpike(Monitor):
             s = self.series.setdefault(key, Series(2 * cfg.window))
             if len(s) >= cfg.min_points:
                 self.spikes.see(key, step, float(value), s.median(last=cfg.window), cfg.factor,
-                                cfg.min_delta)
+                                cfg.min_delta, s.spread(last=cfg.window))
             s.add(step, float(value))
 
     def check(self, step: int) -> list[Finding]:
@@ -66,7 +74,7 @@ class LossSpike(Monitor):
             out.append(self.finding(
                 step, severity,
                 f"{key} jumped to {value:.4g} at step {at}, {ratio:.0f}x its running median "
-                f"({median:.4g}). A loss that jumps like this usually precedes a divergence: "
+                f"({median:.4g}; or its spread, when larger). A loss that jumps like this usually precedes a divergence: "
                 "lower the learning rate, raise warm-up, or check the data at that step",
                 key=key, since=at, value=value, median=median, ratio=ratio,
                 curve=self.series[key].tail(12)))

@@ -26,7 +26,9 @@ Weights come from the recipe, overridden by the current phase's `weights:` and w
 adversarial and feature-matching weights scaled by the phase's ramp (`GanScheduleConfig`).
 
 Signals are [B, C, T] tensors or `SpectrogramCache`s of them (so STFTs a reconstruction loss
-computed are shared with a multi-resolution discriminator). A discriminator is called as
+computed are shared with a multi-resolution discriminator). With a `window` (samples), the
+discriminator sees one random window of each item instead, the same one of real and fake,
+drawn from (seed, step) so that a resumed run draws the same windows. A discriminator is called as
 `disc(audio, spec)` (spec: a `SpectrogramCache` of audio) and returns a list of
 `DiscOutput`, one per sub-discriminator.
 """
@@ -60,6 +62,7 @@ class GanPlan:
 
     phase: PhaseConfig
     weights: dict[str, float]
+    step: int = 0  # the engine's 1-based step (seeds the discriminator windows)
 
     @property
     def generator(self) -> bool:
@@ -91,12 +94,16 @@ class GanStep:
         kind: Literal["lsgan", "hinge"] = "lsgan",
         gen_optimizer: str = "generator",
         disc_optimizer: str = "discriminator",
+        window: int | None = None,
+        seed: int = 0,
     ) -> None:
         self.discriminator = discriminator
         self.schedule = schedule
         self.kind = kind
         self.gen_optimizer = gen_optimizer
         self.disc_optimizer = disc_optimizer
+        self.window = window
+        self.seed = seed
 
     def plan(self, step: int, weights: Mapping[str, float]) -> GanPlan:
         """The plan of the engine's (1-based) `step`, from the recipe's loss `weights`."""
@@ -108,7 +115,26 @@ class GanStep:
         for name in self.terms.names:
             if name in current:
                 current[name] *= ramp
-        return GanPlan(phase, current)
+        return GanPlan(phase, current, step)
+
+    def windows(self, real: SpectrogramCache, fake: SpectrogramCache, step: int
+                ) -> tuple[SpectrogramCache, SpectrogramCache]:
+        """Real and fake cut to the same random `window` of each item (or as they are).
+
+        Offsets are uniform over the item's valid starts, one per item, drawn from a
+        generator seeded by (seed, step): independent of the global RNG and reproducible.
+        """
+        length = real.shape[-1]
+        if self.window is None or self.window >= length:
+            return real, fake
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        starts = torch.randint(0, length - self.window + 1, (real.shape[0],), generator=gen)
+        index = (starts[:, None] + torch.arange(self.window)).to(real.audio.device)
+
+        def cut(x: torch.Tensor) -> SpectrogramCache:
+            return SpectrogramCache(x.gather(-1, index[:, None, :].expand(*x.shape[:2], -1)))
+
+        return cut(real.audio), cut(fake.audio)
 
     def _score(self, signal: SpectrogramCache) -> list[DiscOutput]:
         return self.discriminator(signal.audio, signal)
@@ -130,6 +156,7 @@ class GanStep:
         """
         real_s = real if isinstance(real, SpectrogramCache) else SpectrogramCache(real)
         fake_s = fake if isinstance(fake, SpectrogramCache) else SpectrogramCache(fake)
+        real_s, fake_s = self.windows(real_s, fake_s, plan.step)
         logs: dict[str, Any] = {}
         real_outs: list[DiscOutput] | None = None
         if plan.discriminator:
