@@ -74,8 +74,9 @@ class LossSpike(Monitor):
             out.append(self.finding(
                 step, severity,
                 f"{key} jumped to {value:.4g} at step {at}, {ratio:.0f}x its running median "
-                f"({median:.4g}; or its spread, when larger). A loss that jumps like this usually precedes a divergence: "
-                "lower the learning rate, raise warm-up, or check the data at that step",
+                f"({median:.4g}; or its spread, when larger). A loss that jumps like this "
+                "usually precedes a divergence: lower the learning rate, raise warm-up, or "
+                "check the data at that step",
                 key=key, since=at, value=value, median=median, ratio=ratio,
                 curve=self.series[key].tail(12)))
         q = max(2, cfg.window // 4)
