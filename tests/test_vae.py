@@ -122,6 +122,20 @@ def test_prior_flow_has_an_optimizer_of_its_own() -> None:
                                                                      "generator"}
 
 
+def test_prior_learns_from_a_queue_of_recent_latents() -> None:
+    recipe = validate(VAERecipe, _recipe({"losses": {"prior_nll": {"queue": 5}}}), source="t")
+    task = VAETask(recipe, _ctx())
+    steps = [torch.full((2, 3), float(i)) for i in range(4)]
+    seen = [task.prior_batch(z) for z in steps]
+    # this step's latents first, then the previous steps', capped at 5 rows
+    assert [b.shape[0] for b in seen] == [2, 4, 5, 5]
+    assert seen[3][:, 0].tolist() == [3.0, 3.0, 2.0, 2.0, 1.0]
+    assert not seen[3].requires_grad
+    # a batch larger than the queue is used whole; latents of another width restart it
+    assert task.prior_batch(torch.zeros(7, 3)).shape[0] == 7
+    assert task.prior_batch(torch.zeros(2, 4)).shape == (2, 4)
+
+
 def test_slerp_keeps_the_arc() -> None:
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
     mid = slerp(a, b, torch.tensor([[0.5]]))[0]
