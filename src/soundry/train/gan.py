@@ -94,7 +94,7 @@ class GanStep:
         kind: Literal["lsgan", "hinge"] = "lsgan",
         gen_optimizer: str = "generator",
         disc_optimizer: str = "discriminator",
-        window: int | None = None,
+        sample_rate: int | None = None,
         seed: int = 0,
     ) -> None:
         self.discriminator = discriminator
@@ -102,7 +102,8 @@ class GanStep:
         self.kind = kind
         self.gen_optimizer = gen_optimizer
         self.disc_optimizer = disc_optimizer
-        self.window = window
+        # the discriminators' window in samples (schedule.discriminator_seconds)
+        self.window = schedule.window_samples(sample_rate) if sample_rate else None
         self.seed = seed
 
     def plan(self, step: int, weights: Mapping[str, float]) -> GanPlan:

@@ -162,7 +162,7 @@ class CodecTask(Task):
         # Quantizer dropout and dead-code restarts draw from the run's seed (and the step).
         self.generator.quantizer.seed = recipe.seed
         self.gan = GanStep(self.discriminator, recipe.schedule, recipe.losses.adversarial.type,
-                           window=recipe.schedule.window_samples(recipe.model.sample_rate),
+                           sample_rate=recipe.model.sample_rate,
                            seed=recipe.seed)
         self._losses: Any = None  # built on first use, on the training device
         self._valid_items: list[tuple[str, np.ndarray]] | None = None

@@ -194,7 +194,7 @@ class VAETask(Task):
             self.discriminator = build_discriminator(recipe.discriminator,
                                                      recipe.model.sample_rate)
         self.gan = GanStep(self.discriminator, recipe.schedule, recipe.losses.adversarial.type,
-                           window=recipe.schedule.window_samples(recipe.model.sample_rate),
+                           sample_rate=recipe.model.sample_rate,
                            seed=recipe.seed)
         self._losses: tuple[MelLoss, MultiResolutionSTFTLoss] | None = None
         self._valid: list[tuple[str, np.ndarray]] | None = None
