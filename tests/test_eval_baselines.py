@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
+from soundry.audio import codecs as bl
+from soundry.audio.codecs import BaselineSpec, align, estimate_delay, parse_baselines, roundtrip
 from soundry.errors import SoundryError
-from soundry.eval import baselines as bl
-from soundry.eval.baselines import BaselineSpec, align, estimate_delay, parse_baselines, roundtrip
 
 needs_ffmpeg = pytest.mark.skipif(
     shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (apt-get install ffmpeg)"

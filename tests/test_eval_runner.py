@@ -236,8 +236,8 @@ def test_eval_command_with_a_tiny_codec_and_an_opus_baseline(
 
 
 def test_eval_command_without_ffmpeg_says_so(audio_dir, tmp_path, monkeypatch, capsys) -> None:
+    from soundry.audio import codecs as baselines
     from soundry.cli import main
-    from soundry.eval import baselines
 
     monkeypatch.setattr(baselines.shutil, "which", lambda name: None)
     argv = ["eval", str(tmp_path / "no-model"), str(audio_dir), "--baseline", "opus:6k"]

@@ -33,7 +33,8 @@ def small_vae(**extra: object) -> torch.nn.Module:
 @pytest.mark.parametrize("extra", [
     {},
     {"channels": 2},
-    {"channels": 2, "stereo": "midside", "modulation": "adain", "pooling": "mean"},
+    {"channels": 2, "stereo": "midside", "modulation": "adain", "pooling": "mean",
+     "envelope": "latent"},
     {"modulation": "film", "variational": False, "net": {**NET, "upsample": "resize"}},
 ])
 def test_shapes_mono_and_stereo(extra: dict) -> None:
@@ -72,6 +73,31 @@ def test_initial_latent_spreads_over_sounds_and_decoder_starts_from_its_seed() -
     plain = small_vae(modulation="film", feature_norm="none").train()
     m0, s0 = plain.posterior(plain.features(x))
     assert float(m0.std(dim=0).mean()) < float(mean.std(dim=0).mean()) / 10
+
+
+def test_envelope_starts_flat_and_learns_a_decay() -> None:
+    """`envelope: latent` scales the decoder's waveform by exp(log-gain per frame): at
+    initialisation the gain is 1 everywhere (the same output as without it), its map from z
+    takes gradient, a decay is reachable in a few steps, and an outlying latent's gain stays
+    bounded."""
+    plain, env = small_vae(), small_vae(envelope="latent")
+    env.load_state_dict(plain.state_dict(), strict=False)
+    z = torch.randn(3, env.latent_dim)
+    torch.testing.assert_close(env.eval().decode(z), plain.eval().decode(z))
+    torch.testing.assert_close(env.gain(z), torch.ones(3, 1, env.n_samples))
+    # fit the envelope alone to a 40 dB decay over the sound: the log-gain is linear in z
+    target = torch.logspace(0, -2, env.n_samples)
+    opt = torch.optim.Adam(env.envelope.parameters(), lr=0.1)
+    for _ in range(150):
+        opt.zero_grad()
+        loss = (env.gain(z).log() - target.log()).abs().mean()
+        loss.backward()
+        opt.step()
+    gain = env.gain(z).detach()
+    assert float(gain[:, 0, -100:].mean()) < 0.03 < 0.7 < float(gain[:, 0, :100].mean())
+    with torch.no_grad():
+        assert float(env.gain(z * 1e4).max()) <= float(np.exp(4.0)) * (1 + 1e-5)
+        assert env.decode(z * 1e4).isfinite().all()
 
 
 def test_midside_codes_mid_and_side() -> None:

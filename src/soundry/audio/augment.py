@@ -1,6 +1,7 @@
-"""Waveform augmentations and degradations on float32 numpy audio [C, T].
+"""Waveform augmentations (and the primitives of `soundry.audio.degrade`) on float32 numpy
+audio [C, T].
 
-Each transform is a plain function of explicit parameters; `Augmenter` and `Degrader` draw
+Each transform is a plain function of explicit parameters; `Augmenter` (and `Degrader`) draw
 those parameters (and whether each transform happens at all) from a numpy Generator handed
 to them, so an item's augmentations depend only on how that generator was seeded. The drawn
 parameters are returned as a small dict, which `soundry data preview` lists per item.
@@ -18,7 +19,7 @@ from scipy import signal
 from soundry.audio.io import resample
 
 if TYPE_CHECKING:  # the policies only read config attributes; audio/ does not import data/
-    from soundry.data.config import AugmentConfig, DegradeConfig
+    from soundry.data.config import AugmentConfig
 
 # ----------------------------------------------------------------------------- primitives
 
@@ -111,18 +112,10 @@ def hard_clip(audio: np.ndarray, level: float) -> np.ndarray:
     return np.clip(audio, -limit, limit)
 
 
-def add_noise(audio: np.ndarray, rng: np.random.Generator, snr_db: float) -> np.ndarray:
-    """Add white Gaussian noise at `snr_db` below the clip's mean power."""
-    power = float(np.mean(np.square(audio, dtype=np.float64))) if audio.size else 0.0
-    power = max(power, 1e-8)  # silence still gets a faint noise floor
-    std = math.sqrt(power / 10.0 ** (snr_db / 10.0))
-    return audio + (rng.standard_normal(audio.shape) * std).astype(np.float32)
-
-
 # ----------------------------------------------------------------------------- random policies
 
 
-def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
@@ -159,7 +152,7 @@ class Augmenter:
         params: dict[str, Any] = {}
         u = rng.random(5)
         pitch = float(rng.uniform(c.pitch.min_ratio, c.pitch.max_ratio))
-        phase_hz = _log_uniform(rng, c.phase.min_hz, min(c.phase.max_hz, 0.49 * self.sample_rate))
+        phase_hz = log_uniform(rng, c.phase.min_hz, min(c.phase.max_hz, 0.49 * self.sample_rate))
         gain_db = float(rng.uniform(c.gain.min_db, c.gain.max_db))
         if u[0] < c.pitch.prob:
             params["pitch_ratio"] = round(pitch, 4)
@@ -206,45 +199,3 @@ class Augmenter:
         if "dequantize_bits" in params:
             audio = dequantize(audio, rng, params["dequantize_bits"])
         return audio.astype(np.float32, copy=False)
-
-
-class Degrader:
-    """Draws and applies the degradations of a `DegradeConfig` (input side of a pair)."""
-
-    def __init__(self, cfg: DegradeConfig, sample_rate: int) -> None:
-        self.cfg = cfg
-        self.sample_rate = int(sample_rate)
-
-    def draw(self, rng: np.random.Generator) -> dict[str, Any]:
-        """Which degradations fire and their parameters (same draw order every time)."""
-        c = self.cfg
-        u = rng.random(4)
-        cutoff = _log_uniform(rng, c.lowpass.min_hz, c.lowpass.max_hz)
-        level = float(rng.uniform(c.clip.min_level, c.clip.max_level))
-        snr = float(rng.uniform(c.noise.min_snr_db, c.noise.max_snr_db))
-        gain_db = float(rng.uniform(c.gain.min_db, c.gain.max_db))
-        params: dict[str, Any] = {}
-        if u[0] < c.lowpass.prob:
-            params["lowpass_hz"] = round(cutoff, 1)
-        if u[1] < c.clip.prob:
-            params["clip_level"] = round(level, 4)
-        if u[2] < c.noise.prob:
-            params["noise_snr_db"] = round(snr, 2)
-        if u[3] < c.gain.prob:
-            params["input_gain_db"] = round(gain_db, 3)
-        return params
-
-    def apply(
-        self, audio: np.ndarray, params: dict[str, Any], rng: np.random.Generator
-    ) -> np.ndarray:
-        """The degraded copy of clean [C, T] audio."""
-        out = audio
-        if "lowpass_hz" in params:
-            out = lowpass(out, self.sample_rate, params["lowpass_hz"], self.cfg.lowpass.order)
-        if "clip_level" in params:
-            out = hard_clip(out, params["clip_level"])
-        if "noise_snr_db" in params:
-            out = add_noise(out, rng, params["noise_snr_db"])
-        if "input_gain_db" in params:
-            out = apply_gain(out, params["input_gain_db"])
-        return np.clip(out, -1.0, 1.0).astype(np.float32, copy=False)

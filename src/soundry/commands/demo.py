@@ -184,7 +184,7 @@ def _opus_row(
     clips: list[Any], sample_rate: int, kbps: float, notes: list[str]
 ) -> tuple[str, Any] | None:
     """Opus at the bitrate nearest the codec's (6 kbps at the least) on the same clips."""
-    from soundry.eval.baselines import BaselineSpec, FFmpegMissingError, roundtrip
+    from soundry.audio.codecs import BaselineSpec, FFmpegMissingError, roundtrip
     from soundry.eval.verdict import score_outputs
 
     spec = BaselineSpec("opus", max(6000, int(round(kbps)) * 1000))

@@ -74,7 +74,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from soundry.eval.baselines import parse_baselines
+    from soundry.audio.codecs import parse_baselines
     from soundry.eval.runner import format_table, run_eval
 
     console = Console()

@@ -23,7 +23,8 @@ Item kinds (`mode`):
   longest item of their batch; batches then carry `lengths`.
 
 Audio-to-audio data: a source with `target:` is a paired source (`path` holds the inputs,
-`target` the clean targets, matched by file name); `degrade:` makes pairs on the fly
+`target` the clean targets, matched by relative path without extension: a file on one
+side without a partner on the other is skipped and listed); `degrade:` makes pairs on the fly
 (target = the clean clip, input = a degraded copy) for every source without a `target`.
 """
 
@@ -155,12 +156,24 @@ class AugmentConfig(Strict):
 # ----------------------------------------------------------------------------- degradations
 
 
+NOISE_COLOURS = ("white", "pink", "brown", "blue", "violet")
+
+
 class NoiseDegrade(Strict):
-    """White noise at a signal-to-noise ratio drawn uniformly in dB."""
+    """Additive noise at a signal-to-noise ratio drawn uniformly in dB (the achieved SNR is
+    the drawn one: the noise is scaled on the clip's own power).
+
+    The noise is synthetic, of a colour drawn from `colours` (power spectrum ~ f^-a: white 0,
+    pink 1, brown 2, blue -1, violet -2), or, with `folder`, a random crop of a random file
+    of that folder (looped if short).
+    """
 
     prob: float = _prob(1.0)
     min_snr_db: float = 5.0
     max_snr_db: float = 30.0
+    colours: list[Literal["white", "pink", "brown", "blue", "violet"]] = Field(
+        default_factory=lambda: ["white"], min_length=1)
+    folder: str | None = None
 
     @model_validator(mode="after")
     def _range(self) -> NoiseDegrade:
@@ -169,12 +182,15 @@ class NoiseDegrade(Strict):
 
 
 class LowpassDegrade(Strict):
-    """Butterworth low-pass at a cutoff drawn log-uniformly (capped below Nyquist)."""
+    """A low-pass at a cutoff drawn log-uniformly (capped below Nyquist): a Butterworth
+    filter (`method: butterworth`), or a bandwidth limit by resampling down to twice the
+    cutoff and back up (`method: resample`, what a low-rate recording sounds like)."""
 
     prob: float = _prob(0.5)
     min_hz: float = Field(1000.0, gt=0)
     max_hz: float = Field(6000.0, gt=0)
     order: int = Field(8, ge=1, le=16)
+    method: Literal["butterworth", "resample"] = "butterworth"
 
     @model_validator(mode="after")
     def _range(self) -> LowpassDegrade:
@@ -208,17 +224,99 @@ class GainDegrade(Strict):
         return self
 
 
+class ReverbDegrade(Strict):
+    """Convolution with a room impulse response; the target stays dry.
+
+    `source`: `synthetic` (a direct path plus exponentially decaying noise with RT60 drawn
+    in [min_rt60, max_rt60] s and a direct-to-reverberant ratio in [min_drr_db,
+    max_drr_db]), `room` (a shoebox room simulated by `pyroomacoustics`, which must be
+    installed, at the drawn RT60) or `folder` (impulse responses read from `folder`, aligned
+    to their peak so the direct path lines up with the target).
+    """
+
+    prob: float = _prob(0.0)
+    source: Literal["synthetic", "room", "folder"] = "synthetic"
+    min_rt60: float = Field(0.2, gt=0)
+    max_rt60: float = Field(1.0, gt=0)
+    min_drr_db: float = -3.0
+    max_drr_db: float = 12.0
+    folder: str | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> ReverbDegrade:
+        _check_range(self.min_rt60, self.max_rt60, "reverb min_rt60/max_rt60")
+        _check_range(self.min_drr_db, self.max_drr_db, "reverb min_drr_db/max_drr_db")
+        if self.source == "folder" and not self.folder:
+            raise ValueError("reverb source 'folder' needs `folder:` (a folder of IR files)")
+        return self
+
+
+class PitchDegrade(Strict):
+    """A pitch shift by a number of semitones drawn uniformly in [min_semitones,
+    max_semitones], duration kept (phase-vocoder stretch, then resampling): the model learns
+    to undo it (the target is the original)."""
+
+    prob: float = _prob(0.0)
+    min_semitones: float = Field(-2.0, ge=-24, le=24)
+    max_semitones: float = Field(2.0, ge=-24, le=24)
+
+    @model_validator(mode="after")
+    def _range(self) -> PitchDegrade:
+        _check_range(self.min_semitones, self.max_semitones, "pitch min/max_semitones")
+        return self
+
+
+class CodecDegrade(Strict):
+    """An encode/decode round trip through a classical codec (ffmpeg, which must be on
+    PATH): a codec drawn from `codecs`, a bitrate drawn uniformly in [min_kbps, max_kbps]."""
+
+    prob: float = _prob(0.0)
+    codecs: list[Literal["mp3", "opus", "vorbis", "aac"]] = Field(
+        default_factory=lambda: ["mp3", "opus"], min_length=1)
+    min_kbps: float = Field(16.0, gt=0)
+    max_kbps: float = Field(64.0, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> CodecDegrade:
+        _check_range(self.min_kbps, self.max_kbps, "codec min_kbps/max_kbps")
+        return self
+
+
+DEGRADE_ORDER = ["pitch", "reverb", "lowpass", "codec", "clip", "noise", "gain"]
+
+
 class DegradeConfig(Strict):
     """On-the-fly degradations: target = clean clip, input = degraded copy.
 
-    Applied in this order: lowpass, clip, noise, gain; parameters come from the item's
-    generator, like the augmentations.
+    Each degradation fires with its `prob` and draws its parameters from ranges; they are
+    applied in `order` (default: pitch, reverb, lowpass, codec, clip, noise, gain). Every
+    draw comes from the item's generator, seeded by (seed, epoch, index), one stream per
+    degradation: turning one on leaves the others' draws where they were. `degrade: {}`
+    turns on noise, lowpass, clip and gain at their default probabilities.
     """
 
     noise: NoiseDegrade = Field(default_factory=NoiseDegrade)
     lowpass: LowpassDegrade = Field(default_factory=LowpassDegrade)
     clip: ClipDegrade = Field(default_factory=ClipDegrade)
     gain: GainDegrade = Field(default_factory=GainDegrade)
+    reverb: ReverbDegrade = Field(default_factory=ReverbDegrade)
+    pitch: PitchDegrade = Field(default_factory=PitchDegrade)
+    codec: CodecDegrade = Field(default_factory=CodecDegrade)
+    order: list[str] = Field(default_factory=lambda: list(DEGRADE_ORDER))
+
+    @model_validator(mode="after")
+    def _order(self) -> DegradeConfig:
+        unknown = [n for n in self.order if n not in DEGRADE_ORDER]
+        if unknown:
+            raise ValueError(f"degrade order: unknown degradation(s) {unknown} "
+                             f"(valid: {', '.join(DEGRADE_ORDER)})")
+        if len(set(self.order)) != len(self.order):
+            raise ValueError(f"degrade order lists a degradation twice: {self.order}")
+        missing = [n for n in DEGRADE_ORDER if getattr(self, n).prob > 0 and n not in self.order]
+        if missing:
+            raise ValueError(f"degrade order leaves out {missing}, whose prob is above 0: "
+                             "add them to `order` or set their prob to 0")
+        return self
 
 
 # ----------------------------------------------------------------------------- batching

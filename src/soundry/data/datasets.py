@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch.utils.data
 
-from soundry.audio.augment import Augmenter, Degrader, fit_length, pitch_shift
+from soundry.audio.augment import Augmenter, fit_length, pitch_shift
+from soundry.audio.degrade import Degrader
 from soundry.audio.io import read_audio
 from soundry.audio.loudness import loudness_gain, measure_loudness
 from soundry.data.config import DataConfig, LoudnessConfig
@@ -218,7 +219,7 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.augmenter is not None and aug:
             clean, noisy = self._both(self.augmenter.apply_level, clean, noisy, aug, aug_rng)
         if self.degrader is not None and not paired:
-            noisy = self.degrader.apply(clean, deg, deg_rng)
+            noisy = self.degrader.apply(clean, deg)
 
         valid = min(out_frames, self._valid_length(item, offset, aug))
         out: dict[str, Any] = {

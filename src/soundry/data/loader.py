@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from soundry.audio.augment import Degrader
+from soundry.audio.degrade import Degrader
 from soundry.data.config import DataConfig
 from soundry.data.datasets import (
     DATASETS,
@@ -426,7 +426,7 @@ def _valid_crops(cfg: DataConfig, hop: int) -> list[tuple[str, np.ndarray, np.nd
         clean, noisy = clean * gain, noisy * gain
         if item.target is None and degrader is not None:
             rng = make_rng(VALID_SEED, i)
-            noisy = degrader.apply(clean, degrader.draw(rng), rng)
+            noisy = degrader.apply(clean, degrader.draw(rng))
         elif item.target is None and cfg.paired:
             raise DataError(
                 f"validation file {item.path} has no target: with paired sources leave "

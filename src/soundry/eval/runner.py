@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from soundry import __version__
+from soundry.audio.codecs import BaselineSpec, check_encoders, roundtrip
 from soundry.errors import DataError, SoundryError
-from soundry.eval.baselines import BaselineSpec, check_encoders, roundtrip
 from soundry.eval.directions import higher_is_better
 from soundry.eval.extra_metrics import EXTRA_METRICS, availability, compute_extra, take_failures
 from soundry.eval.fmt import clean_json, dumps_json, fmt_metric, nonfinite_note

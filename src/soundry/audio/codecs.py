@@ -1,4 +1,5 @@
-"""Classical codecs through ffmpeg, as baselines next to a neural codec.
+"""Classical codecs through ffmpeg: baselines next to a neural codec, and the codec
+round-trip degradation of audio-to-audio data.
 
 A baseline is written `codec:bitrate`, e.g. `opus:6k`, `mp3:32k`, `vorbis:64000`. Each
 clip is written to a temporary float WAV, encoded with ffmpeg at that bitrate, decoded
