@@ -15,7 +15,9 @@ from soundry.eval.metrics import (
     codebook_usage,
     l1,
     mel_distance,
+    onset_pop,
     si_sdr,
+    spectral_line,
     stft_distance,
 )
 
@@ -152,3 +154,30 @@ def test_bitrate_arithmetic() -> None:
     assert bitrate_kbps(44100 / 512, 9, 1024) == pytest.approx(7.75, abs=0.01)  # DAC 44 kHz
     assert bitrate_kbps(16000 / 320, 12, 1024) == pytest.approx(6.0)  # DAC 16 kHz
     assert bitrate_kbps(75, 8, 2048) == pytest.approx(6.6)
+
+
+def test_onset_pop_reads_a_click_at_the_start() -> None:
+    sr = 16000
+    t = np.arange(sr) / sr
+    ref = (0.3 * np.sin(2 * np.pi * 300 * t) * np.minimum(1, t / 0.005)).astype(np.float32)
+    popped = ref.copy()
+    popped[:80] += np.hanning(80).astype(np.float32) * 0.8  # a 5 ms bump
+    assert onset_pop(ref[None], ref[None], sr) == pytest.approx(0.0, abs=1e-9)
+    assert onset_pop(ref[None], popped[None], sr) > 5.0
+    late = ref.copy()
+    late[8000:8080] += np.hanning(80).astype(np.float32) * 0.8  # after the first 10 ms
+    assert onset_pop(ref[None], late[None], sr) == pytest.approx(0.0, abs=1e-9)
+    silent = np.zeros((1, sr), np.float32)
+    assert onset_pop(silent, silent, sr) == pytest.approx(0.0)
+
+
+def test_spectral_line_reads_a_stationary_tone_not_broadband_noise() -> None:
+    sr = 16000
+    rng = np.random.default_rng(0)
+    ref = (rng.standard_normal(sr) * 0.1).astype(np.float32)
+    t = np.arange(sr) / sr
+    line = ref + 0.05 * np.sin(2 * np.pi * 3000 * t).astype(np.float32)
+    broad = ref + (rng.standard_normal(sr) * 0.03).astype(np.float32)
+    assert spectral_line(ref[None], ref[None]) == pytest.approx(0.0, abs=1e-9)
+    assert spectral_line(ref[None], line[None]) > 10.0
+    assert spectral_line(ref[None], broad[None]) < 4.0  # chance excess of some bin

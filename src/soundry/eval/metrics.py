@@ -13,6 +13,10 @@ batch. They run without gradients, in float64.
 - `si_sdr`: scale-invariant SDR in dB (both signals made zero-mean per item, channels
   flattened per item as DAC does); +inf for identical signals.
 - `l1`: mean absolute sample difference.
+- `onset_pop`: the estimate's energy in its first 10 ms over the reference's, in dB (a
+  generator's pop at the start of its output reads well above 0).
+- `spectral_line`: the largest time-averaged log-spectral excess of the estimate over the
+  reference across frequency bins, in dB (a stationary line a GAN adds reads high).
 """
 
 from __future__ import annotations
@@ -102,6 +106,38 @@ def si_sdr(ref: Any, est: Any) -> float:
         else:
             values.append(10.0 * math.log10(signal_energy / noise_energy))
     return float(np.mean(values))
+
+
+@torch.no_grad()
+def onset_pop(ref: Any, est: Any, sample_rate: int, seconds: float = 0.01) -> float:
+    """10 log10(energy of est / energy of ref) over the first `seconds` of each item, mean
+    over items, in dB. Both energies get a floor of 1e-10 per sample (a silent start of
+    both reads 0 dB, not nan)."""
+    r, e = _pair(ref, est)
+    n = max(1, int(round(seconds * sample_rate)))
+    floor = 1e-10 * n * r.shape[1]
+    er = r[..., :n].square().sum(dim=(1, 2)) + floor
+    ee = e[..., :n].square().sum(dim=(1, 2)) + floor
+    return float((10.0 * torch.log10(ee / er)).mean())
+
+
+@torch.no_grad()
+def spectral_line(ref: Any, est: Any, n_fft: int = 2048) -> float:
+    """max over frequency bins of the time-averaged 10 log10(|E|^2 / |R|^2) (Hann STFT,
+    hop n_fft / 4, powers floored at 1e-10 so silent bins do not dominate), mean over
+    items, in dB. A line the estimate adds at one frequency for the whole clip shows as a
+    large excess at that bin; broadband differences spread over all bins."""
+    r, e = _pair(ref, est)
+    n_fft = min(n_fft, r.shape[-1])
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+
+    def power(x: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(x.reshape(-1, x.shape[-1]), n_fft, n_fft // 4, window=window,
+                          return_complex=True)
+        return spec.abs().square().reshape(x.shape[0], x.shape[1], *spec.shape[-2:])
+
+    excess = 10.0 * torch.log10((power(e) + 1e-10) / (power(r) + 1e-10))  # [B, C, F, T]
+    return float(excess.mean(dim=(1, 3)).amax(dim=-1).mean())
 
 
 @torch.no_grad()
