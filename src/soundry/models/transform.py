@@ -24,7 +24,7 @@ or near the identity, which enhancement models are close to.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from torch import nn
 from soundry.config import Strict
 from soundry.errors import SoundryError
 from soundry.models.codec import ResidualUnit, zero_conv_biases
+from soundry.models.export import EXPORT_KINDS, load_folded
 from soundry.nn.activations import make_activation
 from soundry.nn.conv import Conv1d, ConvTranspose1d, from_channels_last, to_channels_last
 from soundry.nn.pqmf import PQMF, PQMFAnalysis, PQMFSynthesis
@@ -219,3 +220,72 @@ class TransformModel(nn.Module):
 def build_transform(cfg: TransformModelConfig) -> TransformModel:
     """A randomly initialised generator for a validated `TransformModelConfig`."""
     return TransformModel(cfg)
+
+
+# ----------------------------------------------------------------------------- long files
+
+
+@torch.no_grad()
+def enhance_chunked(model: TransformModel, audio: torch.Tensor, chunk_seconds: float = 10.0,
+                    overlap_seconds: float = 0.25) -> torch.Tensor:
+    """Run `model` over audio [C, T] in chunks of `chunk_seconds` that overlap by
+    `overlap_seconds`, cross-faded with complementary raised-cosine ramps (they sum to 1):
+    memory holds one chunk's activations; a file shorter than one chunk is one pass."""
+    if audio.dim() != 2:
+        raise SoundryError(f"audio must be [channels, time], got {tuple(audio.shape)}")
+    if chunk_seconds <= 0 or overlap_seconds < 0:
+        raise SoundryError("chunk_seconds must be positive and overlap_seconds not negative")
+    sr = model.sample_rate
+    t = audio.shape[-1]
+    chunk = max(1, round(chunk_seconds * sr))
+    overlap = min(round(overlap_seconds * sr), chunk // 2)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        if t <= chunk:
+            return model(audio[None].to(device))[0].float().cpu()
+        out = torch.zeros(audio.shape, dtype=torch.float32)
+        step = chunk - overlap
+        ramp = 0.5 - 0.5 * torch.cos(torch.linspace(0, torch.pi, overlap + 2)[1:-1])
+        for start in range(0, t, step):
+            end = min(start + chunk, t)
+            y = model(audio[None, :, start:end].to(device))[0].float().cpu()
+            weight = torch.ones(end - start)
+            # every chunk but the last is `chunk` long and the last is longer than the
+            # overlap (else the one before would have reached the end), so ramps fit
+            if overlap and start > 0:  # fade in over the overlap with the previous chunk
+                weight[:overlap] = ramp
+            if overlap and end < t:  # fade out into the next chunk
+                weight[-overlap:] = 1 - ramp
+            out[:, start:end] += y * weight
+            if end == t:
+                break
+        return out
+    finally:
+        model.train(was_training)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def transform_export_config(model: TransformModel) -> dict[str, Any]:
+    """The config.json body (without kind/version) of a transform export."""
+    from soundry.config import to_dict
+
+    return {"model": to_dict(model.config), "sample_rate": model.sample_rate,
+            "channels": model.channels}
+
+
+@EXPORT_KINDS.register("transform")
+def load_transform_export(config: dict[str, Any], state: dict[str, torch.Tensor]
+                          ) -> torch.nn.Module:
+    """Build the generator of `config["model"]`, load `state` (folded or not), eval mode."""
+    from soundry.config import validate
+
+    if "model" not in config:
+        raise SoundryError("transform export config.json has no 'model' section")
+    cfg = validate(TransformModelConfig, config["model"], source="export config.json: model")
+    model = build_transform(cfg)
+    load_folded(model, state, cfg.weight_norm)
+    return model.eval()
