@@ -4,6 +4,6 @@ schema) in `soundry.train.registry`."""
 from __future__ import annotations
 
 from soundry.train.registry import TASKS, register_task
-from soundry.train.tasks import codec, lm, toy, vae  # noqa: F401  (each registers itself)
+from soundry.train.tasks import codec, lm, toy, transform, vae  # noqa: F401  (each registers)
 
 __all__ = ["TASKS", "register_task"]
