@@ -181,3 +181,15 @@ def test_spectral_line_reads_a_stationary_tone_not_broadband_noise() -> None:
     assert spectral_line(ref[None], ref[None]) == pytest.approx(0.0, abs=1e-9)
     assert spectral_line(ref[None], line[None]) > 10.0
     assert spectral_line(ref[None], broad[None]) < 4.0  # chance excess of some bin
+
+
+def test_artifact_measures_ignore_a_faint_floor_where_the_target_is_silent() -> None:
+    sr = 16000
+    rng = np.random.default_rng(1)
+    t = np.arange(sr) / sr
+    ref = (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    ref[:4000] = 0.0  # silent start and
+    ref[-4000:] = 0.0  # silent end, as zero-padded clips have
+    faint = ref + (rng.standard_normal(sr) * 1e-4).astype(np.float32)  # -70 dB floor
+    assert abs(onset_pop(ref[None], faint[None], sr)) < 1.0
+    assert spectral_line(ref[None], faint[None]) < 3.0

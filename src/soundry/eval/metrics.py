@@ -111,11 +111,12 @@ def si_sdr(ref: Any, est: Any) -> float:
 @torch.no_grad()
 def onset_pop(ref: Any, est: Any, sample_rate: int, seconds: float = 0.01) -> float:
     """10 log10(energy of est / energy of ref) over the first `seconds` of each item, mean
-    over items, in dB. Both energies get a floor of 1e-10 per sample (a silent start of
-    both reads 0 dB, not nan)."""
+    over items, in dB. Both energies get a floor of -30 dB re the reference's mean power
+    over the whole item, so a start that is silent in the target reads a pop only when the
+    output is loud there, not for a faint noise floor."""
     r, e = _pair(ref, est)
     n = max(1, int(round(seconds * sample_rate)))
-    floor = 1e-10 * n * r.shape[1]
+    floor = 1e-3 * r.square().mean(dim=(1, 2)) * n * r.shape[1] + 1e-20
     er = r[..., :n].square().sum(dim=(1, 2)) + floor
     ee = e[..., :n].square().sum(dim=(1, 2)) + floor
     return float((10.0 * torch.log10(ee / er)).mean())
@@ -124,9 +125,11 @@ def onset_pop(ref: Any, est: Any, sample_rate: int, seconds: float = 0.01) -> fl
 @torch.no_grad()
 def spectral_line(ref: Any, est: Any, n_fft: int = 2048) -> float:
     """max over frequency bins of the time-averaged 10 log10(|E|^2 / |R|^2) (Hann STFT,
-    hop n_fft / 4, powers floored at 1e-10 so silent bins do not dominate), mean over
-    items, in dB. A line the estimate adds at one frequency for the whole clip shows as a
-    large excess at that bin; broadband differences spread over all bins."""
+    hop n_fft / 4), mean over items, in dB. Both powers get a floor of -50 dB re the
+    reference's mean bin power, so bins and frames where the target is silent do not read
+    the output's faint noise floor as a line. A line the estimate adds at one frequency for
+    the whole clip shows as a large excess at that bin; broadband differences spread over
+    all bins."""
     r, e = _pair(ref, est)
     n_fft = min(n_fft, r.shape[-1])
     window = torch.hann_window(n_fft, dtype=torch.float64)
@@ -136,7 +139,9 @@ def spectral_line(ref: Any, est: Any, n_fft: int = 2048) -> float:
                           return_complex=True)
         return spec.abs().square().reshape(x.shape[0], x.shape[1], *spec.shape[-2:])
 
-    excess = 10.0 * torch.log10((power(e) + 1e-10) / (power(r) + 1e-10))  # [B, C, F, T]
+    pr, pe = power(r), power(e)
+    floor = 1e-5 * pr.mean(dim=(1, 2, 3), keepdim=True) + 1e-20
+    excess = 10.0 * torch.log10((pe + floor) / (pr + floor))  # [B, C, F, T]
     return float(excess.mean(dim=(1, 3)).amax(dim=-1).mean())
 
 
