@@ -86,6 +86,27 @@ def test_train_validate_export_enhance(tmp_path: Path, gan: bool) -> None:
                      for p in (tmp_path / "folder").rglob("*.wav"))
     assert written == ["tone0.wav", "tone1.wav"]  # the broken file is skipped, not fatal
 
+    # soundry eval on paired folders: the model beside the unprocessed input
+    noisy, clean = tmp_path / "noisy", tmp_path / "clean"
+    noisy.mkdir()
+    clean.mkdir()
+    rng = np.random.default_rng(5)
+    for i, f in enumerate(sorted(valid.glob("tone*.wav"))):
+        x, _ = sf.read(f, dtype="float32")
+        sf.write(clean / f"c{i}.wav", x, SR)
+        sf.write(noisy / f"c{i}.flac", x + rng.standard_normal(len(x)).astype("float32")
+                 * 0.05, SR)
+    sf.write(noisy / "orphan.wav", np.zeros(SR, "float32"), SR)  # no target: skipped
+    out_dir = tmp_path / "eval"
+    assert main(["eval", str(exp), str(noisy), "--target", str(clean), "--out", str(out_dir),
+                 "--metrics", "none", "--bootstrap", "50"]) == 0
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["files"] == 2 and set(summary["systems"]) == {"exp", "input (unprocessed)"}
+    base = summary["systems"]["input (unprocessed)"]["metrics"]["si_sdr"]["mean"]
+    assert 5.0 < base < 25.0  # the noise it was given, measured against the clean files
+    assert main(["eval", str(exp), str(noisy), "--target", str(clean), "--levels", "2"]) == 2
+    assert main(["eval", str(exp), str(noisy)]) == 2  # no --target
+
 
 def test_pair_scores_measure_the_improvement() -> None:
     import torch

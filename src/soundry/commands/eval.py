@@ -10,17 +10,22 @@ from typing import Any
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "eval",
-        help="score a codec (and ffmpeg baselines) on a folder of audio",
+        help="score a codec (and ffmpeg baselines) or a transform model on audio",
         description="Reconstruct every file (or a centred crop of it) through the codec and "
         "any classical baselines, score each against the original, and write per_file.csv "
         "and summary.json (mean, median and bootstrap 95% CI of the mean per metric) to "
-        "--out. Core metrics: mel_distance, stft_distance, si_sdr, l1; with the [eval] "
-        "extra also loudness_diff_lufs, pesq (wide-band), stoi and visqol (audio mode).",
+        "--out. A transform model (denoiser, ...) runs over DATA (degraded inputs) and is "
+        "scored against --target (clean files, matched by relative path), beside the "
+        "unprocessed input. Core metrics: mel_distance, stft_distance, si_sdr, l1; with the "
+        "[eval] extra also loudness_diff_lufs, pesq (wide-band), stoi and visqol (audio mode).",
     )
     p.add_argument(
-        "model", type=Path, help="exported codec folder (config.json + model.safetensors)"
+        "model", type=Path, help="exported codec or transform folder (config.json + "
+        "model.safetensors)"
     )
     p.add_argument("data", type=Path, help="audio folder, manifest, or a single audio file")
+    p.add_argument("--target", type=Path, default=None,
+                   help="transform models: the folder of clean targets of DATA")
     p.add_argument("--levels", type=int, default=None, help="codebook levels to use (default: all)")
     p.add_argument(
         "--baseline",
@@ -91,6 +96,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         resamples=args.bootstrap,
         limit=args.limit,
+        target=args.target,
     )
     console.print(format_table(result.summary))
     for name, reason in result.summary["skipped_metrics"].items():

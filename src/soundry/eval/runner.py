@@ -249,8 +249,13 @@ def evaluate(
     resamples: int = 2000,
     settings: dict[str, Any] | None = None,
     progress: bool = True,
+    inputs: dict[Path, Path] | None = None,
 ) -> EvalResult:
-    """Run every system on every file, score, and write per_file.csv and summary.json."""
+    """Run every system on every file, score, and write per_file.csv and summary.json.
+
+    `files` are the references. `inputs` (audio-to-audio systems) maps a reference to the
+    file the systems get instead (its degraded version, read with the same crop and cut to
+    the reference's length); without it every system gets the reference itself."""
     if not files:
         raise DataError("no audio files to evaluate")
     names = [s.name for s in systems]
@@ -274,9 +279,19 @@ def evaluate(
                 failed.append({"path": str(path), "reason": str(exc)})
                 bar.advance(task, len(systems))
                 continue
+            given = item.audio
+            if inputs is not None:
+                try:
+                    given = _match(load_item(inputs[path], root, sample_rate, channels,
+                                             crop_seconds).audio, item.audio)
+                except DataError as exc:
+                    log.warning("skipped %s: its input %s: %s", path, inputs[path], exc)
+                    failed.append({"path": str(inputs[path]), "reason": str(exc)})
+                    bar.advance(task, len(systems))
+                    continue
             for system in systems:
                 bar.update(task, description=f"{system.name}: {_short(item.name, 24)}")
-                output = _match(system.fn(item.audio), item.audio)
+                output = _match(system.fn(given), item.audio)
                 scores = core_metrics(item.audio, output, sample_rate)
                 scores.update(compute_extra(list(extra_metrics), item.audio, output, sample_rate))
                 rows.append(
@@ -480,9 +495,26 @@ def run_eval(
     resamples: int = 2000,
     limit: int | None = None,
     progress: bool = True,
+    target: str | Path | None = None,
 ) -> EvalResult:
-    """Everything `soundry eval` does short of printing: load, check, evaluate, write."""
+    """Everything `soundry eval` does short of printing: load, check, evaluate, write.
+    A transform export scores `data` (degraded inputs) against `target` (clean files)."""
     from soundry.models.codec_io import load_codec
+    from soundry.models.export import export_kind
+
+    if export_kind(model_dir) == "transform":
+        if levels is not None or baselines:
+            raise SoundryError("--levels and --baseline are codec options; a transform model "
+                               "is compared with its unprocessed input (always included)")
+        if target is None:
+            raise SoundryError("a transform model needs --target TARGETS: the clean files "
+                               "its inputs are scored against")
+        return run_transform_eval(model_dir, data, target, out=out, crop_seconds=crop_seconds,
+                                  extra=extra, seed=seed, resamples=resamples, limit=limit,
+                                  progress=progress)
+    if target is not None:
+        raise SoundryError("--target is for transform models (degraded input -> clean "
+                           "target); a codec is scored against its own input")
 
     if crop_seconds is not None and crop_seconds <= 0:
         raise SoundryError("--crop-seconds must be positive")
@@ -525,6 +557,56 @@ def run_eval(
             "skipped_files": scan_skipped,
         },
     )
+
+
+def run_transform_eval(
+    model_dir: str | Path,
+    data: str | Path,
+    target: str | Path,
+    *,
+    out: str | Path,
+    crop_seconds: float | None = None,
+    extra: str = "auto",
+    seed: int = 0,
+    resamples: int = 2000,
+    limit: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Score a transform export on paired folders (inputs `data`, clean `target`, matched by
+    relative path without extension) beside the unprocessed input as a baseline row."""
+    import torch
+
+    from soundry.data.scan import scan_pairs
+    from soundry.models.export import load_export
+    from soundry.models.transform import enhance_chunked
+
+    if crop_seconds is not None and crop_seconds <= 0:
+        raise SoundryError("--crop-seconds must be positive")
+    extra_names, skipped = resolve_extra_metrics(extra)
+    model = load_export(model_dir)
+    sr, ch = int(model.sample_rate), int(model.channels)
+    index = scan_pairs(data, target, cache=False)
+    for item in index.skipped:
+        log.warning("skipped %s: %s", item["path"], item["reason"])
+    if not index.items:
+        raise DataError(f"no (input, target) pair in {data} and {target} (files are matched "
+                        "by relative path without extension)")
+    pairs = {Path(it.target): Path(it.path) for it in index.items}
+    files = list(pairs)[:limit] if limit is not None else list(pairs)
+    name = Path(model_dir).resolve().name or "model"
+
+    def run(audio: np.ndarray) -> np.ndarray:
+        return enhance_chunked(model, torch.from_numpy(audio)).numpy()
+
+    systems = [SystemSpec(name=name, kind="model", fn=run),
+               SystemSpec(name="input (unprocessed)", kind="baseline", fn=lambda a: a)]
+    root = Path(target) if Path(target).is_dir() else Path(target).parent
+    return evaluate(systems, files, root=root, sample_rate=sr, channels=ch, out_dir=out,
+                    crop_seconds=crop_seconds, extra_metrics=extra_names,
+                    skipped_metrics=skipped, seed=seed, resamples=resamples,
+                    progress=progress, inputs=pairs,
+                    settings={"model": str(model_dir), "data": str(data),
+                              "target": str(target), "skipped_files": list(index.skipped)})
 
 
 def format_table(summary: dict[str, Any]) -> Any:

@@ -91,6 +91,18 @@ def read_export(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     return config, load_file(str(weights_file))
 
 
+def export_kind(path: str | Path) -> str | None:
+    """The `kind` of an export directory's config.json (None when it has none to read; the
+    loaders then report what is wrong)."""
+    path = Path(path)
+    config_file = path if path.name == CONFIG_NAME else path / CONFIG_NAME
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return str(config.get("kind")) if isinstance(config, dict) and "kind" in config else None
+
+
 def load_export(path: str | Path) -> torch.nn.Module:
     """The model of an export directory, in eval mode, built by its kind's loader."""
     config, state = read_export(path)
