@@ -1,15 +1,21 @@
-"""Train `recipes/transform/denoise-tiny.yaml` (GAN and non-GAN) and score it on held-out
-noisy speech: voices, sentences and a noise colour not seen in training.
+"""Train a tiny transform recipe (GAN and non-GAN) and score it on held-out speech.
 
-    python benchmarks/transform_denoise.py --out runs/denoise [--modes gan,plain] [--threads 2]
+    python benchmarks/transform_tiny.py --task denoise --out runs/denoise [--modes gan,plain]
+    python benchmarks/transform_tiny.py --task bwe --out runs/bwe
 
 Speech comes from espeak-ng (`benchmarks/speech_data.py`: 8 training voices, 2 held-out
-voices with new sentences). Training mixes white, pink or blue noise on the fly; the held-out
-pairs mix brown noise at SNRs drawn uniformly in 0-10 dB (fixed seed). Each mode trains
-through the real command line (`soundry train`, then `soundry export`) and the export is
-scored with `soundry.train.tasks.transform.pair_scores` on every held-out pair: SI-SDR of
-the output and of the input (the gain is the headline), mel distance of both, onset pop
-and spectral line. Prints one JSON row per mode and a summary row.
+voices with new sentences); the held-out pairs use only the held-out voices.
+
+- `denoise` (`recipes/transform/denoise-tiny.yaml`): training mixes white, pink or blue
+  noise on the fly; the held-out pairs mix brown noise (a colour never trained on) at SNRs
+  drawn uniformly in 0-10 dB. Passes at an SI-SDR gain of 5 dB or more.
+- `bwe` (`recipes/transform/bwe-tiny.yaml`): 16 kHz speech band-limited to 4 kHz in, full
+  band out. Passes when the output's mel distance is at least 20% below the input's.
+
+Each mode trains through the real command line (`soundry train`, then `soundry export`)
+and the export is scored with `soundry.train.tasks.transform.pair_scores` on every held-out
+pair: SI-SDR and mel distance of the output and of the input, onset pop and spectral line.
+Prints one JSON row per mode and a summary row.
 """
 
 from __future__ import annotations
@@ -29,11 +35,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def held_out_pairs(folder: Path, sample_rate: int, seconds: float, seed: int = 1234
-                   ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, noisy [1, T], clean [1, T]) for every file of `folder` spoken by a voice held
-    out of training: the first `seconds` (zero-padded), peak-normalised to 0.5, brown noise
-    at an SNR drawn in [0, 10] dB."""
+#: the held-out degradation of each task (a `data.degrade` section)
+HELD_OUT = {
+    "denoise": {"noise": {"prob": 1.0, "min_snr_db": 0.0, "max_snr_db": 10.0,
+                          "colours": ["brown"]},
+                "lowpass": {"prob": 0.0}, "clip": {"prob": 0.0}, "gain": {"prob": 0.0}},
+    "bwe": {"noise": {"prob": 0.0}, "clip": {"prob": 0.0}, "gain": {"prob": 0.0},
+            "lowpass": {"prob": 1.0, "min_hz": 4000.0, "max_hz": 4000.0, "method": "resample"}},
+}
+
+
+def held_out_pairs(folder: Path, task: str, sample_rate: int, seconds: float,
+                   seed: int = 1234) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, degraded [1, T], clean [1, T]) for every file of `folder` spoken by a voice
+    held out of training: the first `seconds` (zero-padded), peak-normalised to 0.5, with
+    the task's held-out degradation (`HELD_OUT`)."""
     from speech_data import HELD_OUT_VOICES
 
     from soundry.audio.degrade import Degrader
@@ -41,10 +57,7 @@ def held_out_pairs(folder: Path, sample_rate: int, seconds: float, seed: int = 1
     from soundry.config import validate
     from soundry.data.config import DegradeConfig
 
-    deg = Degrader(validate(DegradeConfig, {
-        "noise": {"prob": 1.0, "min_snr_db": 0.0, "max_snr_db": 10.0, "colours": ["brown"]},
-        "lowpass": {"prob": 0.0}, "clip": {"prob": 0.0}, "gain": {"prob": 0.0}},
-        source="benchmark"), sample_rate)
+    deg = Degrader(validate(DegradeConfig, HELD_OUT[task], source="benchmark"), sample_rate)
     held = {v[0] for v in HELD_OUT_VOICES}
     voices = dict(line.split("|")[0::3] for line in
                   (folder / "metadata.csv").read_text().splitlines() if line)
@@ -93,7 +106,7 @@ def one_run(mode: str, args: argparse.Namespace, train: Path, valid: Path,
     with open(run.with_suffix(".log"), "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     train_s = round(time.time() - t0, 1)
-    row: dict[str, Any] = {"mode": mode, "seed": args.seed, "threads": args.threads,
+    row: dict[str, Any] = {"task": args.task, "mode": mode, "seed": args.seed, "threads": args.threads,
                            "train_rc": rc, "train_s": train_s}
     if rc != 0:
         return {**row, "passed": False, "reasons": ["training failed"]}
@@ -105,8 +118,12 @@ def one_run(mode: str, args: argparse.Namespace, train: Path, valid: Path,
         else []
     errors = [f for f in findings if f.get("severity") == "error"]
     reasons = []
-    if scores["si_sdr_gain"] < 5.0:
+    if args.task == "denoise" and scores["si_sdr_gain"] < 5.0:
         reasons.append(f"SI-SDR gain {scores['si_sdr_gain']:.2f} dB < 5 dB")
+    mel_drop = 1.0 - scores["mel_distance"] / scores["input_mel_distance"]
+    scores["mel_reduction"] = round(mel_drop, 4)
+    if args.task == "bwe" and mel_drop < 0.2:
+        reasons.append(f"mel distance {100 * mel_drop:.1f}% below the input's (< 20%)")
     if train_s > args.max_minutes * 60:
         reasons.append(f"training took {train_s / 60:.1f} min")
     if errors:
@@ -117,15 +134,18 @@ def one_run(mode: str, args: argparse.Namespace, train: Path, valid: Path,
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("runs/denoise"))
+    p.add_argument("--task", choices=sorted(HELD_OUT), default="denoise")
+    p.add_argument("--out", type=Path, default=None, help="default: runs/<task>")
     p.add_argument("--modes", default="gan,plain", help="gan (GAN phases) and/or plain "
                    "(gan=false)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--recipe", default=str(ROOT / "recipes" / "transform" / "denoise-tiny.yaml"))
+    p.add_argument("--recipe", default=None, help="default: recipes/transform/<task>-tiny.yaml")
     p.add_argument("--max-minutes", type=float, default=20.0)
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     args = p.parse_args()
+    args.out = args.out or Path("runs") / args.task
+    args.recipe = args.recipe or str(ROOT / "recipes" / "transform" / f"{args.task}-tiny.yaml")
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     from speech_data import build
@@ -137,7 +157,7 @@ def main() -> int:
         except (SystemExit, FileNotFoundError, RuntimeError) as exc:
             print(json.dumps({"skipped": f"no speech: {exc}"}))
             return 0
-    pairs = held_out_pairs(speech / "valid", 16000, 3.0)
+    pairs = held_out_pairs(speech / "valid", args.task, 16000, 3.0)
     rows = []
     for mode in [m for m in args.modes.split(",") if m]:
         rows.append(one_run(mode, args, speech / "train", speech / "valid", pairs))
