@@ -106,8 +106,8 @@ def one_run(mode: str, args: argparse.Namespace, train: Path, valid: Path,
     with open(run.with_suffix(".log"), "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     train_s = round(time.time() - t0, 1)
-    row: dict[str, Any] = {"task": args.task, "mode": mode, "seed": args.seed, "threads": args.threads,
-                           "train_rc": rc, "train_s": train_s}
+    row: dict[str, Any] = {"task": args.task, "mode": mode, "seed": args.seed,
+                           "threads": args.threads, "train_rc": rc, "train_s": train_s}
     if rc != 0:
         return {**row, "passed": False, "reasons": ["training failed"]}
     subprocess.run([sys.executable, "-m", "soundry", "export", str(run), str(exp)],
