@@ -193,3 +193,18 @@ def test_artifact_measures_ignore_a_faint_floor_where_the_target_is_silent() -> 
     faint = ref + (rng.standard_normal(sr) * 1e-4).astype(np.float32)  # -70 dB floor
     assert abs(onset_pop(ref[None], faint[None], sr)) < 1.0
     assert spectral_line(ref[None], faint[None]) < 3.0
+
+
+def test_spectral_line_ignores_residue_in_a_whole_band() -> None:
+    from scipy import signal
+
+    sr = 16000
+    rng = np.random.default_rng(2)
+    ref = signal.lfilter(*signal.butter(6, 3000, fs=sr), rng.standard_normal(sr) * 0.1)
+    hiss = signal.lfilter(*signal.butter(4, 5000, "high", fs=sr), rng.standard_normal(sr))
+    residue = (ref + 0.01 * hiss).astype(np.float32)  # a denoiser's leftover high band
+    ref = ref.astype(np.float32)
+    assert spectral_line(ref[None], residue[None]) < 4.0
+    t = np.arange(sr) / sr
+    line = residue + (0.003 * np.sin(2 * np.pi * 6500 * t)).astype(np.float32)
+    assert spectral_line(ref[None], line[None]) > 10.0
