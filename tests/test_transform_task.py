@@ -144,3 +144,17 @@ def test_enhance_refuses_another_kind_of_export(tmp_path: Path, capsys) -> None:
     save_export(tmp_path / "vae", "vae", vae_export_config(vae), vae.state_dict())
     assert main(["enhance", str(tmp_path / "vae"), str(tmp_path), str(tmp_path / "o")]) == 2
     assert "not a transform export" in capsys.readouterr().err
+
+
+def test_speech_scores_of_output_and_input() -> None:
+    pytest.importorskip("pystoi", reason="STOI needs pystoi (the [eval] extra)")
+    from soundry.train.tasks.transform import speech_scores
+
+    rng = np.random.default_rng(0)
+    t = np.arange(2 * 16000) / 16000
+    clean = (np.sin(2 * np.pi * 200 * t) * (1 + np.sin(2 * np.pi * 3 * t)) * 0.2)[None]
+    noisy = clean + rng.standard_normal(clean.shape) * 0.2
+    s = speech_scores(["stoi"], clean, noisy, clean.copy(), 16000)
+    assert set(s) == {"stoi", "input_stoi"}
+    assert s["stoi"] == pytest.approx(1.0, abs=1e-3) and s["input_stoi"] < s["stoi"]
+    assert speech_scores([], clean, noisy, clean, 16000) == {}

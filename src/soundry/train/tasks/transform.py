@@ -10,7 +10,8 @@ schedule as in the codec. `gan: false` trains with the reconstruction terms alon
 discriminator is built): a GAN run and a non-GAN run of one recipe are one override apart.
 
 Validation on fixed pairs (`build_valid_pairs`): SI-SDR of the output and of the input
-against the target (`si_sdr_gain` is the headline), mel and STFT distance of both, and
+against the target (`si_sdr_gain` is the headline), mel and STFT distance of both (PESQ and
+STOI of both with `valid.speech_metrics`, when installed), and
 two artifact measures of the output: `onset_pop` (energy of its first 10 ms over the
 target's, dB) and `spectral_line` (largest time-averaged log-spectral excess over the
 target, dB). Audio: (input, output, target) triples.
@@ -18,6 +19,7 @@ target, dB). Audio: (input, output, target) triples.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -50,6 +52,8 @@ from soundry.train.registry import EXPORTERS, register_task
 from soundry.train.task import OptimizerSpec, Task, TaskContext, Updater, Validation
 from soundry.train.tasks.codec import CodecOptimConfig, fold_channels, safe_name
 
+log = logging.getLogger(__name__)
+
 TRANSFORM_TERMS = LossTerms([
     LossTerm("mel", 15.0, "multi-scale log-mel L1 (DAC's MelSpectrogramLoss)"),
     LossTerm("stft", 0.0, "multi-resolution log/linear STFT magnitude L1"),
@@ -74,6 +78,9 @@ class TransformValidConfig(Strict):
     """What validation logs."""
 
     audio_clips: int = Field(4, ge=0)  # (input, output, target) triples logged as audio
+    # PESQ (wide-band) and STOI of output and input, for speech, when `pesq` / `pystoi` are
+    # installed (the [eval] extra); a missing one is skipped with a notice
+    speech_metrics: bool = False
 
 
 class TransformRecipe(RecipeBase):
@@ -132,6 +139,7 @@ class TransformTask(Task):
                            sample_rate=recipe.model.sample_rate, seed=recipe.seed)
         self._losses: tuple[MelLoss, MultiResolutionSTFTLoss] | None = None
         self._valid: list[tuple[str, np.ndarray, np.ndarray]] | None = None
+        self._speech: list[str] | None = None
 
     # -- Task interface --------------------------------------------------------------------
 
@@ -203,6 +211,21 @@ class TransformTask(Task):
             self._valid = build_valid_pairs(self.recipe.data, hop=1)
         return self._valid
 
+    def speech_metrics(self) -> list[str]:
+        """The installed ones of PESQ and STOI when `valid.speech_metrics` (else none)."""
+        if self._speech is None:
+            from soundry.eval.extra_metrics import availability
+
+            self._speech = []
+            if self.recipe.valid.speech_metrics:
+                for name, missing in availability().items():
+                    if name in ("pesq", "stoi"):
+                        if missing:
+                            log.warning("validation: %s skipped: %s", name, missing)
+                        else:
+                            self._speech.append(name)
+        return self._speech
+
     @torch.no_grad()
     def validate(self, step: int) -> Validation:
         gen = self.generator
@@ -212,8 +235,11 @@ class TransformTask(Task):
         for i, (name, noisy, clean) in enumerate(self.valid_pairs()):
             x = torch.from_numpy(noisy)[None].to(device)
             y = gen(x)[0].float().cpu()
-            for key, value in pair_scores(torch.from_numpy(clean), torch.from_numpy(noisy), y,
-                                          gen.sample_rate).items():
+            got = pair_scores(torch.from_numpy(clean), torch.from_numpy(noisy), y,
+                              gen.sample_rate)
+            got.update(speech_scores(self.speech_metrics(), clean, noisy, y.numpy(),
+                                     gen.sample_rate))
+            for key, value in got.items():
                 scores.setdefault(key, []).append(value)
             if i < self.recipe.valid.audio_clips:
                 stem = safe_name(name, i)
@@ -251,6 +277,20 @@ def pair_scores(target: torch.Tensor, degraded: torch.Tensor, output: torch.Tens
     return {k: float(v) for k, v in out.items()}
 
 
+def speech_scores(names: list[str], target: np.ndarray, degraded: np.ndarray,
+                  output: np.ndarray, sample_rate: int) -> dict[str, float]:
+    """The extra metrics `names` (e.g. pesq, stoi) of the output and of the input
+    (`input_<name>`) against the target, clips [C, T]; a clip a scorer rejects gives NaN."""
+    from soundry.eval.extra_metrics import compute_extra
+
+    if not names:
+        return {}
+    out = compute_extra(names, target, output, sample_rate)
+    out.update({f"input_{k}": v for k, v in
+                compute_extra(names, target, degraded, sample_rate).items()})
+    return out
+
+
 @EXPORTERS.register("transform")
 def export_transform_run(recipe: TransformRecipe, load_network: Any) -> tuple[str, dict, dict]:
     """The generator of a transform run as a `transform` export (weight norm folded)."""
@@ -262,4 +302,5 @@ def export_transform_run(recipe: TransformRecipe, load_network: Any) -> tuple[st
     return "transform", transform_export_config(model), model.state_dict()
 
 
-__all__ = ["TRANSFORM_TERMS", "TransformRecipe", "TransformTask", "pair_scores"]
+__all__ = ["TRANSFORM_TERMS", "TransformRecipe", "TransformTask", "pair_scores",
+           "speech_scores"]
