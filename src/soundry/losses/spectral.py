@@ -98,3 +98,16 @@ def waveform_l1(estimate: Signal, reference: Signal) -> torch.Tensor:
     y = reference.audio if isinstance(reference, SpectrogramCache) else reference
     _check_shapes(x.shape, y.shape)
     return F.l1_loss(x, y)
+
+
+def spectral_terms(weights: dict[str, float], fake: Signal, real: Signal, mel: MelLoss,
+                   stft: MultiResolutionSTFTLoss) -> dict[str, torch.Tensor]:
+    """The unweighted "mel", "stft" and "waveform" terms whose weight is non-zero."""
+    terms: dict[str, torch.Tensor] = {}
+    if weights.get("mel"):
+        terms["mel"] = mel(fake, real)
+    if weights.get("stft"):
+        terms["stft"] = stft(fake, real)
+    if weights.get("waveform"):
+        terms["waveform"] = waveform_l1(fake, real)
+    return terms

@@ -35,7 +35,7 @@ from soundry.losses.config import (
     STFTLossConfig,
     WeightConfig,
 )
-from soundry.losses.spectral import MelLoss, MultiResolutionSTFTLoss, waveform_l1
+from soundry.losses.spectral import MelLoss, MultiResolutionSTFTLoss, spectral_terms
 from soundry.losses.terms import ADVERSARIAL_TERMS, LossTerm, LossTerms
 from soundry.models.discriminators import DiscriminatorConfig, build_discriminator
 from soundry.models.transform import (
@@ -190,15 +190,7 @@ class TransformTask(Task):
         fake = SpectrogramCache(fold_channels(y))
 
         def generator_terms() -> dict[str, torch.Tensor]:
-            w = plan.weights
-            terms: dict[str, torch.Tensor] = {}
-            if w.get("mel"):
-                terms["mel"] = mel(fake, real)
-            if w.get("stft"):
-                terms["stft"] = stft(fake, real)
-            if w.get("waveform"):
-                terms["waveform"] = waveform_l1(fake, real)
-            return terms
+            return spectral_terms(plan.weights, fake, real, mel, stft)
 
         return self.gan.run(plan, real, fake, updater, generator_terms, TRANSFORM_TERMS)
 

@@ -37,7 +37,7 @@ from soundry.losses.config import (
     STFTLossConfig,
     WeightConfig,
 )
-from soundry.losses.spectral import MelLoss, MultiResolutionSTFTLoss, waveform_l1
+from soundry.losses.spectral import MelLoss, MultiResolutionSTFTLoss, spectral_terms
 from soundry.losses.terms import ADVERSARIAL_TERMS, LossTerm, LossTerms
 from soundry.models.discriminators import DiscriminatorConfig, build_discriminator
 from soundry.models.vae import (
@@ -284,14 +284,7 @@ class VAETask(Task):
         fake = SpectrogramCache(fold_channels(out.audio))
 
         def generator_terms() -> dict[str, torch.Tensor]:
-            w = plan.weights
-            terms: dict[str, torch.Tensor] = {}
-            if w.get("mel"):
-                terms["mel"] = mel(fake, real)
-            if w.get("stft"):
-                terms["stft"] = stft(fake, real)
-            if w.get("waveform"):
-                terms["waveform"] = waveform_l1(fake, real)
+            terms = spectral_terms(plan.weights, fake, real, mel, stft)
             if out.std is not None:
                 terms["kl"] = self.kl_loss(out)
             if out.std is None and vae.prior.learned and not vae.prior_fitted_apart:
