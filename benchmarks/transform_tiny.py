@@ -14,7 +14,8 @@ voices with new sentences); the held-out pairs use only the held-out voices.
 
 Each mode trains through the real command line (`soundry train`, then `soundry export`)
 and the export is scored with `soundry.train.tasks.transform.pair_scores` on every held-out
-pair: SI-SDR and mel distance of the output and of the input, onset pop and spectral line.
+pair: SI-SDR and mel distance of the output and of the input, onset pop and spectral line,
+and PESQ / STOI of output and input when `pesq` / `pystoi` are installed.
 Prints one JSON row per mode and a summary row.
 """
 
@@ -79,17 +80,21 @@ def score(export: Path, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> dict
     import torch
 
     import soundry
-    from soundry.train.tasks.transform import pair_scores
+    from soundry.eval.extra_metrics import availability
+    from soundry.train.tasks.transform import pair_scores, speech_scores
 
     model = soundry.load(str(export))
+    speech = [m for m, why in availability().items() if m in ("pesq", "stoi") and why is None]
     rows = []
     with torch.no_grad():
         for _, noisy, clean in pairs:
             y = model(torch.from_numpy(noisy)[None])[0]
-            rows.append(pair_scores(torch.from_numpy(clean), torch.from_numpy(noisy), y,
-                                    model.sample_rate))
+            row = pair_scores(torch.from_numpy(clean), torch.from_numpy(noisy), y,
+                              model.sample_rate)
+            row.update(speech_scores(speech, clean, noisy, y.numpy(), model.sample_rate))
+            rows.append(row)
     keys = rows[0].keys()
-    return {k: round(float(np.mean([r[k] for r in rows])), 3) for k in keys} | {
+    return {k: round(float(np.nanmean([r[k] for r in rows])), 3) for k in keys} | {
         "si_sdr_gain_min": round(float(min(r["si_sdr_gain"] for r in rows)), 3),
         "pairs": len(rows)}
 

@@ -310,3 +310,60 @@ def test_level_variants_share_a_chart_and_stay_out_of_the_headline_table(tmp_pat
     # The null at step 150 splits the training curve into two lines.
     mel = re.search(r"<figcaption>loss/mel</figcaption>(<svg.*?</svg>)", html, re.S).group(1)
     assert mel.count('class="line"') == 2
+
+
+def _as_transform_run(run: Path, input_si_sdr: float, gain: float) -> Path:
+    """Turn a fabricated run into an audio-to-audio one: `input_*` validation scores beside
+    the output's, the artifact measures, and a `<clip>_in.wav` (the same input every step)."""
+    import numpy as np
+    from report_fixtures import SAMPLE_RATE, reference_clip
+
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        if line["kind"] == "valid":
+            line["valid/input_si_sdr"] = input_si_sdr
+            line["valid/si_sdr"] = input_si_sdr + gain
+            line["valid/si_sdr_gain"] = gain
+            line["valid/input_mel_distance"] = 3.0
+            line["valid/onset_pop_db"] = 4.0
+            line["valid/spectral_line_db"] = 20.0
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    noise = 0.1 * np.random.default_rng(7).standard_normal(SAMPLE_RATE).astype(np.float32)
+    for step_dir in (run / "valid").iterdir():
+        for ref in step_dir.glob("*_ref.wav"):
+            base = ref.name[: -len("_ref.wav")]
+            clean = reference_clip(base, sf.info(str(ref)).duration)
+            sf.write(step_dir / f"{base}_in.wav", clean + noise[: len(clean)], SAMPLE_RATE,
+                     subtype="FLOAT")
+    return run
+
+
+def test_transform_runs_get_an_output_versus_input_table_and_input_players(tmp_path: Path):
+    a = _as_transform_run(make_run(tmp_path / "gan"), 4.5, 6.8)
+    b = _as_transform_run(make_run(tmp_path / "plain", config_changes={"gan": False}), 4.5, 6.1)
+    result = write_report([a, b], tmp_path / "r.html", listen_steps=1)
+    html, p = parse(result.path)
+    table = re.search(r'<table class="versus-input">.*?</table>', html, re.S).group(0)
+    rows = re.findall(r"<tr.*?</tr>", table, re.S)
+    heads = re.findall(r'<th scope="col"[^>]*>([a-z_]+)', rows[0])
+    assert heads[0] == "run"
+    assert {"si_sdr", "mel_distance", "si_sdr_gain", "onset_pop_db", "spectral_line_db"} <= set(
+        heads
+    )
+    col = heads.index("si_sdr")
+    values = [re.findall(r'<td class="num">([^<]*)</td>', r) for r in rows[1:]]
+    names = [re.search(r'<th scope="row">([^<]*)', r).group(1).strip() for r in rows[1:]]
+    assert names == ["gan", "plain", "unprocessed input"]
+    si = [float(v[col - 1]) for v in values]
+    assert si == pytest.approx([11.3, 10.6, 4.5], abs=0.01)
+    # Each clip plays its input once (the same in both runs), then the reference, then runs.
+    labels = [x["aria-label"].split(",")[0] for x in p.find("audio")]
+    assert labels[:4] == ["input (unprocessed)", "reference", "gan at step 400",
+                          "plain at step 400"]
+    # An `_in` clip of a triple is not listed again as a single item.
+    assert "clip00_in" not in html
+
+
+def test_codec_runs_have_no_versus_input_section(two_runs, tmp_path: Path) -> None:
+    html = write_report(list(two_runs), tmp_path / "r.html").path.read_text()
+    assert "versus-input" not in html

@@ -153,6 +153,9 @@ class _Page(OverviewSections, CurveSections, TableSections):
                 ("metrics", "Validation metrics by step", self._metrics_single()),
                 ("listen", "Listen", self._listen_single()),
             ]
+        versus = self._versus_input()
+        if versus:
+            sections.insert(4, ("versus-input", "Output against the input", versus))
         toc = "".join(f'<li><a href="#{sid}">{escape(name)}</a></li>' for sid, name, _ in sections)
         body = "".join(
             f'<section id="{sid}" aria-labelledby="{sid}-h"><h2 id="{sid}-h">{escape(name)}</h2>'

@@ -157,6 +157,76 @@ class TableSections:
         head = f'<div class="label">{escape(label)}{dur_text}</div>'
         return f'<div class="player">{head}{"".join(parts)}</div>'
 
+    def _input_cells(self, inputs: list[Media | None], base: str) -> list[str]:
+        """Players for the model input of an (input, output, target) clip: one when every
+        step / run fed the same input, else one per distinct input; none for other runs."""
+        given = [m for m in inputs if m is not None]
+        if not given:
+            return []
+        if _same_audio(given):
+            return [self._player(given[0], "input (unprocessed)", base)]
+        return [self._player(m, f"input {i + 1}", base) for i, m in enumerate(given)]
+
+    def _versus_input(self) -> str:
+        """For runs whose validation scores the unprocessed input too (`input_<metric>`
+        beside `<metric>`, e.g. an audio-to-audio model): one row per run at its last
+        validation, one row for the input, the artifact measures beside them. Empty when
+        no run logged such pairs."""
+        keys: list[str] = []
+        for r in self.runs:
+            for k in r.valid:
+                name = _valid_name(k)
+                if name.startswith("input_"):
+                    continue
+                if f"valid/input_{name}" in r.valid and k not in keys:
+                    keys.append(k)
+        if not keys:
+            return ""
+        extra = [k for k in ("valid/si_sdr_gain", "valid/onset_pop_db", "valid/spectral_line_db")
+                 if any(k in r.valid for r in self.runs)]
+        cols = keys + extra
+        head = "".join(
+            f'<th scope="col" class="num">{escape(_valid_name(k))}'
+            f' <span aria-hidden="true">{arrow(k)}</span></th>'
+            for k in cols
+        )
+
+        def last(run: Run, key: str) -> float | None:
+            c = run.valid.get(key)
+            return c.values[-1] if c and c.values else None
+
+        rows = []
+        for r in self.runs:
+            c = r.valid.get(keys[0])
+            step = c.steps[-1] if c and c.steps else None
+            cells = "".join(
+                f'<td class="num">{escape(_num(last(r, k)))}</td>' for k in cols
+            )
+            rows.append(
+                f'<tr><th scope="row">{escape(r.label)}'
+                f'{f" <small>step {step}</small>" if step is not None else ""}</th>{cells}</tr>'
+            )
+        # The input is the same fixed validation set for every run: show the first run's.
+        base = self.runs[0]
+        cells = "".join(
+            f'<td class="num">{escape(_num(last(base, "valid/input_" + _valid_name(k))))}</td>'
+            for k in keys
+        ) + "".join('<td class="num">—</td>' for _ in extra)
+        rows.append(f'<tr class="baseline"><th scope="row">unprocessed input</th>{cells}</tr>')
+        return (
+            '<p class="note">Each run at its last validation against the unprocessed input on '
+            "the same clips: an output row must beat the input row to have done anything. "
+            "si_sdr_gain is output minus input SI-SDR (dB); onset_pop_db is the output's first "
+            "10 ms energy over the target's (a pop at the start); spectral_line_db is the "
+            "largest narrow-band excess of the output over the target (a stationary line). "
+            f"{_VALID_SCOPE}</p>"
+            '<div class="table-wrap"><table class="versus-input">'
+            "<caption>Output against the unprocessed input (↓ lower is better, ↑ higher is "
+            "better)</caption>"
+            f'<thead><tr><th scope="col">run</th>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>"
+        )
+
     def _listen_single(self) -> str:
         run = self.runs[0]
         steps = pick_evenly(run.audio_steps(), self.listen_steps)
@@ -171,7 +241,7 @@ class TableSections:
         for base in bases[: self.max_clips]:
             pairs = [(s, s.pairs().get(base, (None, None))) for s in steps]
             refs = [(s, ref) for s, (ref, _) in pairs if ref is not None]
-            cells = []
+            cells = self._input_cells([s.inputs().get(base) for s in steps], base)
             if refs and _same_audio([ref for _, ref in refs]):
                 # The same reference at every step: show it once.
                 cells.append(self._player(refs[-1][1], "reference", base))
@@ -239,7 +309,9 @@ class TableSections:
                 for (run, _), (ref, _) in zip(labelled, pairs, strict=True)
                 if ref is not None
             ]
-            cells = []
+            cells = self._input_cells(
+                [vs.inputs().get(base) if vs else None for vs in vsteps], base
+            )
             if refs and _same_audio([ref for _, ref in refs]):
                 cells.append(self._player(refs[0][1], "reference", base))
             else:

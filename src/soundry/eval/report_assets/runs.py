@@ -65,9 +65,18 @@ class ValidStep:
                     out[base] = (pair[0], pair[1])
         return dict(sorted(out.items()))
 
+    def inputs(self) -> dict[str, Media]:
+        """clip base name -> the model's input ('<base>_in') for a clip that also has a
+        ref/out pair: the (input, output, target) triples of an audio-to-audio run."""
+        bases = self.pairs()
+        return {n[: -len("_in")]: m for n, m in sorted(self.items.items())
+                if n.endswith("_in") and n[: -len("_in")] in bases}
+
     def singles(self) -> dict[str, Media]:
-        """Items that are not part of a pair (e.g. generations)."""
-        return {n: m for n, m in sorted(self.items.items()) if not n.endswith(("_ref", "_out"))}
+        """Items that are not part of a pair or triple (e.g. generations)."""
+        triple = {f"{b}_in" for b in self.inputs()}
+        return {n: m for n, m in sorted(self.items.items())
+                if not n.endswith(("_ref", "_out")) and n not in triple}
 
 
 @dataclass
