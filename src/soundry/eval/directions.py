@@ -21,7 +21,7 @@ HIGHER_IS_BETTER = (
     "accuracy",
 )
 # Logged values that are settings or bookkeeping rather than scores: no "best".
-NEUTRAL = ("bitrate", "kbps", "lr", "time", "seconds")
+NEUTRAL = ("bitrate", "kbps", "lr", "time", "seconds", "minutes")
 
 
 def higher_is_better(metric: str) -> bool:

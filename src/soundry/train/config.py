@@ -148,6 +148,11 @@ class TrainConfig(Strict):
     """
 
     max_steps: int = Field(1000, ge=1)
+    # stop once the training time (steps only: validations and checkpoints excluded; summed
+    # across resumes) reaches this many minutes, or at max_steps (see soundry.train.budget)
+    budget_minutes: float | None = Field(None, gt=0)
+    # validate and checkpoint at the first step whose training time reaches each point
+    valid_at_minutes: list[float] = Field(default_factory=list)
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     grad_accum: int = Field(1, ge=1)
     log_every: int = Field(10, ge=1)
@@ -180,6 +185,13 @@ class TrainConfig(Strict):
     def _check(self) -> TrainConfig:
         if self.best_metric is not None and not self.best_metric.strip():
             raise ValueError("best_metric must name a validation metric or be null")
+        if any(not (p > 0) for p in self.valid_at_minutes):
+            raise ValueError(f"valid_at_minutes must be positive minutes, got "
+                             f"{self.valid_at_minutes}")
+        if self.budget_minutes is not None and any(p > self.budget_minutes
+                                                   for p in self.valid_at_minutes):
+            raise ValueError(f"valid_at_minutes {self.valid_at_minutes} has points past "
+                             f"budget_minutes ({self.budget_minutes}): they would never come")
         return self
 
     @property

@@ -12,6 +12,10 @@ does the rest. Per optimizer step (`step` counts optimizer steps, 1-based):
     EMA update; every log_every: one train line; NaN guard;
     every valid_every: validation; every checkpoint_every: checkpoint
 
+The run ends at train.max_steps, or earlier when train.budget_minutes of training time are
+spent (`soundry.train.budget`: validations and checkpoints excluded, summed across resumes);
+train.valid_at_minutes adds validations at training-time points.
+
 Devices, processes and precision come from `accelerate.Accelerator`. The networks are not
 wrapped in DistributedDataParallel: tasks call their own modules, and the engine averages
 gradients across processes itself at each accumulation boundary (one flat all-reduce per
@@ -55,6 +59,7 @@ from soundry.errors import ConfigError, SoundryError, TrainingStopped
 from soundry.health.runner import HealthRunner
 from soundry.registry import did_you_mean
 from soundry.train.auxiliary import check_unchanged
+from soundry.train.budget import TrainClock
 from soundry.train.checkpoint import (
     CheckpointManager,
     step_name,
@@ -71,6 +76,7 @@ from soundry.train.logging import (  # noqa: F401  (summary_line: public API)
     write_config,
     write_provenance,
 )
+from soundry.train.optim import ScheduledLR
 from soundry.train.precision import bf16_cpu_warning, cpu_has_native_bf16
 from soundry.train.runtime import (  # noqa: F401  (seed_everything: public API)
     derive_seed,
@@ -211,6 +217,7 @@ class Engine:
         self.last_valid: dict[str, Any] = {}
         self.last_checkpoint: Path | None = None
         self._health_state: dict[str, Any] | None = None
+        self.clock = TrainClock(cfg.budget_minutes, cfg.valid_at_minutes)
 
         # per-process randomness for training (dropout, ...) differs between processes
         seed_everything(derive_seed(recipe.seed, 1, self.rank))
@@ -220,6 +227,12 @@ class Engine:
             log.info("no complete checkpoint in %s: starting from step 0", self.run_dir)
         if self.world_size > 1:
             self._broadcast_weights()
+        if cfg.budget_minutes is not None:
+            follow = [s.name for s in self.specs if isinstance(s.scheduler, ScheduledLR)
+                      and s.scheduler.follow(self.clock.fraction)]
+            if follow and self.is_main:
+                log.info("lr schedule of %s decays over the %g-minute training budget",
+                         ", ".join(follow), cfg.budget_minutes)
 
         self.logger: RunLogger | None = None
         if self.is_main:
@@ -339,7 +352,10 @@ class Engine:
         self.last_valid = metrics
         assert self.logger is not None
         if metrics:
-            self.logger.valid(step, metrics)
+            # the training time reached, for quality-against-compute curves (not a score:
+            # the health monitors and the best checkpoint see only the task's metrics)
+            extra = {"valid/train_minutes": self.clock.minutes} if self.clock.active else {}
+            self.logger.valid(step, {**metrics, **extra})
         self.logger.audio(step, result.audio, result.sample_rate)
         self.health.on_valid(step, metrics, result.audio, result.sample_rate)
         key = self.cfg.best_key
@@ -435,7 +451,10 @@ class Engine:
         steps_since = 0
         message = ""
         status = "completed"
-        while self.step < cfg.max_steps:
+        out_of_time = False
+        while self.step < cfg.max_steps and not out_of_time:
+            t_iter = time.perf_counter()
+            side_before = self.valid_seconds + self.checkpoint_seconds
             step = self.step + 1
             for micro in range(cfg.grad_accum):
                 t_data = time.perf_counter()
@@ -455,8 +474,18 @@ class Engine:
             if self.ema is not None:
                 self.ema.update(step)
             self.consecutive_skips = self.consecutive_skips + 1 if updater.skipped_this_step else 0
+            t_mark = time.perf_counter()
+            self.clock.add(t_mark - t_iter)
+            t_iter = t_mark  # the rest of this step is counted at its end
+            point_due = False
+            if self.clock.active:
+                point_due = self.clock.take_due()
+                out_of_time = self.clock.exhausted()
+                if self.world_size > 1:
+                    out_of_time, point_due = self.clock.agree(point_due, device)
+            final = step == cfg.max_steps or out_of_time
 
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            if step % cfg.log_every == 0 or final:
                 t0 = self._log_train(step, t0, steps_since, data_wait)
                 data_wait, steps_since = 0.0, 0
             elif self.logger is not None:
@@ -476,14 +505,14 @@ class Engine:
                 break
 
             best = None
-            if step % cfg.valid_every == 0 or step == cfg.max_steps:
+            if step % cfg.valid_every == 0 or final or point_due:
                 t_valid, c_valid = time.perf_counter(), time.process_time()
                 best = self._validate(step)
                 self.valid_seconds += time.perf_counter() - t_valid
                 self.side_cpu_seconds += time.process_time() - c_valid
-            due = step % cfg.checkpoint_every == 0 or step == cfg.max_steps or best is not None
+            due = step % cfg.checkpoint_every == 0 or final or point_due or best is not None
             if due:
-                if self.consecutive_skips == 0 or step == cfg.max_steps:
+                if self.consecutive_skips == 0 or final:
                     if best is not None:  # recorded only with the checkpoint it names
                         self.ckpt.set_best(step_name(step), *best)
                     t_save, c_save = time.perf_counter(), time.process_time()
@@ -493,9 +522,10 @@ class Engine:
                 else:
                     log.warning("step %d: skipping the checkpoint during a run of non-finite "
                                 "updates", step)
-            if health.active and (step % self.recipe.health.check_every == 0
-                                  or step == cfg.max_steps):
+            if health.active and (step % self.recipe.health.check_every == 0 or final):
                 health.check(step)
+            side = self.valid_seconds + self.checkpoint_seconds - side_before
+            self.clock.add(time.perf_counter() - t_iter - side)
             if self._kill_at == step:
                 os.kill(os.getpid(), signal.SIGKILL)
         if health.active:
@@ -503,6 +533,9 @@ class Engine:
             health.save_state(self.step)
         loop_seconds = time.perf_counter() - loop_t0
         self.train_cpu_seconds = time.process_time() - loop_c0 - self.side_cpu_seconds
+        if status == "completed" and out_of_time:
+            message = (f"the {cfg.budget_minutes:g}-minute training budget was spent at step "
+                       f"{self.step} (train.budget_minutes)")
         return self._finish(status, message, start_step,
                             loop_seconds - self.valid_seconds - self.checkpoint_seconds)
 
@@ -519,6 +552,9 @@ class Engine:
             # wall time of this session's steps, without validations and checkpoint writes
             "train_seconds": seconds,
             "steps_per_second": steps_run / seconds if seconds > 0 else None,
+            # training time of all sessions of the run (what train.budget_minutes limits)
+            "train_minutes_total": self.clock.minutes,
+            "budget_minutes": self.cfg.budget_minutes,
             # CPU time of this process (all threads) for the same steps
             "train_cpu_seconds": self.train_cpu_seconds,
             "valid_seconds": self.valid_seconds,

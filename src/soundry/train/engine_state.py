@@ -41,6 +41,7 @@ def save_checkpoint(self: Any, step: int) -> Path:
             "log": self.acc.state_dict(),
             "last_valid": self.last_valid,
             "health": self.health.state_dict(),
+            "clock": self.clock.state_dict(),
         },
         "task": self.task.extra_state(),
         "networks": list(self.networks),
@@ -90,6 +91,7 @@ def restore_checkpoint(self: Any, path: Path) -> None:
     self.acc.load_state_dict(engine["log"])
     self.last_valid = engine["last_valid"]
     self._health_state = engine.get("health")
+    self.clock.load_state_dict(engine.get("clock", {}))
     self.task.load_extra_state(state["task"])
     rank_state = self.ckpt.read_rank_state(path)
     self.loader.load_state_dict(rank_state["loader"])

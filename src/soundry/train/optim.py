@@ -360,11 +360,58 @@ def lr_multiplier(cfg: ScheduleConfig, total_steps: int | None = None) -> Callab
     raise ConfigError(f"unknown schedule {cfg!r}")
 
 
+def budget_multiplier(cfg: ScheduleConfig, fraction: Callable[[], float]
+                      ) -> Callable[[int], float] | None:
+    """factor(step) of a cosine schedule that decays over a time budget: its position is
+    `fraction()` (the part of the budget spent, 0..1) instead of step / total_steps; the
+    warm-up stays in steps. None for schedules that do not decay over the run length
+    (constant, warm-up, exponential) or that fix their own `total_steps`."""
+    if not isinstance(cfg, CosineSchedule) or cfg.total_steps is not None:
+        return None
+    warmup, floor = cfg.warmup_steps, cfg.min_ratio
+
+    def cosine(step: int) -> float:
+        warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+        decay = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction())))
+        return min(warm, decay)
+
+    return cosine
+
+
+class ScheduledLR(torch.optim.lr_scheduler.LambdaLR):
+    """A LambdaLR that knows its `ScheduleConfig`, so the engine can make a cosine decay
+    follow a training-time budget (`follow`). Its state_dict holds only numbers, so it loads
+    with weights_only=True."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig,
+                 total_steps: int | None = None) -> None:
+        self.config = cfg
+        super().__init__(optimizer, lr_multiplier(cfg, total_steps))
+
+    def state_dict(self) -> dict[str, Any]:
+        # the schedule comes from the recipe on every start: keep the state numbers only
+        state = super().state_dict()
+        state.pop("config", None)
+        return state
+
+    def follow(self, fraction: Callable[[], float]) -> bool:
+        """Decay over the budget whose spent part `fraction()` gives (see `budget_multiplier`);
+        False (and nothing changes) for a schedule that does not decay over the run."""
+        factor = budget_multiplier(self.config, fraction)
+        if factor is None:
+            return False
+        self.lr_lambdas = [factor] * len(self.optimizer.param_groups)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor(self.last_epoch)
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        return True
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int | None = None
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR; its state_dict holds only numbers, so it loads with weights_only=True."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, total_steps))
+) -> ScheduledLR:
+    """The lr scheduler of `cfg` over `optimizer` (`total_steps`: a cosine's default length)."""
+    return ScheduledLR(optimizer, cfg, total_steps)
 
 
 # ----------------------------------------------------------------------------- builders

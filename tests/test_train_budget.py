@@ -1,0 +1,152 @@
+"""The training-time budget (`train.budget_minutes`, `train.valid_at_minutes`): where a run
+stops, when it validates, what counts as training time, resumes, and a cosine lr that
+decays over the budget. Time is simulated: each training step advances a fake clock by 10 s
+and each validation by 100 s, so step counts are exact."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_engine_basic import LinearTask, toy_recipe
+
+from soundry.errors import ConfigError
+from soundry.train import engine as engine_mod
+from soundry.train.budget import TrainClock
+from soundry.train.config import CosineSchedule
+from soundry.train.engine import Engine
+from soundry.train.logging import read_metrics
+from soundry.train.optim import ScheduledLR
+from soundry.train.task import OptimizerSpec, TaskContext, Validation
+
+STEP_S, VALID_S = 10.0, 100.0
+
+
+class FakeTime:
+    """Stands in for the engine's `time` module: perf_counter moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def process_time(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    fake = FakeTime()
+    monkeypatch.setattr(engine_mod, "time", fake)
+    return fake
+
+
+class TimedTask(LinearTask):
+    """A step costs STEP_S seconds and a validation VALID_S; the lr follows a cosine."""
+
+    def __init__(self, recipe: Any, fake: FakeTime, cosine: bool = False) -> None:
+        super().__init__(recipe, TaskContext(), [torch.ones(1, 2)], lr=0.1)
+        self.fake, self.cosine = fake, cosine
+
+    def optimizers(self) -> list[OptimizerSpec]:
+        opt = torch.optim.SGD(self.net.parameters(), lr=self.lr)
+        sched = ScheduledLR(opt, CosineSchedule(), total_steps=1000) if self.cosine else None
+        return [OptimizerSpec("net", ["net"], opt, sched, None)]
+
+    def train_step(self, batch: torch.Tensor, step: int, updater: Any) -> dict[str, Any]:
+        self.fake.now += STEP_S
+        return super().train_step(batch, step, updater)
+
+    def validate(self, step: int) -> Validation:
+        self.fake.now += VALID_S
+        return super().validate(step)
+
+
+def _run(tmp_path: Path, fake: FakeTime, train: dict[str, Any], cosine: bool = False,
+         resume: bool = False, name: str = "run") -> tuple[dict[str, Any], list[dict]]:
+    recipe = toy_recipe({"max_steps": 100, "log_every": 1, **train})
+    summary = Engine(TimedTask(recipe, fake, cosine), recipe, tmp_path / name,
+                     resume=resume).fit()
+    return summary, read_metrics(tmp_path / name / "metrics.jsonl")
+
+
+def test_budget_stops_the_run_and_validations_do_not_count(tmp_path: Path, fake_time) -> None:
+    summary, lines = _run(tmp_path, fake_time, {"budget_minutes": 1.0,
+                                                "valid_at_minutes": [0.25, 0.5]})
+    # 6 steps of 10 s fill the minute; the validations' 100 s each are not training time
+    assert summary["steps"] == 6 and summary["status"] == "completed"
+    assert summary["train_minutes_total"] == pytest.approx(1.0)
+    assert "budget" in summary["message"]
+    valid = [r for r in lines if r["kind"] == "valid"]
+    # 0.25 min is reached at step 2 (20 s), 0.5 at step 3, the end at step 6
+    assert [r["step"] for r in valid] == [2, 3, 6]
+    assert [r["valid/train_minutes"] for r in valid] == pytest.approx([20 / 60, 0.5, 1.0])
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert "step_00000006" in ckpts
+
+
+def test_max_steps_still_ends_a_run_under_budget(tmp_path: Path, fake_time) -> None:
+    summary, _ = _run(tmp_path, fake_time, {"budget_minutes": 10.0, "max_steps": 4})
+    assert summary["steps"] == 4 and "budget" not in summary["message"]
+
+
+def test_budget_is_summed_across_resumes(tmp_path: Path, fake_time) -> None:
+    first, _ = _run(tmp_path, fake_time, {"budget_minutes": 1.0, "max_steps": 4,
+                                          "checkpoint_every": 2})
+    assert first["steps"] == 4
+    # resumed from step 4 (40 s spent): 2 more steps fill the minute
+    second, lines = _run(tmp_path, fake_time, {"budget_minutes": 1.0, "checkpoint_every": 2,
+                                               "valid_at_minutes": [0.5]}, resume=True)
+    assert second["steps"] == 6 and second["steps_this_session"] == 2
+    assert second["train_minutes_total"] == pytest.approx(1.0)
+    # step 4 ended the first session; the 0.5-minute point (30 s) passed before that
+    # checkpoint, so the resumed session does not validate at step 5 for it
+    assert [r["step"] for r in lines if r["kind"] == "valid"] == [4, 6]
+
+
+def test_cosine_lr_decays_over_the_budget(tmp_path: Path, fake_time) -> None:
+    _, lines = _run(tmp_path, fake_time, {"budget_minutes": 1.0}, cosine=True)
+    lrs = [r["lr/net"] for r in lines if r["kind"] == "train"]
+    # the lr logged at step k (the one step k+1 uses) is set by step k's update, when the
+    # clock holds the k-1 steps before it: (k-1) x 10 s of the 60 s
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * (k - 1) / 6)) for k in range(1, 7)]
+    assert lrs == pytest.approx(expected, abs=1e-9)
+
+
+def test_cosine_without_budget_follows_max_steps(tmp_path: Path, fake_time) -> None:
+    _, lines = _run(tmp_path, fake_time, {"max_steps": 6}, cosine=True)
+    lrs = [r["lr/net"] for r in lines if r["kind"] == "train"]
+    # total_steps=1000: barely moves in 6 steps
+    assert min(lrs) > 0.0999
+    assert not any("valid/train_minutes" in r for r in lines)
+
+
+def test_budget_config_errors() -> None:
+    with pytest.raises(ConfigError, match="never come"):
+        toy_recipe({"budget_minutes": 1.0, "valid_at_minutes": [5.0]})
+    with pytest.raises(ConfigError, match="positive"):
+        toy_recipe({"valid_at_minutes": [0.0]})
+    with pytest.raises(ConfigError):
+        toy_recipe({"budget_minutes": -1.0})
+
+
+def test_clock_points_fire_once_and_restore_from_the_time() -> None:
+    clock = TrainClock(2.0, [0.5, 1.0, 1.5])
+    clock.add(65.0)  # past 0.5 and 1.0 in one go: one validation
+    assert clock.take_due() and not clock.take_due()
+    assert clock.fraction() == pytest.approx(65 / 120) and not clock.exhausted()
+    other = TrainClock(2.0, [0.5, 1.0, 1.5])
+    other.load_state_dict(clock.state_dict())
+    assert not other.take_due()
+    other.add(30.0)
+    assert other.take_due() and other.minutes == pytest.approx(95 / 60)
+    other.add(100.0)
+    assert other.exhausted() and other.fraction() == 1.0
+    assert not TrainClock().active and TrainClock().fraction() == 0.0
