@@ -107,3 +107,34 @@ def test_higher_bitrate_is_closer() -> None:
 @needs_ffmpeg
 def test_check_encoders_accepts_installed_ones() -> None:
     bl.check_encoders(parse_baselines("opus:6k,mp3:32k"))
+
+
+@needs_ffmpeg
+def test_validation_baselines_score_each_codec_on_the_clips(tmp_path) -> None:
+    from soundry.train.tasks.codec import write_valid_baselines
+
+    items = [(f"c{i}", music(1.0, 16000, seed=i)) for i in range(2)]
+    out = write_valid_baselines(tmp_path, "opus:6k,opus:24k", items, 16000)
+    got = out["baselines"]
+    assert set(got) == {"opus 6k", "opus 24k"} and out["clips"] == 2
+    assert got["opus 24k"]["mel_distance"] < got["opus 6k"]["mel_distance"]
+    assert got["opus 6k"]["kbps"] == 6.0
+    import json
+
+    assert json.loads((tmp_path / "valid" / "baselines.json").read_text()) == out
+
+
+def test_validation_baselines_skip_without_ffmpeg(tmp_path, monkeypatch) -> None:
+    from soundry.train.tasks.codec import write_valid_baselines
+
+    monkeypatch.setattr(bl.shutil, "which", lambda name: None)
+    out = write_valid_baselines(tmp_path, "opus:6k", [("c", music(0.5, 16000))], 16000)
+    assert out["baselines"] == {} and "ffmpeg" in out["skipped"]["opus 6k"]
+
+
+def test_codec_recipe_rejects_a_malformed_baseline() -> None:
+    from soundry.errors import ConfigError
+    from soundry.train.recipes import recipe_from_dict
+
+    with pytest.raises((ConfigError, SoundryError), match="codec:bitrate"):
+        recipe_from_dict({"task": "codec", "valid": {"baselines": "opus6k"}})

@@ -367,3 +367,28 @@ def test_transform_runs_get_an_output_versus_input_table_and_input_players(tmp_p
 def test_codec_runs_have_no_versus_input_section(two_runs, tmp_path: Path) -> None:
     html = write_report(list(two_runs), tmp_path / "r.html").path.read_text()
     assert "versus-input" not in html
+
+
+def test_quality_against_training_time_with_baseline_lines(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "timed")
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        if line["kind"] == "valid":
+            line["valid/train_minutes"] = line["step"] / 40.0  # 400 steps in 10 minutes
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (run / "valid" / "baselines.json").write_text(json.dumps(
+        {"baselines": {"opus 6k": {"kbps": 6.0, "mel_distance": 1.2, "si_sdr": 3.0},
+                       "opus 12k": {"kbps": 12.0, "mel_distance": 0.8, "si_sdr": 9.0}},
+         "skipped": {}, "clips": 2}))
+    html = write_report([run], tmp_path / "r.html").path.read_text()
+    section = html[html.index("Quality against training time"):]
+    section = section[: section.index("</div>", section.index('class="charts grid"'))]
+    # one chart per metric the baselines were scored on, drawn against minutes
+    captions = re.findall(r"<figcaption>([^<]*)</figcaption>", section)
+    assert [c.split(" (")[0] for c in captions] == ["mel_distance", "si_sdr"]
+    assert "training minutes" in section
+    assert section.count("opus 6k") >= 2 and section.count("opus 12k") >= 2  # both charts
+    assert ">10<" in section  # the x axis reaches the 10 minutes of the last validation
+    # a run without train_minutes gets no such section
+    plain = write_report([make_run(tmp_path / "plain")], tmp_path / "p.html").path.read_text()
+    assert "Quality against training time" not in plain

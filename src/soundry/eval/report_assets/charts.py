@@ -128,6 +128,7 @@ class LineChart:
         series: list[Series],
         *,
         x_label: str = "step",
+        x_integer: bool = True,
         y_label: str = "",
         log_y: bool | None = None,
         width: int = 460,
@@ -137,6 +138,7 @@ class LineChart:
         self.title = title
         self.series = [s for s in series if any(_finite(v) for v in s.y)]
         self.x_label = x_label
+        self.x_integer = x_integer
         self.y_label = y_label
         self.width = width
         self.height = height
@@ -222,7 +224,7 @@ class LineChart:
         w, h = self.width, self.height
         top, right, bottom, left = self.margin
         out = []
-        for t in nice_ticks(self.x_lo, self.x_hi, 5, integer=True):
+        for t in nice_ticks(self.x_lo, self.x_hi, 5, integer=self.x_integer):
             px = self._px(t)
             out.append(
                 f'<line class="gridline" x1="{px:.1f}" x2="{px:.1f}" y1="{top}" y2="{h - bottom}"/>'

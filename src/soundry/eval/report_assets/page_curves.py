@@ -29,11 +29,13 @@ class CurveSections:
     """The report's curves (a mixin of the page)."""
 
     def _chart(
-        self, title: str, series: list[Series], y_label: str = "", log_y: bool | None = None
+        self, title: str, series: list[Series], y_label: str = "", log_y: bool | None = None,
+        x_label: str = "step",
     ) -> str:
         self._chart_ids += 1
         chart = LineChart(
-            title, series, y_label=y_label, log_y=log_y, chart_id=f"chart{self._chart_ids}"
+            title, series, y_label=y_label, log_y=log_y, chart_id=f"chart{self._chart_ids}",
+            x_label=x_label, x_integer=x_label == "step",
         )
         legend = legend_html(chart.series) if len(chart.series) > 1 or self.multi else ""
         return (
@@ -76,8 +78,59 @@ class CurveSections:
                 groups["other"].append(key)
         return groups
 
+    def _compute_curves(self) -> str:
+        """Validation metrics against training time (`valid/train_minutes`, logged by runs
+        with a time budget or time points), one line per run, and the classical codecs
+        scored on the same clips (RUN/valid/baselines.json) as horizontal dashed lines."""
+        timed = [r for r in self.runs if "valid/train_minutes" in r.valid]
+        if not timed:
+            return ""
+        baselines: dict[str, dict[str, float]] = {}
+        for r in timed:
+            for name, values in r.baselines.items():
+                baselines.setdefault(name, values)
+        keys = []
+        for members in group_keys(self._keys("valid"), "valid/").values():
+            key = next((k for k in members if is_primary(_valid_name(k))), None)
+            if key is not None and key != "valid/train_minutes" and better_text(key):
+                keys.append(key)
+        # the metrics the baselines were scored on, else the first headline metrics
+        scored = {m for values in baselines.values() for m in values}
+        keys = [k for k in keys if _valid_name(k) in scored] if scored else keys[:4]
+        charts = []
+        for key in keys:
+            series = []
+            x_hi = 0.0
+            for i, r in enumerate(timed):
+                c, t = r.valid.get(key), r.valid["valid/train_minutes"]
+                if c is None:
+                    continue
+                minutes = dict(zip(t.steps, t.values, strict=True))
+                pts = [(minutes[s], v) for s, v in zip(c.steps, c.values, strict=True)
+                       if s in minutes]
+                if not pts:
+                    continue
+                x_hi = max(x_hi, max(p[0] for p in pts))
+                series.append(Series(r.label, [p[0] for p in pts], [p[1] for p in pts],
+                                     color=color_for(i), dash=dash_for(i), style="both"))
+            if not series:
+                continue
+            name = _valid_name(key)
+            for j, (bname, values) in enumerate(sorted(baselines.items())):
+                if name in values:
+                    series.append(Series(bname, [0.0, x_hi], [values[name]] * 2,
+                                         color="#888888", dash=("6 4", "2 3", "8 3 2 3")[j % 3]))
+            charts.append(self._chart(f"{name}{better_text(key)}", series,
+                                      x_label="training minutes"))
+        note = ("Validation against training time (validations and checkpoints excluded, "
+                "summed across resumes); dashed grey lines: classical codecs on the same "
+                "validation clips." if baselines else
+                "Validation against training time (validations and checkpoints excluded, "
+                "summed across resumes).")
+        return self._group(charts, "Quality against training time", note)
+
     def _curves(self) -> str:
-        out = [self._valid_curves()]
+        out = [self._valid_curves(), self._compute_curves()]
         groups = self._train_groups()
         balance = self._balance_chart(groups["gen"], groups["disc"])
         out.append(self._group(balance + self._train_charts(groups["gen"]), "Generator losses"))

@@ -99,6 +99,9 @@ class Run:
     problems: list[str] = field(default_factory=list)
     #: training-health findings recorded in health.jsonl (`soundry.health`), as dicts
     health: list[dict[str, Any]] = field(default_factory=list)
+    #: classical codecs scored on the run's validation clips (RUN/valid/baselines.json):
+    #: name -> {metric: value}
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def wall_seconds(self) -> float | None:
@@ -159,6 +162,12 @@ def load_run(path: str | Path) -> Run:
     )
     if has_metrics:
         _read_metrics(root / "metrics.jsonl", run)
+    baselines = _read_json(root / "valid" / "baselines.json", problems)
+    if isinstance(baselines, dict) and isinstance(baselines.get("baselines"), dict):
+        run.baselines = {str(name): {k: float(v) for k, v in values.items()
+                                     if isinstance(v, int | float)}
+                         for name, values in baselines["baselines"].items()
+                         if isinstance(values, dict)}
     from soundry.health.doctor import merge
     from soundry.health.runner import read_findings
 

@@ -12,6 +12,7 @@ discriminators, as for the generator.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -21,6 +22,7 @@ from pydantic import Field, model_validator
 from soundry.audio.dsp import SpectrogramCache
 from soundry.config import Strict
 from soundry.data.config import DataConfig
+from soundry.errors import SoundryError
 from soundry.losses.config import CODEC_TERMS, CodecLossConfig
 from soundry.losses.terms import LossTerms
 from soundry.models.codec import CodecConfig, build_codec
@@ -32,6 +34,8 @@ from soundry.train.optim import build_spec
 from soundry.train.recipe import RecipeBase
 from soundry.train.registry import EXPORTERS, register_task
 from soundry.train.task import OptimizerSpec, Task, TaskContext, Updater, Validation
+
+log = logging.getLogger("soundry.train")
 
 
 class CodecOptimConfig(Strict):
@@ -52,6 +56,16 @@ class CodecValidConfig(Strict):
 
     levels: list[int] = Field(default_factory=list)  # extra level counts to score (bitrates)
     audio_clips: int = Field(4, ge=0)  # validation clips whose audio is logged
+    # classical codecs scored once on the same validation clips (e.g. "opus:6k,opus:12k",
+    # through ffmpeg): RUN/valid/baselines.json, drawn as reference lines in the report
+    baselines: str | None = None
+
+    @model_validator(mode="after")
+    def _check_baselines(self) -> CodecValidConfig:
+        from soundry.audio.codecs import parse_baselines
+
+        parse_baselines(self.baselines)  # a malformed spec fails at load, not at validation
+        return self
 
 
 class CodecRecipe(RecipeBase):
@@ -166,6 +180,7 @@ class CodecTask(Task):
                            seed=recipe.seed)
         self._losses: Any = None  # built on first use, on the training device
         self._valid_items: list[tuple[str, np.ndarray]] | None = None
+        self._baselines_done = False
 
     # -- Task interface --------------------------------------------------------------------
 
@@ -270,7 +285,45 @@ class CodecTask(Task):
         metrics["code_frames"] = float(codes.shape[-1])
         metrics["codebook_size"] = float(gen.codebook_size)
         metrics["bitrate_kbps"] = gen.bitrate_kbps()
+        if self.recipe.valid.baselines and not self._baselines_done:
+            self._baselines_done = True
+            write_valid_baselines(self.ctx.run_dir, self.recipe.valid.baselines,
+                                  self.valid_items(), gen.sample_rate)
         return Validation(metrics=metrics, audio=audio, sample_rate=gen.sample_rate)
+
+
+def write_valid_baselines(run_dir: Any, text: str, items: list[tuple[str, np.ndarray]],
+                          sample_rate: int) -> dict[str, Any]:
+    """Score the classical codecs `text` names (e.g. "opus:6k,opus:12k") on the validation
+    clips with the validation's own metrics and write RUN/valid/baselines.json:
+    {"baselines": {name: {"kbps", metric: mean}}, "skipped": {name: reason}}. A codec that
+    cannot run (no ffmpeg, no encoder) is skipped with a warning, not an error."""
+    import json
+    from pathlib import Path
+
+    from soundry.audio.codecs import check_encoders, parse_baselines, roundtrip
+
+    out: dict[str, Any] = {"baselines": {}, "skipped": {}, "clips": len(items)}
+    for spec in parse_baselines(text):
+        try:
+            check_encoders([spec])
+            scores: dict[str, list[float]] = {}
+            for _, clip in items:
+                y = roundtrip(clip, sample_rate, spec)
+                for key, value in score_pair(torch.from_numpy(clip), torch.from_numpy(y),
+                                             sample_rate).items():
+                    scores.setdefault(key, []).append(value)
+        except SoundryError as exc:
+            log.warning("validation baseline %s skipped: %s", spec.name, exc)
+            out["skipped"][spec.name] = str(exc)
+            continue
+        out["baselines"][spec.name] = {"kbps": spec.kbps} | {
+            k: float(np.mean(v)) for k, v in scores.items()}
+    if run_dir is not None:
+        path = Path(run_dir) / "valid" / "baselines.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1))
+    return out
 
 
 def score_pair(ref: torch.Tensor, est: torch.Tensor, sample_rate: int) -> dict[str, float]:
