@@ -17,7 +17,8 @@ def register(sub: Any) -> None:
         "--out. A transform model (denoiser, ...) runs over DATA (degraded inputs) and is "
         "scored against --target (clean files, matched by relative path), beside the "
         "unprocessed input. Core metrics: mel_distance, stft_distance, si_sdr, l1; with the "
-        "[eval] extra also loudness_diff_lufs, pesq (wide-band), stoi and visqol (audio mode).",
+        "[eval] extra also loudness_diff_lufs, pesq (wide-band), stoi, visqol (audio mode, "
+        "48 kHz) and visqol_speech (speech mode, 16 kHz).",
     )
     p.add_argument(
         "model", type=Path, help="exported codec or transform folder (config.json + "

@@ -8,6 +8,10 @@
   own 10 kHz internally.
 - `visqol`: ViSQOL v3 audio mode MOS-LQO (`visqol-python`), computed at 48 kHz; range
   about 1 to 4.75. Needs at least about a second of audio.
+- `visqol_speech`: ViSQOL v3 speech mode MOS-LQO at 16 kHz (inputs resampled to 16 kHz),
+  with the deep-lattice quality mapper that is ViSQOL's own default (`ai-edge-litert`, in
+  the `[eval]` extra; without it the metric is unavailable rather than silently scored
+  with the polynomial fallback, whose scale differs). Range about 1 to 5; for speech.
 
 Inputs are float arrays `[channels, time]` (or `[time]`) at `sample_rate`, reference first.
 Multichannel audio is scored per channel and averaged (PESQ, STOI and ViSQOL are mono
@@ -47,6 +51,8 @@ class ExtraMetric:
     package: str
     purpose: str
     higher_is_better: bool
+    #: further (import name, pip name) the metric needs
+    also: tuple[tuple[str, str], ...] = ()
 
 
 def _require(module: str, package: str, purpose: str) -> Any:
@@ -157,6 +163,8 @@ def stoi(reference: Any, output: Any, sample_rate: int) -> float:
 
 
 _VISQOL_API: Any = None
+_VISQOL_SPEECH_API: Any = None
+VISQOL_SPEECH_RATE = 16_000
 
 
 def visqol(reference: Any, output: Any, sample_rate: int) -> float:
@@ -178,6 +186,26 @@ def visqol(reference: Any, output: Any, sample_rate: int) -> float:
     )
 
 
+def visqol_speech(reference: Any, output: Any, sample_rate: int) -> float:
+    """ViSQOL v3 speech-mode MOS-LQO at 16 kHz with the lattice mapper (see module doc)."""
+    global _VISQOL_SPEECH_API
+    visqol_mod = _require("visqol", "visqol-python", "ViSQOL")
+    _require("ai_edge_litert", "ai-edge-litert", "ViSQOL speech mode")
+    if _VISQOL_SPEECH_API is None:
+        api = visqol_mod.VisqolApi()
+        api.create(mode="speech", use_lattice_model=True)
+        _VISQOL_SPEECH_API = api
+    ref, out = _pair(reference, output)
+    ref = _resample(ref, sample_rate, VISQOL_SPEECH_RATE)
+    out = _resample(out, sample_rate, VISQOL_SPEECH_RATE)
+    return _per_channel(
+        "visqol_speech",
+        lambda r, o: _VISQOL_SPEECH_API.measure_from_arrays(r, o, VISQOL_SPEECH_RATE).moslqo,
+        ref,
+        out,
+    )
+
+
 EXTRA_METRICS: dict[str, ExtraMetric] = {
     m.name: m
     for m in (
@@ -192,6 +220,15 @@ EXTRA_METRICS: dict[str, ExtraMetric] = {
         ExtraMetric("pesq", pesq_wb, "pesq", "pesq", "PESQ", higher_is_better=True),
         ExtraMetric("stoi", stoi, "pystoi", "pystoi", "STOI", higher_is_better=True),
         ExtraMetric("visqol", visqol, "visqol", "visqol-python", "ViSQOL", higher_is_better=True),
+        ExtraMetric(
+            "visqol_speech",
+            visqol_speech,
+            "visqol",
+            "visqol-python",
+            "ViSQOL speech mode",
+            higher_is_better=True,
+            also=(("ai_edge_litert", "ai-edge-litert"),),
+        ),
     )
 }
 
@@ -202,6 +239,8 @@ def availability() -> dict[str, str | None]:
     for name, metric in EXTRA_METRICS.items():
         try:
             _require(metric.module, metric.package, metric.purpose)
+            for module, package in metric.also:
+                _require(module, package, metric.purpose)
             out[name] = None
         except MissingDependencyError as exc:
             out[name] = str(exc)
