@@ -17,6 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from soundry.audio.tar_members import is_member_ref, open_source
 from soundry.errors import DataError
 
 #: extensions treated as audio when a folder is scanned
@@ -38,6 +39,10 @@ class AudioInfo:
 def audio_info(path: str | Path) -> AudioInfo:
     """Header information of an audio file; DataError when libsndfile cannot open it."""
     try:
+        if is_member_ref(path):
+            with sf.SoundFile(open_source(path)) as f:
+                sr, ch, n = int(f.samplerate), int(f.channels), max(int(f.frames), 0)
+            return AudioInfo(sr, ch, n, n / sr if sr > 0 else 0.0)
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise DataError(f"cannot read audio file '{path}': {error_reason(exc)}") from None
@@ -63,7 +68,7 @@ def read_audio(
     is there (possibly nothing). Raises DataError for an unreadable or corrupt file.
     """
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(open_source(path)) as f:
             file_sr = int(f.samplerate)
             if offset > 0:
                 f.seek(min(int(offset), max(f.frames, 0)))

@@ -1,4 +1,4 @@
-"""`soundry data scan|synth|preview`: look at data before training on it."""
+"""`soundry data scan|synth|preview|pack`: look at data before training on it, pack it."""
 
 from __future__ import annotations
 
@@ -59,6 +59,26 @@ def register(sub: Any) -> None:
     v.add_argument("--out", default="preview", help="output folder")
     v.add_argument("--hop", type=int, default=1, help="model hop in samples (crop snapping)")
     v.set_defaults(func=run_preview)
+
+    k = verbs.add_parser(
+        "pack",
+        help="write a dataset as WebDataset tar shards with an index",
+        description="Pack the usable files of DATA (folder or manifest, scanned like `data "
+        "scan`: bad files skipped and listed) into WebDataset tar shards under OUT, each item "
+        "an audio member plus a JSON member (text, tags, speaker, duration), with "
+        "items.jsonl and index.json (shards, item counts, total hours). Train on OUT (a path "
+        "or fsspec URL) like on a folder.",
+    )
+    k.add_argument("data", help="folder, manifest (.jsonl/.csv) or LJSpeech metadata.csv")
+    k.add_argument("out", help="output folder (must not already hold a packed set)")
+    k.add_argument("--shard-size", default="512MB",
+                   help="audio bytes per shard before a new one starts (e.g. 512MB, 2GB)")
+    k.add_argument("--sample-rate", type=int, default=None,
+                   help="resample every file to this rate (default: keep each file's)")
+    k.add_argument("--format", choices=("flac", "wav"), default="flac",
+                   help="flac: 24-bit lossless for 16/24-bit audio; wav: 32-bit float")
+    k.add_argument("--min-seconds", type=float, default=0.0, help="skip files shorter than this")
+    k.set_defaults(func=run_pack)
 
 
 def run_scan(args: argparse.Namespace) -> int:
@@ -136,4 +156,31 @@ def run_preview(args: argparse.Namespace) -> int:
     data_cfg, seed = load_data_section(args.recipe, args.overrides)
     rows = preview(data_cfg, seed, args.count, args.out, hop=args.hop)
     print(f"wrote {len(rows)} training items to {args.out} (listing.json, listing.csv)")
+    return 0
+
+
+def parse_size(text: str) -> int:
+    """'512MB' / '2GB' / '100k' / '4096' -> bytes (powers of 1024)."""
+    import re
+
+    from soundry.errors import SoundryError
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not m:
+        raise SoundryError(f"--shard-size '{text}' must look like 512MB, 2GB or 4096")
+    scale = 1024 ** "_kmgt".index(m.group(2) or "_")
+    return max(1, int(float(m.group(1)) * scale))
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from soundry.data.pack import pack
+
+    result = pack(args.data, args.out, shard_bytes=parse_size(args.shard_size),
+                  sample_rate=args.sample_rate, fmt=args.format, min_seconds=args.min_seconds)
+    print(f"packed {result.items} items ({result.hours:.3f} h) into {len(result.shards)} "
+          f"shard(s) in {result.out}; {len(result.skipped)} skipped")
+    for entry in result.skipped[:20]:
+        print(f"  skipped {entry['path']}: {entry['reason']}")
+    if len(result.skipped) > 20:
+        print(f"  ... and {len(result.skipped) - 20} more (index.json lists all)")
     return 0

@@ -121,7 +121,10 @@ def _hold_out(
         root = index.root if os.path.isdir(index.root) else os.path.dirname(index.root)
 
         def rank(item: AudioItem, root: str = root) -> str:
-            rel = os.path.relpath(item.path, os.path.abspath(root))
+            # a packed item ranks by its original relative path: a packed set holds out
+            # the same files as the folder it was packed from
+            rel = item.label if item.label is not None else \
+                os.path.relpath(item.path, os.path.abspath(root))
             return hashlib.sha1(rel.encode()).hexdigest()
 
         ranked.append(sorted(index.items, key=rank)[: len(index.items) // HOLDOUT_FRACTION])

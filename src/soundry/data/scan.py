@@ -66,11 +66,14 @@ class AudioItem:
     tags: dict[str, str] = field(default_factory=dict)
     speaker: str | None = None
     target: str | None = None
+    #: the original file (relative path) of an item read from a packed set, whose `path`
+    #: is a member reference into a shard
+    label: str | None = None
 
     @property
     def name(self) -> str:
         """File name without folder and extension."""
-        return Path(self.path).stem
+        return Path(self.label or self.path).stem
 
 
 @dataclass
@@ -143,6 +146,11 @@ def scan(
     `min_seconds`: files shorter than this are skipped as too short. `cache`: read and update
     the probe cache next to the data (silently skipped when the folder is read-only).
     """
+    from soundry.data.shards import shard_root
+
+    packed = shard_root(path_or_manifest)
+    if packed is not None:  # a packed set (soundry data pack), by path or URL
+        return scan_packed(packed, min_seconds)
     src = Path(path_or_manifest).expanduser()
     if not src.exists():
         raise DataError(f"data path '{path_or_manifest}' does not exist")
@@ -471,3 +479,25 @@ def _write_cache(path: Path, files: dict[str, dict[str, Any]]) -> None:
         os.replace(tmp, path)
     except OSError as exc:  # a read-only dataset folder still scans, just without a cache
         log.debug("cannot write scan cache %s: %s", path, exc)
+
+
+def scan_packed(root: str, min_seconds: float = 0.0) -> DatasetIndex:
+    """The `DatasetIndex` of the packed set at `root`: one `AudioItem` per item, its path a
+    member reference into its shard; items shorter than `min_seconds` are skipped."""
+    from soundry.data.shards import member_ref, read_index
+
+    packed = read_index(root)
+    out = DatasetIndex(root=root)
+    out.skipped.extend(packed.head.get("skipped", []))
+    for line in packed.items:
+        ref = member_ref(f"{root.rstrip('/')}/{line['shard']}", line["offset"], line["size"])
+        if line["duration"] < min_seconds:
+            out.skipped.append({"path": line["source"], "reason": (
+                f"too short ({line['duration']:.3f} s < min_seconds {min_seconds:g} s)")})
+            continue
+        out.items.append(AudioItem(
+            path=ref, sample_rate=int(line["sample_rate"]), channels=int(line["channels"]),
+            frames=int(line["frames"]), duration=float(line["duration"]), text=line.get("text"),
+            tags=dict(line.get("tags") or {}), speaker=line.get("speaker"),
+            label=line["source"]))
+    return out
