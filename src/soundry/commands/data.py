@@ -77,6 +77,7 @@ def register(sub: Any) -> None:
                    help="resample every file to this rate (default: keep each file's)")
     k.add_argument("--format", choices=("flac", "wav"), default="flac",
                    help="flac: 24-bit lossless for 16/24-bit audio; wav: 32-bit float")
+    k.add_argument("--bits", type=int, choices=(16, 24), default=24, help="FLAC bit depth")
     k.add_argument("--min-seconds", type=float, default=0.0, help="skip files shorter than this")
     k.set_defaults(func=run_pack)
 
@@ -176,7 +177,8 @@ def run_pack(args: argparse.Namespace) -> int:
     from soundry.data.pack import pack
 
     result = pack(args.data, args.out, shard_bytes=parse_size(args.shard_size),
-                  sample_rate=args.sample_rate, fmt=args.format, min_seconds=args.min_seconds)
+                  sample_rate=args.sample_rate, fmt=args.format, bits=args.bits,
+                  min_seconds=args.min_seconds)
     print(f"packed {result.items} items ({result.hours:.3f} h) into {len(result.shards)} "
           f"shard(s) in {result.out}; {len(result.skipped)} skipped")
     for entry in result.skipped[:20]:

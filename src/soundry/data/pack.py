@@ -30,8 +30,10 @@ class PackResult:
     skipped: list[dict[str, str]]
 
 
-def _encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+def _encode(audio: np.ndarray, sample_rate: int, fmt: str, bits: int = 24) -> bytes:
     kind, subtype = FORMATS[fmt]
+    if fmt == "flac":
+        subtype = f"PCM_{bits}"
     buf = io.BytesIO()
     sf.write(buf, np.clip(audio.T, -1.0, 1.0) if fmt == "flac" else audio.T, sample_rate,
              format=kind, subtype=subtype)
@@ -45,12 +47,13 @@ def pack(
     shard_bytes: int = 512 * 2**20,
     sample_rate: int | None = None,
     fmt: str = "flac",
+    bits: int = 24,
     min_seconds: float = 0.0,
 ) -> PackResult:
     """Pack the usable files of `data` (folder or manifest) into shards under `out` (see the
     module docstring). `sample_rate`: resample every file to it (None: keep each file's);
-    `fmt`: "flac" (24-bit, lossless for 16/24-bit sources; samples clipped to [-1, 1]) or
-    "wav" (32-bit float). Bad files and files with non-finite samples are skipped and
+    `fmt`: "flac" (`bits` 24: lossless for 16/24-bit sources, or 16; samples clipped to
+    [-1, 1]) or "wav" (32-bit float). Bad files and files with non-finite samples are skipped and
     listed in index.json."""
     import webdataset as wds
 
@@ -59,6 +62,8 @@ def pack(
 
     if fmt not in FORMATS:
         raise DataError(f"format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    if bits not in (16, 24):
+        raise DataError(f"FLAC bit depth must be 16 or 24, got {bits}")
     if shard_bytes < 1:
         raise DataError("shard size must be positive")
     out = Path(out)
@@ -98,7 +103,7 @@ def pack(
         if not np.isfinite(audio).all():
             skipped.append({"path": item.path, "reason": "non-finite samples (NaN or Inf)"})
             continue
-        data_bytes = _encode(audio, sr, fmt)
+        data_bytes = _encode(audio, sr, fmt, bits)
         if writer is not None and size + len(data_bytes) > shard_bytes:
             close_shard()
         if writer is None:
