@@ -63,6 +63,7 @@ from soundry.nn.conv import (
     remove_weight_norm,
     to_channels_last,
 )
+from soundry.nn.keyed_random import fold_ids
 from soundry.nn.pqmf import PQMF, PQMFAnalysis, PQMFSynthesis
 from soundry.nn.quantize import FSQStage, ResidualQuantizer, VQStage
 from soundry.registry import Registry
@@ -472,16 +473,20 @@ class Codec(nn.Module):
         return self.decoder(latents.to(dtype)).float()
 
     def forward(
-        self, audio: torch.Tensor, n_levels: int | None = None, step: int | None = None
+        self, audio: torch.Tensor, n_levels: int | None = None, step: int | None = None,
+        item_ids: torch.Tensor | None = None,
     ) -> CodecOutput:
         """Encode, quantize and decode audio [B, C, T]; see `CodecOutput`.
 
         `step`: the optimizer step of a training pass (drives dead-code restarts; see
-        `soundry.nn.quantize`).
+        `soundry.nn.quantize`). `item_ids` [B]: the items' global indices (the batch's
+        `index`), which key quantizer dropout and bypass per item, so any split of a batch
+        across processes draws the same (channel c of item i is item i * C + c).
         """
         x, length = self._fold(audio)
         z = self._encode_latent(x)
-        latents, info = self.bottleneck.encode(z, return_info=True, n_levels=n_levels, step=step)
+        latents, info = self.bottleneck.encode(z, return_info=True, n_levels=n_levels, step=step,
+                                               item_ids=fold_ids(item_ids, audio.shape[1]))
         y = self._unfold(self._decode_latent(self.bottleneck.decode(latents)),
                          z.shape[-1])[..., :length]
         zero = z.new_zeros(())

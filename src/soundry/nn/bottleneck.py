@@ -64,8 +64,10 @@ class Bottleneck(nn.Module):
         return_info: bool = False,
         n_levels: int | None = None,
         step: int | None = None,
+        item_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, BottleneckInfo]:
-        """z [B, input_dim(D), F] -> latents [B, D, F] (and info). `n_levels`, `step`: see
+        """z [B, input_dim(D), F] -> latents [B, D, F] (and info). `n_levels`, `step`,
+        `item_ids` (the items' global indices [B], keying per-item random draws): see
         `QuantizerBottleneck`; ignored by continuous bottlenecks."""
         return (z, BottleneckInfo()) if return_info else z
 
@@ -102,10 +104,11 @@ class QuantizerBottleneck(Bottleneck):
         return_info: bool = False,
         n_levels: int | None = None,
         step: int | None = None,
+        item_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, BottleneckInfo]:
         """Quantize z [B, D, F]. Training mode: quantizer dropout, bypass, usage counting and
         dead-code restarts at optimizer step `step`; eval: the first `n_levels` levels."""
-        q = self.quantizer(z, n_levels, step=step)
+        q = self.quantizer(z, n_levels, step=step, item_ids=item_ids)
         if not return_info:
             return q.quantized
         losses = ({"commitment": q.commitment_loss, "codebook": q.codebook_loss}
@@ -144,6 +147,7 @@ class VAEBottleneck(Bottleneck):
         return_info: bool = False,
         n_levels: int | None = None,
         step: int | None = None,
+        item_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, BottleneckInfo]:
         if z.shape[1] % 2:
             raise ValueError(f"a VAE bottleneck takes [B, 2 D, F] (mean and scale), got "

@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from soundry.nn.conv import Conv1d
+from soundry.nn.keyed_random import item_uniforms, local_ids, mix
 
 
 @dataclass
@@ -302,31 +303,35 @@ class ResidualQuantizer(nn.Module):
             raise ValueError(f"n_levels must be in 1..{self.n_codebooks}, got {n_levels}")
         return int(n_levels)
 
-    def draw_levels(self, batch: int, step: int) -> torch.Tensor:
+    def draw_levels(self, batch: int, step: int, item_ids: torch.Tensor | None = None
+                    ) -> torch.Tensor:
         """Levels per item [batch] for quantizer dropout at `step` (training).
 
-        int(batch * dropout) items, chosen at random, get n ~ U{1..K}; the others get K.
-        Seeded by (seed, step, rank) so runs and resumes repeat exactly.
+        Each item is dropped with probability `dropout` and then gets n ~ U{1..K}; the others
+        get K. The draws of an item depend on (seed, step, its id) only (`item_ids`: the
+        batch's global item indices; None: per-rank stand-ins), so runs, resumes and any
+        number of processes repeat them exactly.
         """
-        gen = torch.Generator().manual_seed(_mix(self.seed, step, _rank(), 0x51D))
+        ids = local_ids(batch, _rank()) if item_ids is None else item_ids
+        u = item_uniforms(ids, self.seed, step, 0x51D, count=2)
         levels = torch.full((batch,), self.n_codebooks, dtype=torch.long)
-        n_drop = int(batch * self.dropout)
-        if n_drop:
-            who = torch.randperm(batch, generator=gen)[:n_drop]
-            levels[who] = torch.randint(1, self.n_codebooks + 1, (n_drop,), generator=gen)
-        return levels
+        drop = u[:, 0] < self.dropout
+        drawn = 1 + (u[:, 1] * self.n_codebooks).long().clamp(max=self.n_codebooks - 1)
+        return torch.where(drop, drawn, levels)
 
     # -- forward -----------------------------------------------------------------------------
 
     def forward(
-        self, z: torch.Tensor, n_levels: int | None = None, step: int | None = None
+        self, z: torch.Tensor, n_levels: int | None = None, step: int | None = None,
+        item_ids: torch.Tensor | None = None,
     ) -> QuantizerOutput:
         """Quantize z [B, D, F].
 
         Training: every level is computed; items use the levels drawn by quantizer dropout
         (or `n_levels` for all items when given). Eval: only the first `n_levels` (default
         all) are computed. `step` is the optimizer step this pass belongs to (see the module
-        docstring); None counts each counted pass as a step.
+        docstring); None counts each counted pass as a step. `item_ids` [B]: the items'
+        global indices, which key their dropout and bypass draws (see `draw_levels`).
         """
         b = z.shape[0]
         counted = self.training and torch.is_grad_enabled()
@@ -343,7 +348,7 @@ class ResidualQuantizer(nn.Module):
         )
         if self.training:
             if n_levels is None:
-                levels = self.draw_levels(b, int(self.steps)).to(z.device)
+                levels = self.draw_levels(b, int(self.steps), item_ids).to(z.device)
             else:
                 levels = torch.full((b,), self._check_levels(n_levels), device=z.device)
             n_compute = self.n_codebooks
@@ -370,7 +375,8 @@ class ResidualQuantizer(nn.Module):
             outs.append(res.out)
 
         out = QuantizerOutput(
-            quantized=self._bypass(z, quantized) if self.training and self.bypass else quantized,
+            quantized=self._bypass(z, quantized, item_ids) if self.training and self.bypass
+            else quantized,
             codes=torch.stack(codes, dim=1),
             latents=torch.cat(latents, dim=1),
             commitment_loss=commitment,
@@ -421,13 +427,15 @@ class ResidualQuantizer(nn.Module):
             return self.bypass
         return self.bypass * max(0.0, 1.0 - step / self.bypass_steps)
 
-    def _bypass(self, z: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-        """Training: a random `bypass_at(step)` fraction of the items pass z unquantized
-        (seeded by (seed, step, rank) like quantizer dropout)."""
+    def _bypass(self, z: torch.Tensor, quantized: torch.Tensor,
+                item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Training: each item passes z unquantized with probability `bypass_at(step)`
+        (keyed by (seed, step, item id) like quantizer dropout)."""
         b = z.shape[0]
         step = int(self.steps)
-        gen = torch.Generator().manual_seed(_mix(self.seed, step, _rank(), 0xB1A5))
-        keep = (torch.rand(b, generator=gen) < self.bypass_at(step)).to(z.device)
+        ids = local_ids(b, _rank()) if item_ids is None else item_ids
+        u = item_uniforms(ids, self.seed, step, 0xB1A5)[:, 0]
+        keep = (u < self.bypass_at(step)).to(z.device)
         return torch.where(keep[:, None, None], z, quantized)
 
     # -- dead-code restart -------------------------------------------------------------------
@@ -538,9 +546,4 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _mix(*values: int) -> int:
-    """A 63-bit seed from several integers (order matters; no Python hash randomisation)."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h ^= (int(v) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
-    return h & 0x7FFFFFFFFFFFFFFF
+_mix = mix

@@ -50,6 +50,7 @@ from soundry.losses.adversarial import (
 )
 from soundry.losses.terms import ADVERSARIAL_TERMS, LossTerms
 from soundry.nn.disc_output import DiscOutput, split_outputs
+from soundry.nn.keyed_random import item_uniforms
 from soundry.train.gan_schedule import GanScheduleConfig, PhaseConfig
 from soundry.train.task import Updater, frozen
 
@@ -118,18 +119,23 @@ class GanStep:
                 current[name] *= ramp
         return GanPlan(phase, current, step)
 
-    def windows(self, real: SpectrogramCache, fake: SpectrogramCache, step: int
+    def windows(self, real: SpectrogramCache, fake: SpectrogramCache, step: int,
+                item_ids: torch.Tensor | None = None
                 ) -> tuple[SpectrogramCache, SpectrogramCache]:
         """Real and fake cut to the same random `window` of each item (or as they are).
 
-        Offsets are uniform over the item's valid starts, one per item, drawn from a
-        generator seeded by (seed, step): independent of the global RNG and reproducible.
+        Offsets are uniform over the item's valid starts, one per item (row), keyed by (seed,
+        step, item id): independent of the global RNG, reproducible, and the same for an item
+        whatever batch or process holds it. `item_ids` [rows]: the rows' global ids (see
+        `soundry.nn.keyed_random.fold_ids`); None: the row numbers.
         """
         length = real.shape[-1]
         if self.window is None or self.window >= length:
             return real, fake
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        starts = torch.randint(0, length - self.window + 1, (real.shape[0],), generator=gen)
+        rows = real.shape[0]
+        ids = torch.arange(rows) if item_ids is None else item_ids
+        u = item_uniforms(ids, self.seed, step, 0x3D0A)[:, 0]
+        starts = (u * (length - self.window + 1)).long().clamp(max=length - self.window)
         index = (starts[:, None] + torch.arange(self.window)).to(real.audio.device)
 
         def cut(x: torch.Tensor) -> SpectrogramCache:
@@ -148,16 +154,18 @@ class GanStep:
         updater: Updater,
         generator_terms: Callable[[], dict[str, torch.Tensor]],
         terms: LossTerms,
+        item_ids: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         """One step; returns the detached values to log (loss/d, loss/g, loss/<term>).
 
         `generator_terms()` is called after the discriminator update and only when the
         generator trains; it returns the task's unweighted terms. `terms` are the task's
-        declared terms (they must include this step's adversarial ones).
+        declared terms (they must include this step's adversarial ones). `item_ids`: the
+        global ids of the signals' rows, keying the discriminator windows (`windows`).
         """
         real_s = real if isinstance(real, SpectrogramCache) else SpectrogramCache(real)
         fake_s = fake if isinstance(fake, SpectrogramCache) else SpectrogramCache(fake)
-        real_s, fake_s = self.windows(real_s, fake_s, plan.step)
+        real_s, fake_s = self.windows(real_s, fake_s, plan.step, item_ids)
         logs: dict[str, Any] = {}
         real_outs: list[DiscOutput] | None = None
         if plan.discriminator:

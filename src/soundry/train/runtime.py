@@ -64,8 +64,23 @@ def make_accelerator(precision: str, cpu: bool) -> Any:
     from accelerate.state import AcceleratorState
 
     mixed = "bf16" if precision == "bf16" else "no"
+    # Without a GPU, accelerate sets up several processes (torchrun, accelerate launch) as
+    # one multi-CPU job only when told the run is on the CPU; otherwise every process would
+    # train alone on its share of the data.
+    cpu = cpu or not _has_accelerator()
     shared = AcceleratorState._shared_state
     if shared and (shared.get("_mixed_precision") != mixed
                    or (cpu and getattr(shared.get("device"), "type", "cpu") != "cpu")):
         AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=mixed, cpu=cpu)
+
+
+def _has_accelerator() -> bool:
+    """Whether torch sees a GPU-like device (CUDA/ROCm, XPU or Apple MPS)."""
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())

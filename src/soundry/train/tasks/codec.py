@@ -27,6 +27,7 @@ from soundry.losses.config import CODEC_TERMS, CodecLossConfig
 from soundry.losses.terms import LossTerms
 from soundry.models.codec import CodecConfig, build_codec
 from soundry.models.discriminators import DiscriminatorConfig, build_discriminator
+from soundry.nn.keyed_random import fold_ids
 from soundry.train.config import AdamWConfig, ExponentialSchedule, OptimizerConfig
 from soundry.train.gan import GanStep
 from soundry.train.gan_schedule import GanScheduleConfig
@@ -227,8 +228,9 @@ class CodecTask(Task):
         plan = self.gan.plan(step, self.recipe.losses.weights())
         losses = self.losses(x.device)
         gen = self.generator
+        ids = batch.get("index") if isinstance(batch, dict) else None
         if plan.generator:
-            out = gen(x, step=step)
+            out = gen(x, step=step, item_ids=ids)
         else:  # discriminator-only phase: the generator only supplies fakes
             with torch.no_grad():
                 out = gen(x)
@@ -244,7 +246,8 @@ class CodecTask(Task):
                 terms["codebook"] = out.codebook_loss
             return terms
 
-        return self.gan.run(plan, real, fake, updater, generator_terms, CODEC_TERMS)
+        return self.gan.run(plan, real, fake, updater, generator_terms, CODEC_TERMS,
+                            item_ids=fold_ids(ids, x.shape[1]))
 
     # -- validation ------------------------------------------------------------------------
 

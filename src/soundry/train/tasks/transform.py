@@ -44,6 +44,7 @@ from soundry.models.transform import (
     build_transform,
     transform_export_config,
 )
+from soundry.nn.keyed_random import fold_ids
 from soundry.train.gan import GanStep
 from soundry.train.gan_schedule import GanScheduleConfig, PhaseConfig
 from soundry.train.optim import build_spec
@@ -192,7 +193,8 @@ class TransformTask(Task):
         def generator_terms() -> dict[str, torch.Tensor]:
             return spectral_terms(plan.weights, fake, real, mel, stft)
 
-        return self.gan.run(plan, real, fake, updater, generator_terms, TRANSFORM_TERMS)
+        return self.gan.run(plan, real, fake, updater, generator_terms, TRANSFORM_TERMS,
+                            item_ids=fold_ids(batch.get("index"), target.shape[1]))
 
     # -- validation ------------------------------------------------------------------------
 

@@ -1,0 +1,118 @@
+"""Multi-process training through `accelerate launch` (2 CPU processes, gloo): one optimizer
+step with batch 2 per process equals one process with batch 4.
+
+The per-item random draws (quantizer dropout levels and bypass, the discriminator window,
+crops and augmentations) are keyed by the global item index, and the engine averages
+gradients over processes, so the two runs see the same items, draw the same and update the
+same weights up to float summation order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from soundry.train.checkpoint import load_tensors
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from make_codec_golden import OVERRIDES as GOLDEN_OVERRIDES  # noqa: E402
+from make_codec_golden import make_data  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shutil.which("accelerate") is None and not
+                                (Path(sys.executable).parent / "accelerate").exists(),
+                                reason="the accelerate launcher is not installed")
+
+# the golden run's tiny codec, one step of the full GAN phase (D, then G), quantizer dropout
+# and bypass on, a discriminator window shorter than the item; Adam's eps large enough
+# that its first update is linear in the gradient (an update of +-lr per weight, which
+# Adam's first step otherwise is, would turn a last-bit difference into a sign flip)
+CODEC = [o for o in GOLDEN_OVERRIDES if not o.startswith(("schedule.", "train.max_steps",
+                                                            "data.batch_size",
+                                                            "model.quantizer"))] + [
+    "model.quantizer={type: rvq, n_codebooks: 4, codebook_size: 32, dropout: 0.5, "
+    "bypass: 0.5}",
+    "schedule.phases=[{name: gan}]", "schedule.discriminator_seconds=0.05",
+    "train.max_steps=1", "train.checkpoint_every=1", "train.valid_every=1",
+    "optim.generator.eps=1.0", "optim.discriminator.eps=1.0",
+    "optim.generator.lr=1e-2", "optim.discriminator.lr=1e-2",
+]
+
+
+def _launcher() -> list[str]:
+    exe = Path(sys.executable).parent / "accelerate"
+    return [str(exe) if exe.exists() else "accelerate"]
+
+
+def _train(out: Path, processes: int, batch: int, args: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    train = [*args, f"data.batch_size={batch}", "--threads", "1", "--out", str(out)]
+    if processes == 1:
+        cmd = [sys.executable, "-m", "soundry", "train", *train]
+    else:
+        cmd = [*_launcher(), "launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "soundry", "train", *train]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _weights(run: Path, step: int = 1) -> dict[str, torch.Tensor]:
+    folder = run / "checkpoints" / f"step_{step:08d}"
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        if f.name.startswith(("generator", "discriminator", "lm")) and ".ema" not in f.name:
+            out.update({f"{f.stem}.{k}": v for k, v in load_tensors(f).items()})
+    return out
+
+
+def _assert_same_update(one: Path, two: Path, init: dict[str, torch.Tensor]) -> None:
+    a, b = _weights(one), _weights(two)
+    assert a.keys() == b.keys() and a
+    moved = 0
+    for key in a:
+        if not a[key].is_floating_point():
+            assert torch.equal(a[key], b[key]), key
+            continue
+        da, db = a[key] - init[key], b[key] - init[key]
+        scale = da.abs().max().item()
+        moved += scale > 0
+        # float tolerance: 1e-4 of the update, plus the weights' own float32 resolution (an
+        # update far smaller than the weight is only known to a few of the weight's ulps)
+        ulps = 4 * torch.finfo(torch.float32).eps * init[key].abs().max().item()
+        assert (da - db).abs().max().item() <= 1e-4 * scale + ulps, key
+    assert moved > len(a) // 2  # the step really changed the weights
+
+
+def _initial_weights(recipe: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
+    """The weights a run of `recipe` starts from (the engine seeds, then builds the task)."""
+    from soundry.train.engine import seed_everything
+    from soundry.train.recipes import load_recipe
+    from soundry.train.task import TaskContext
+    from soundry.train.tasks import TASKS
+
+    r = load_recipe(recipe, overrides)
+    seed_everything(r.seed)
+    task = TASKS.get(r.task)(r, TaskContext(seed=r.seed, max_steps=r.train.max_steps))
+    return {f"{name}.{k}": v.detach().clone() for name, net in task.networks().items()
+            for k, v in net.state_dict().items()}
+
+
+@pytest.mark.timeout(900)
+def test_codec_step_on_two_processes_equals_one(tmp_path: Path) -> None:
+    train, valid = make_data(tmp_path / "data")
+    recipe = ROOT / "recipes" / "codec" / "tiny.yaml"
+    args = [str(recipe), "--data", str(train), "--valid", str(valid), *CODEC]
+    init = _initial_weights(recipe, CODEC)
+    _train(tmp_path / "one", 1, 4, args)
+    _train(tmp_path / "two", 2, 2, args)
+    _assert_same_update(tmp_path / "one", tmp_path / "two", init)
+    # rank 0 alone writes the run: one metrics line per kind and step, not two
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
