@@ -52,7 +52,8 @@ def _launcher() -> list[str]:
 
 def _train(out: Path, processes: int, batch: int, args: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    train = [*args, f"data.batch_size={batch}", "--threads", "1", "--out", str(out)]
+    sizes = [f"data.batch_size={batch}"] if batch else []  # 0: the recipe's own batching
+    train = [*args, *sizes, "--threads", "1", "--out", str(out)]
     if processes == 1:
         cmd = [sys.executable, "-m", "soundry", "train", *train]
     else:
@@ -116,3 +117,66 @@ def test_codec_step_on_two_processes_equals_one(tmp_path: Path) -> None:
     # rank 0 alone writes the run: one metrics line per kind and step, not two
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
+
+
+def _tokens(root: Path) -> Path:
+    import numpy as np
+
+    from soundry.data.tokens import TokenShardWriter
+
+    meta = {"codec": {}, "levels": 4, "codebook_size": 256, "frame_rate": 10.0,
+            "sample_rate": 8000, "channels": 1}
+    writer = TokenShardWriter(root, meta)
+    rng = np.random.default_rng(0)
+    for i, n in enumerate([12, 20, 9, 15, 18, 11, 14, 16, 10]):
+        writer.add(f"s{i}.wav", [rng.integers(0, 256, (4, n))], [f"item{i}"], tags=[f"t{i}"])
+    writer.flush()
+    return root
+
+
+# whole items as windows, 4 to a batch (one bucket): the processes' shares hold different
+# token counts (rank 0: 20 + 12 frames, rank 1: 15 + 16)
+LM = ["model.transformer.dim=16", "model.transformer.layers=1", "model.transformer.heads=2",
+      "model.transformer.max_len=128", "model.text.max_bytes=8", "tokens.window_seconds=2.5",
+      "tokens.max_batch_size=4", "tokens.max_batch_seconds=10.0", "tokens.bucket_seconds=100.0",
+      "tokens.valid_count=1",
+      "valid.demo_count=0", "valid.windows=1", "train.max_steps=1", "train.log_every=1",
+      "train.valid_every=1", "train.checkpoint_every=1", "train.progress=false",
+      "train.tensorboard=false", "optim.lm.lr=1e-2", "optim.lm.eps=1.0"]
+
+
+@pytest.mark.timeout(900)
+def test_lm_step_on_two_processes_equals_one(tmp_path: Path) -> None:
+    tokens = _tokens(tmp_path / "tokens")
+    recipe = ROOT / "recipes" / "lm" / "tiny.yaml"
+    args = [str(recipe), "--data", str(tokens), *LM]
+    init = _initial_weights(recipe, [*LM, f"tokens.path={tokens}"])
+    _train(tmp_path / "one", 1, 0, args)
+    _train(tmp_path / "two", 2, 0, args)
+    _assert_same_update(tmp_path / "one", tmp_path / "two", init)
+
+
+TRANSFORM = [
+    "model.width=8", "model.strides=[2, 2]", "model.pqmf_bands=2", "model.dilations=[1]",
+    "discriminator.members=[{type: mpd, periods: [2, 3], channels: [4, 8, 8]}, "
+    "{type: mrd, windows: [256, 128], channels: 4}]",
+    "losses.mel.windows=[64, 128, 256]", "losses.mel.n_mels=[10, 20, 40]",
+    "data.segment_seconds=0.25", "data.num_workers=0", "data.valid_count=2",
+    "data.valid_seconds=0.25", "schedule.phases=[{name: gan}]",
+    "schedule.discriminator_seconds=0.05", "valid.audio_clips=0", "valid.speech_metrics=false",
+    "train.max_steps=1", "train.checkpoint_every=1", "train.valid_every=1",
+    "train.progress=false", "train.tensorboard=false", "train.log_every=1",
+    "optim.generator.eps=1.0", "optim.discriminator.eps=1.0",
+    "optim.generator.lr=1e-2", "optim.discriminator.lr=1e-2",
+]
+
+
+@pytest.mark.timeout(900)
+def test_transform_step_on_two_processes_equals_one(tmp_path: Path) -> None:
+    train, valid = make_data(tmp_path / "data")
+    recipe = ROOT / "recipes" / "transform" / "denoise-tiny.yaml"
+    args = [str(recipe), "--data", str(train), "--valid", str(valid), *TRANSFORM]
+    init = _initial_weights(recipe, TRANSFORM)
+    _train(tmp_path / "one", 1, 4, args)
+    _train(tmp_path / "two", 2, 2, args)
+    _assert_same_update(tmp_path / "one", tmp_path / "two", init)

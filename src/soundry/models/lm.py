@@ -28,7 +28,7 @@ output entropy are returned for logging.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -357,16 +357,25 @@ class TokenLM(nn.Module):
         return self.heads(hidden[:, hidden.shape[1] - seq.shape[2] :])
 
     def loss(
-        self, seq: torch.Tensor, cond: Conditioning | None = None, keep_logits: bool = False
+        self, seq: torch.Tensor, cond: Conditioning | None = None, keep_logits: bool = False,
+        denominator: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> LossOutput:
         """Teacher-forced loss of full pattern sequences [B, K, S] (from `pattern.build`)."""
         logits = self(seq[:, :, :-1], cond)
-        return self.loss_from_logits(logits, seq[:, :, 1:], keep_logits)
+        return self.loss_from_logits(logits, seq[:, :, 1:], keep_logits, denominator)
 
     def loss_from_logits(
-        self, logits: torch.Tensor, target: torch.Tensor, keep_logits: bool = False
+        self, logits: torch.Tensor, target: torch.Tensor, keep_logits: bool = False,
+        denominator: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> LossOutput:
-        """logits [B, K, S, V] against target ids [B, K, S]; only audio and EOS cells count."""
+        """logits [B, K, S, V] against target ids [B, K, S]; only audio and EOS cells count.
+
+        Each level's loss is its summed NLL over its counted cells. `denominator` maps this
+        batch's counts [K] to what to divide by (default: the counts): data-parallel
+        training passes the counts of the whole global batch divided by the number of
+        processes, so that averaging the processes' gradients gives the token-weighted mean
+        over the global batch, as one process with the whole batch computes it.
+        """
         n_out = logits.shape[-1]
         levels = logits.shape[1]
         counted = target < n_out  # audio codes and EOS; PAD/BOS/MASK are >= n_out
@@ -375,10 +384,11 @@ class TokenLM(nn.Module):
         nll = -logp.gather(-1, safe_target.unsqueeze(-1)).squeeze(-1)  # [B, K, S]
         mask = counted.float()
         count = mask.sum(dim=(0, 2))  # [K]
+        shared = count if denominator is None else denominator(count)
+        level_loss = (nll * mask).sum(dim=(0, 2)) / shared.clamp(min=1e-8)
         denom = count.clamp(min=1.0)
-        level_loss = (nll * mask).sum(dim=(0, 2)) / denom
         weights = self.loss_weights.to(level_loss.device)[:levels]
-        present = (count > 0).float()  # a level with no counted cell adds nothing
+        present = (shared > 0).float()  # a level with no counted cell adds nothing
         total = (weights * present * level_loss).sum() / (weights * present).sum().clamp(min=1e-8)
         with torch.no_grad():
             correct = (logits.argmax(-1) == target).float() * mask

@@ -306,6 +306,19 @@ class LMTask(Task):
                 new_lengths[b] = lengths[b] - frames
         return {**batch, "codes": rest, "lengths": new_lengths}, prompt, prompt_valid
 
+    def _global_share(self, count: torch.Tensor) -> torch.Tensor:
+        """This process's share of the global batch's counted cells per level: the global
+        count / processes (the local count on one process). Windows differ in length, so
+        the processes' shares of a global batch hold different numbers of cells; dividing
+        by the share makes the averaged gradient the global token-weighted mean."""
+        if self.ctx.world_size == 1:
+            return count
+        import torch.distributed as dist
+
+        total = count.detach().clone()
+        dist.all_reduce(total)
+        return total / self.ctx.world_size
+
     def train_step(self, batch: dict[str, Any], step: int, updater: Any) -> dict[str, Any]:
         model = self.model
         batch, prompt, prompt_valid = self.split_prompts(batch)
@@ -313,7 +326,7 @@ class LMTask(Task):
         cond = model.make_conditioning(texts=batch["text"], tags=batch["tags"],
                                        seeds=batch["seed"], train=True, prompt=prompt,
                                        prompt_valid=prompt_valid).to(device)
-        out = model.loss(seq, cond)
+        out = model.loss(seq, cond, denominator=self._global_share)
         updater.update("lm", out.loss)
         logs: dict[str, Any] = {"loss/lm": out.loss.detach()}
         if out.eos_count is not None:  # read by the eos_untrained health monitor
