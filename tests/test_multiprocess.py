@@ -180,3 +180,33 @@ def test_transform_step_on_two_processes_equals_one(tmp_path: Path) -> None:
     _train(tmp_path / "one", 1, 4, args)
     _train(tmp_path / "two", 2, 2, args)
     _assert_same_update(tmp_path / "one", tmp_path / "two", init)
+
+
+@pytest.mark.timeout(900)
+def test_two_process_run_killed_and_resumed_matches_the_uninterrupted_one(tmp_path: Path):
+    """SIGKILL of both processes after step 3 (checkpoint at 2), then `--resume` on two
+    processes: step 4's weights equal those of an uninterrupted two-process run."""
+    train, valid = make_data(tmp_path / "data")
+    recipe = ROOT / "recipes" / "codec" / "tiny.yaml"
+    steps = ["train.max_steps=4", "train.checkpoint_every=2", "train.valid_every=2",
+             "train.keep_last=5"]
+    args = [str(recipe), "--data", str(train), "--valid", str(valid), *CODEC, *steps]
+    _train(tmp_path / "full", 2, 2, args)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"),
+           "SOUNDRY_TEST_KILL_AT_STEP": "3"}
+    killed = subprocess.run(
+        [*_launcher(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "soundry", "train", *args,
+         "data.batch_size=2", "--threads", "1", "--out", str(tmp_path / "part")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0
+    assert not (tmp_path / "part" / "checkpoints" / "step_00000004").exists()
+    env.pop("SOUNDRY_TEST_KILL_AT_STEP")
+    resumed = subprocess.run(
+        [*_launcher(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "soundry", "train",
+         "--resume", str(tmp_path / "part"), "--threads", "1"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _weights(tmp_path / "full", 4), _weights(tmp_path / "part", 4)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
