@@ -157,7 +157,8 @@ def test_grad_norm_is_logged_and_clipping_limits_the_update(tmp_path: Path) -> N
         assert record["grad_norm/net"] == pytest.approx(5.0)  # the norm before clipping
 
 
-@pytest.mark.parametrize("precision,dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize("precision,dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16),
+                                             ("fp16", torch.float16)])
 def test_precision_switch(tmp_path: Path, precision: str, dtype: torch.dtype) -> None:
     task, _ = run_linear(tmp_path, [torch.randn(2, 8)], {"max_steps": 2, "precision": precision})
     assert task.seen_dtypes == [dtype, dtype]
@@ -359,3 +360,43 @@ def test_toy_items_vary_per_epoch_and_resume_exactly_with_workers() -> None:
     resumed.load_state_dict(loader.state_dict())
     assert loader.state_dict() == {"epoch": 1, "batch": 1}
     assert all(torch.equal(a, b) for a, b in zip(take(resumed, 3), plain[4:], strict=True))
+
+
+class ScaledTask(LinearTask):
+    """loss = scale x sum(net(x)): a huge scale overflows float16 gradients."""
+
+    def __init__(self, *args: Any, scales: list[float], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scales = scales
+
+    def train_step(self, batch: torch.Tensor, step: int, updater: Any) -> dict[str, Any]:
+        self.weights_at_step.append(self.net.weight.detach().clone())
+        loss = self.net(batch).float().sum() * self.scales[step - 1]
+        updater.update("net", loss)
+        return {"loss/sum": loss.detach()}
+
+
+def test_fp16_scales_the_loss_and_skips_overflows_without_stopping(tmp_path: Path) -> None:
+    """A loss whose scaled gradient overflows float16 skips that update and lowers the
+    scale (not a non-finite skip: the run goes on); the other updates equal fp32's."""
+    x = torch.full((1, 4), 0.5)
+    # the output's gradient is the loss factor x the loss scale (65536 at first): float16
+    # holds 1e-3 x 65536, not 1e5 x 65536
+    scales = [1e-3, 1e5, 1e5, 1e-3, 1e-3]
+    recipe = toy_recipe({"max_steps": 5, "log_every": 1, "precision": "fp16",
+                         "nan_patience": 2, "checkpoint_every": 5})
+    task = ScaledTask(recipe, TaskContext(), [x], scales=scales, lr=1e-3)
+    summary = Engine(task, recipe, tmp_path / "run").fit()
+    assert summary["status"] == "completed" and summary["nonfinite_skips"] == 0
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    scale = [r["loss_scale/net"] for r in rows]
+    overflow = [r["amp_overflow/net"] for r in rows]
+    assert overflow == [0.0, 1.0, 1.0, 0.0, 0.0]
+    assert scale[1] == scale[0] / 2 and scale[2] == scale[0] / 4 == scale[-1]
+    w = task.weights_at_step + [task.net.weight.detach()]
+    assert torch.equal(w[1], w[2])  # the overflowing update was skipped
+    assert not torch.equal(w[3], w[4])
+    # a resumed run gets the scaler state back
+    state = CheckpointManager(tmp_path / "run", 2).latest()
+    saved = torch.load(state / "optim.net.pt", weights_only=True)
+    assert saved["scaler"]["scale"] == scale[-1]

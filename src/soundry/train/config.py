@@ -153,7 +153,9 @@ class TrainConfig(Strict):
     budget_minutes: float | None = Field(None, gt=0)
     # validate and checkpoint at the first step whose training time reaches each point
     valid_at_minutes: list[float] = Field(default_factory=list)
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    # fp16: float16 autocast with dynamic loss scaling (one GradScaler per optimizer), for
+    # GPUs without bf16 (V100 class); an overflowing step is skipped and the scale lowered
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
     grad_accum: int = Field(1, ge=1)
     log_every: int = Field(10, ge=1)
     valid_every: int = Field(500, ge=1)

@@ -20,7 +20,8 @@ Devices, processes and precision come from `accelerate.Accelerator`. The network
 wrapped in DistributedDataParallel: tasks call their own modules, and the engine averages
 gradients across processes itself at each accumulation boundary (one flat all-reduce per
 optimizer), which also makes gradient accumulation free of DDP's no_sync bookkeeping.
-bf16 runs use accelerate's autocast (no loss scaling is needed for bf16); tf32 only sets
+bf16 runs use accelerate's autocast (no loss scaling is needed for bf16); fp16 runs use
+float16 autocast with dynamic loss scaling per optimizer (`StepUpdater`); tf32 only sets
 the torch.backends matmul/cuDNN flags. A bf16 run on a CPU without native bf16 (see
 `soundry.train.precision`) starts with a warning: emulated bf16 is far slower than fp32.
 
@@ -79,6 +80,7 @@ from soundry.train.logging import (  # noqa: F401  (summary_line: public API)
 from soundry.train.optim import ScheduledLR
 from soundry.train.precision import bf16_cpu_warning, cpu_has_native_bf16
 from soundry.train.runtime import (  # noqa: F401  (seed_everything: public API)
+    autocast_context,
     derive_seed,
     isolated_rng,
     make_accelerator,
@@ -211,7 +213,8 @@ class Engine:
         acc.wait_for_everyone()
 
         self.acc = LogAccumulator(self.device)
-        self.updater = StepUpdater(self.specs, cfg.grad_accum, acc, self.acc)
+        self.updater = StepUpdater(self.specs, cfg.grad_accum, acc, self.acc,
+                                   fp16=cfg.precision == "fp16")
         self.step = 0
         self.consecutive_skips = 0
         self.last_valid: dict[str, Any] = {}
@@ -342,7 +345,7 @@ class Engine:
             net.eval()
         swap = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
         try:
-            with swap, torch.no_grad(), self.accelerator.autocast(), \
+            with swap, torch.no_grad(), autocast_context(self.accelerator, self.cfg.precision), \
                     isolated_rng(derive_seed(self.recipe.seed, 2, step)):
                 result = self.task.validate(step)
         finally:
@@ -463,7 +466,7 @@ class Engine:
                 health.on_batch(step, host_batch)
                 batch = send_to_device(host_batch, device, non_blocking=True)
                 updater.begin(micro)
-                with self.accelerator.autocast():
+                with autocast_context(self.accelerator, cfg.precision):
                     out = task.train_step(batch, step, updater)
                 for key, value in (out or {}).items():
                     self.acc.add(key, value)

@@ -28,14 +28,17 @@ def save_checkpoint(self: Any, step: int) -> Path:
             f"step {step}: network weights are not finite; not saving them. The last good "
             f"checkpoint is {last or 'none'}. Lower the learning rate or enable clipping."
         )
+    scalers = self.updater.scalers
     optimizers = {
         s.name: {"optimizer": s.optimizer.state_dict(),
-                 "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None}
+                 "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
+                 "scaler": scalers[s.name].state_dict() if s.name in scalers else None}
         for s in self.specs
     }
     state = {
         "engine": {
             "skipped": dict(self.updater.skipped),
+            "overflows": dict(self.updater.overflows),
             "consecutive_skips": self.consecutive_skips,
             "best": [self.ckpt.best, self.ckpt.best_metric, self.ckpt.best_value],
             "log": self.acc.state_dict(),
@@ -82,8 +85,12 @@ def restore_checkpoint(self: Any, path: Path) -> None:
                                       saved["scheduler"])
         for line in changed:
             log.info("optimizer %s: the recipe changes %s on resume", spec.name, line)
+        scaler = self.updater.scalers.get(spec.name)
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
     engine = state["engine"]
     self.updater.skipped.update(engine["skipped"])
+    self.updater.overflows.update(engine.get("overflows", {}))
     self.consecutive_skips = engine["consecutive_skips"]
     best, metric, value = engine["best"]
     if best is not None:

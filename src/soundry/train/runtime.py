@@ -75,6 +75,14 @@ def make_accelerator(precision: str, cpu: bool) -> Any:
     return Accelerator(mixed_precision=mixed, cpu=cpu)
 
 
+def autocast_context(accelerator: Any, precision: str) -> Any:
+    """The autocast of a forward pass: float16 autocast for fp16 (loss scaling is the
+    updater's: `soundry.train.updater.StepUpdater`), else accelerate's (bf16 or none)."""
+    if precision == "fp16":
+        return torch.autocast(accelerator.device.type, dtype=torch.float16)
+    return accelerator.autocast()
+
+
 def _has_accelerator() -> bool:
     """Whether torch sees a GPU-like device (CUDA/ROCm, XPU or Apple MPS)."""
     if torch.cuda.is_available():

@@ -97,7 +97,7 @@ class StepUpdater:
     """The `Updater` the engine hands to `Task.train_step`."""
 
     def __init__(self, specs: list[OptimizerSpec], grad_accum: int, accelerator: Any,
-                 acc: LogAccumulator) -> None:
+                 acc: LogAccumulator, fp16: bool = False) -> None:
         self.specs = {s.name: s for s in specs}
         self.params = {
             s.name: [p for g in s.optimizer.param_groups for p in g["params"]] for s in specs
@@ -115,6 +115,13 @@ class StepUpdater:
         self.skipped_this_step = False
         # this step's grad norm and clipping flag per optimizer (host floats, for health)
         self.step_values: dict[str, float] = {}
+        # fp16: dynamic loss scaling, one scaler per optimizer (a GAN's generator and
+        # discriminator losses have different scales); overflowing steps are skipped and
+        # counted apart from non-finite losses (they are expected while the scale settles)
+        self.scalers: dict[str, torch.amp.GradScaler] = (
+            {s.name: torch.amp.GradScaler(accelerator.device.type) for s in specs}
+            if fp16 else {})
+        self.overflows: dict[str, int] = {s.name: 0 for s in specs}
 
     def begin(self, micro: int) -> None:
         self.micro = micro
@@ -144,7 +151,10 @@ class StepUpdater:
         finite = torch.isfinite(loss.detach())
         self._loss_ok[name] = finite if name not in self._loss_ok else self._loss_ok[name] & finite
         if loss.requires_grad:
-            self.accelerator.backward(loss / self.grad_accum if self.grad_accum > 1 else loss)
+            scaled = loss / self.grad_accum if self.grad_accum > 1 else loss
+            if name in self.scalers:
+                scaled = self.scalers[name].scale(scaled)
+            self.accelerator.backward(scaled)
         self._pending.add(name)
         if self.micro == self.grad_accum - 1:
             return self._boundary(spec)
@@ -160,6 +170,9 @@ class StepUpdater:
         loss_ok = self._loss_ok.pop(spec.name)
         if self.world_size > 1:  # every process must take the same decision
             loss_ok = self._all_reduce(params, loss_ok)
+        scaler = self.scalers.get(spec.name)
+        if scaler is not None and any(p.grad is not None for p in params):
+            scaler.unscale_(spec.optimizer)  # after the all-reduce: the same on every process
         grads = [p.grad for p in params if p.grad is not None]
         if grads:
             norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False)
@@ -172,7 +185,12 @@ class StepUpdater:
             clipped = spec.clip is not None and bool(grads) and norm_value > spec.clip
             if spec.clip is not None and grads:
                 torch.nn.utils.clip_grads_with_norm_(params, spec.clip, norm)
-            spec.optimizer.step()
+            if scaler is not None and grads:
+                scaler.step(spec.optimizer)  # gradients are finite: this steps
+                scaler.update()
+                self.acc.add(f"amp_overflow/{spec.name}", 0.0)
+            else:
+                spec.optimizer.step()
             if spec.scheduler is not None:
                 spec.scheduler.step()
             self.acc.add(f"grad_norm/{spec.name}", norm_value)
@@ -181,9 +199,18 @@ class StepUpdater:
                 self.acc.add(f"clip_fraction/{spec.name}", float(clipped))
             self.step_values[f"grad_norm/{spec.name}"] = norm_value
             self.step_values[f"clipped/{spec.name}"] = float(clipped)
+        elif scaler is not None and grads and bool(loss_ok):
+            # a finite loss with non-finite scaled gradients: the loss scale overflowed
+            scaler.update()  # lowers the scale
+            self.overflows[spec.name] += 1
+            self.acc.add(f"amp_overflow/{spec.name}", 1.0)
         else:
             self.skipped[spec.name] += 1
             self.skipped_this_step = True
+        if scaler is not None:
+            scale = float(scaler.get_scale())
+            self.step_values[f"loss_scale/{spec.name}"] = scale
+            self.acc.add(f"loss_scale/{spec.name}", scale)
         spec.optimizer.zero_grad(set_to_none=True)
         self._pending.discard(spec.name)
         return stepped
