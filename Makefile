@@ -19,7 +19,7 @@ demo: venv
 	$(BIN)/soundry demo
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

@@ -210,3 +210,42 @@ def test_two_process_run_killed_and_resumed_matches_the_uninterrupted_one(tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = _weights(tmp_path / "full", 4), _weights(tmp_path / "part", 4)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+REPLICA_WORKER = """
+import sys, types, torch, torch.distributed as dist
+from soundry.errors import SoundryError
+from soundry.train.engine import Engine
+rank, store, drift = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+torch.manual_seed(0)
+net = torch.nn.Linear(3, 2)
+net.register_buffer("counts", torch.zeros(4))
+if drift and rank == 1:
+    net.counts[2] += 1  # one buffer entry drifted on one process
+fake = types.SimpleNamespace(networks={"net": net}, ema=None, device=torch.device("cpu"),
+                             world_size=2)
+try:
+    Engine._check_replicas(fake, 7)
+    print("same")
+except SoundryError as exc:
+    print("differ:", exc)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("drift", [False, True])
+def test_replica_check_finds_a_drifted_buffer(tmp_path: Path, drift: bool) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(REPLICA_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store"),
+                               "1" if drift else "0"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    for out, _ in outs:
+        if drift:
+            assert "differ:" in out and "net.counts" in out and "step 7" in out
+        else:
+            assert out.strip() == "same"

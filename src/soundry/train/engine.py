@@ -283,6 +283,36 @@ class Engine:
                     for tensor in self.ema.state_dict(name).values():
                         dist.broadcast(tensor, src=0)
 
+    def _check_replicas(self, step: int) -> None:
+        """Every process must hold the same weights, buffers (codebooks, usage counts) and
+        EMA: compare a float64 checksum of each tensor across processes before a
+        checkpoint (only the main process writes it, so a drifted replica would be lost
+        silently). Raises naming the first tensors that differ."""
+        import torch.distributed as dist
+
+        tensors: dict[str, torch.Tensor] = {}
+        for name, net in self.networks.items():
+            for key, value in net.state_dict().items():
+                tensors[f"{name}.{key}"] = value
+        if self.ema is not None:
+            for name in self.ema.networks:
+                for key, value in self.ema.state_dict(name).items():
+                    tensors[f"ema.{name}.{key}"] = value
+        names = sorted(tensors)
+        local = torch.stack([
+            torch.stack([tensors[n].detach().double().sum(),
+                         tensors[n].detach().double().pow(2).sum()]) for n in names
+        ]).to(self.device)
+        gathered = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(gathered, local)
+        bad = [names[i] for i in range(len(names))
+               if any(not torch.equal(g[i], gathered[0][i]) for g in gathered[1:])]
+        if bad:
+            raise SoundryError(
+                f"step {step}: the processes' copies of {len(bad)} tensors differ (first: "
+                f"{', '.join(bad[:5])}); a per-process random draw or an unsynchronised "
+                "buffer update made them drift. Not writing the checkpoint.")
+
     def _check_specs(self) -> None:
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names):
@@ -519,6 +549,8 @@ class Engine:
                     if best is not None:  # recorded only with the checkpoint it names
                         self.ckpt.set_best(step_name(step), *best)
                     t_save, c_save = time.perf_counter(), time.process_time()
+                    if self.world_size > 1:
+                        self._check_replicas(step)
                     save_checkpoint(self, step)
                     self.checkpoint_seconds += time.perf_counter() - t_save
                     self.side_cpu_seconds += time.process_time() - c_save
