@@ -16,7 +16,8 @@ from soundry import __version__
 from soundry.errors import SoundryError
 
 # Order here is the order in `soundry --help`.
-COMMAND_MODULES = ["demo", "data", "train", "doctor", "codec", "vae", "transform", "eval", "lm"]
+COMMAND_MODULES = ["demo", "data", "train", "profile", "doctor", "codec", "vae", "transform",
+                   "eval", "lm"]
 
 
 def build_parser() -> argparse.ArgumentParser:

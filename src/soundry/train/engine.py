@@ -88,6 +88,7 @@ from soundry.train.runtime import (  # noqa: F401  (seed_everything: public API)
     seed_everything,
     set_precision_flags,
 )
+from soundry.train.sections import section
 from soundry.train.task import Task, TaskContext
 from soundry.train.updater import LogAccumulator, StepUpdater
 
@@ -121,6 +122,9 @@ class Engine:
         if init_from is not None:
             self.recipe.train.init_from = str(init_from)
         self._kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0") or 0)
+        #: callables of the finished step number, called after its update and train log and
+        #: before its validation and checkpoint (`soundry profile` times steps with them)
+        self.step_hooks: list[Any] = []
         self.preflight()
 
     # -- checks that need no work
@@ -491,21 +495,26 @@ class Engine:
             step = self.step + 1
             for micro in range(cfg.grad_accum):
                 t_data = time.perf_counter()
-                host_batch = next(batches)
+                with section("data"):
+                    host_batch = next(batches)
                 data_wait += time.perf_counter() - t_data
-                health.on_batch(step, host_batch)
-                batch = send_to_device(host_batch, device, non_blocking=True)
+                with section("health"):
+                    health.on_batch(step, host_batch)
+                with section("data"):
+                    batch = send_to_device(host_batch, device, non_blocking=True)
                 updater.begin(micro)
-                with autocast_context(self.accelerator, cfg.precision):
+                with autocast_context(self.accelerator, cfg.precision), section("task"):
                     out = task.train_step(batch, step, updater)
                 for key, value in (out or {}).items():
                     self.acc.add(key, value)
             updater.finish()
-            health.on_step(step, out or {}, updater.step_values)
+            with section("health"):
+                health.on_step(step, out or {}, updater.step_values)
             self.step = step
             steps_since += 1
             if self.ema is not None:
-                self.ema.update(step)
+                with section("ema"):
+                    self.ema.update(step)
             self.consecutive_skips = self.consecutive_skips + 1 if updater.skipped_this_step else 0
             t_mark = time.perf_counter()
             self.clock.add(t_mark - t_iter)
@@ -519,7 +528,8 @@ class Engine:
             final = step == cfg.max_steps or out_of_time
 
             if step % cfg.log_every == 0 or final:
-                t0 = self._log_train(step, t0, steps_since, data_wait)
+                with section("logging"):
+                    t0 = self._log_train(step, t0, steps_since, data_wait)
                 data_wait, steps_since = 0.0, 0
             elif self.logger is not None:
                 self.progress.update(step)
@@ -537,6 +547,8 @@ class Engine:
                 )
                 break
 
+            for hook in self.step_hooks:
+                hook(step)
             best = None
             if step % cfg.valid_every == 0 or final or point_due:
                 t_valid, c_valid = time.perf_counter(), time.process_time()
@@ -558,7 +570,8 @@ class Engine:
                     log.warning("step %d: skipping the checkpoint during a run of non-finite "
                                 "updates", step)
             if health.active and (step % self.recipe.health.check_every == 0 or final):
-                health.check(step)
+                with section("health"):
+                    health.check(step)
             side = self.valid_seconds + self.checkpoint_seconds - side_before
             self.clock.add(time.perf_counter() - t_iter - side)
             if self._kill_at == step:

@@ -52,6 +52,7 @@ from soundry.losses.terms import ADVERSARIAL_TERMS, LossTerms
 from soundry.nn.disc_output import DiscOutput, split_outputs
 from soundry.nn.keyed_random import item_uniforms
 from soundry.train.gan_schedule import GanScheduleConfig, PhaseConfig
+from soundry.train.sections import section
 from soundry.train.task import Updater, frozen
 
 Signal = torch.Tensor | SpectrogramCache
@@ -169,26 +170,29 @@ class GanStep:
         logs: dict[str, Any] = {}
         real_outs: list[DiscOutput] | None = None
         if plan.discriminator:
-            both = SpectrogramCache.cat([real_s, fake_s.detach()])
-            outs = self._score(both)
-            real_outs, fake_outs = split_outputs(outs, [real_s.shape[0], fake_s.shape[0]])
-            loss_d = discriminator_loss(real_outs, fake_outs, self.kind)
+            with section("discriminator"):
+                both = SpectrogramCache.cat([real_s, fake_s.detach()])
+                outs = self._score(both)
+                real_outs, fake_outs = split_outputs(outs, [real_s.shape[0], fake_s.shape[0]])
+                loss_d = discriminator_loss(real_outs, fake_outs, self.kind)
             updater.update(self.disc_optimizer, loss_d)
             logs["loss/d"] = loss_d.detach()
             real_outs = [o.detached() for o in real_outs]
         elif plan.adversarial:
-            with torch.no_grad():
+            with torch.no_grad(), section("discriminator"):
                 real_outs = self._score(real_s)
         if not plan.generator:
             return logs
 
-        values = dict(generator_terms())
+        with section("losses"):
+            values = dict(generator_terms())
         if plan.adversarial:
             assert real_outs is not None
-            with frozen(self.discriminator):
+            with frozen(self.discriminator), section("discriminator"):
                 fake_outs = self._score(fake_s)
-            values["adversarial"] = generator_adversarial_loss(fake_outs, self.kind)
-            values["feature_matching"] = feature_matching_loss(real_outs, fake_outs)
+            with section("losses"):
+                values["adversarial"] = generator_adversarial_loss(fake_outs, self.kind)
+                values["feature_matching"] = feature_matching_loss(real_outs, fake_outs)
         loss_g = terms.total(values, plan.weights)
         updater.update(self.gen_optimizer, loss_g)
         logs["loss/g"] = loss_g.detach()

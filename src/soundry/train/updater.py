@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from soundry.registry import did_you_mean
+from soundry.train.sections import section
 from soundry.train.task import OptimizerSpec
 
 # ----------------------------------------------------------------------------- accumulators
@@ -154,16 +155,19 @@ class StepUpdater:
             scaled = loss / self.grad_accum if self.grad_accum > 1 else loss
             if name in self.scalers:
                 scaled = self.scalers[name].scale(scaled)
-            self.accelerator.backward(scaled)
+            with section(f"backward/{name}"):
+                self.accelerator.backward(scaled)
         self._pending.add(name)
         if self.micro == self.grad_accum - 1:
-            return self._boundary(spec)
+            with section(f"optimizer/{name}"):
+                return self._boundary(spec)
         return False
 
     def finish(self) -> None:
         """Step optimizers whose loss was given in earlier micro-batches but not the last."""
         for name in list(self._pending):
-            self._boundary(self.specs[name])
+            with section(f"optimizer/{name}"):
+                self._boundary(self.specs[name])
 
     def _boundary(self, spec: OptimizerSpec) -> bool:
         params = self.params[spec.name]

@@ -34,6 +34,7 @@ from soundry.train.gan_schedule import GanScheduleConfig
 from soundry.train.optim import build_spec
 from soundry.train.recipe import RecipeBase
 from soundry.train.registry import EXPORTERS, register_task
+from soundry.train.sections import section
 from soundry.train.task import OptimizerSpec, Task, TaskContext, Updater, Validation
 
 log = logging.getLogger("soundry.train")
@@ -229,11 +230,12 @@ class CodecTask(Task):
         losses = self.losses(x.device)
         gen = self.generator
         ids = batch.get("index") if isinstance(batch, dict) else None
-        if plan.generator:
-            out = gen(x, step=step, item_ids=ids)
-        else:  # discriminator-only phase: the generator only supplies fakes
-            with torch.no_grad():
-                out = gen(x)
+        with section("generator/forward"):
+            if plan.generator:
+                out = gen(x, step=step, item_ids=ids)
+            else:  # discriminator-only phase: the generator only supplies fakes
+                with torch.no_grad():
+                    out = gen(x)
         # One spectrogram cache per signal: the mel/STFT losses and the multi-band
         # discriminator read the same STFTs instead of computing their own.
         real = SpectrogramCache(fold_channels(x))

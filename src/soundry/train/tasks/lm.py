@@ -42,6 +42,7 @@ from soundry.train.config import AdamWConfig, OptimizerConfig, WarmupSchedule
 from soundry.train.optim import build_spec
 from soundry.train.recipe import RecipeBase
 from soundry.train.registry import EXPORTERS, register_task
+from soundry.train.sections import section
 from soundry.train.task import OptimizerSpec, Task, TaskContext, Validation
 
 log = logging.getLogger(__name__)
@@ -326,7 +327,8 @@ class LMTask(Task):
         cond = model.make_conditioning(texts=batch["text"], tags=batch["tags"],
                                        seeds=batch["seed"], train=True, prompt=prompt,
                                        prompt_valid=prompt_valid).to(device)
-        out = model.loss(seq, cond, denominator=self._global_share)
+        with section("lm/forward"):
+            out = model.loss(seq, cond, denominator=self._global_share)
         updater.update("lm", out.loss)
         logs: dict[str, Any] = {"loss/lm": out.loss.detach()}
         if out.eos_count is not None:  # read by the eos_untrained health monitor

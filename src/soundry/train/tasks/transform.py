@@ -50,6 +50,7 @@ from soundry.train.gan_schedule import GanScheduleConfig, PhaseConfig
 from soundry.train.optim import build_spec
 from soundry.train.recipe import RecipeBase
 from soundry.train.registry import EXPORTERS, register_task
+from soundry.train.sections import section
 from soundry.train.task import OptimizerSpec, Task, TaskContext, Updater, Validation
 from soundry.train.tasks.codec import CodecOptimConfig, fold_channels, safe_name
 
@@ -181,11 +182,12 @@ class TransformTask(Task):
     def train_step(self, batch: Any, step: int, updater: Updater) -> dict[str, Any]:
         target, degraded = batch["audio"], batch["input"]
         plan = self.gan.plan(step, self.recipe.losses.weights())
-        if plan.generator:
-            y = self.generator(degraded)
-        else:
-            with torch.no_grad():
+        with section("generator/forward"):
+            if plan.generator:
                 y = self.generator(degraded)
+            else:
+                with torch.no_grad():
+                    y = self.generator(degraded)
         mel, stft = self._recon_losses()
         real = SpectrogramCache(fold_channels(target))
         fake = SpectrogramCache(fold_channels(y))
