@@ -11,7 +11,7 @@ SYNTH_KINDS = ("tones", "drums", "speechlike", "music")
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "data",
-        help="scan a dataset, synthesise toy data, preview training items",
+        help="scan a dataset, synthesise toy data, preview training items, pack shards",
         description="Inspect and prepare audio data.",
     )
     verbs = p.add_subparsers(dest="data_command", metavar="VERB")
