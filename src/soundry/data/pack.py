@@ -94,6 +94,7 @@ def pack(
         writer, pending, size = None, [], 0
 
     root = Path(index.root)
+    root = root.parent if root.is_file() else root  # a manifest: paths relative to its folder
     for n, item in enumerate(index.items):
         try:
             audio, sr = read_audio(item.path, sample_rate=sample_rate)
