@@ -105,15 +105,22 @@ def _initial_weights(recipe: Path, overrides: list[str]) -> dict[str, torch.Tens
             for k, v in net.state_dict().items()}
 
 
-@pytest.mark.timeout(900)
-def test_codec_step_on_two_processes_equals_one(tmp_path: Path) -> None:
+def _one_step_on_one_and_two_processes(tmp_path: Path, recipe: Path,
+                                       overrides: list[str]) -> None:
+    """Train one step with batch 4 on one process and batch 2 on each of two processes, on
+    the toy audio set, and assert the two updates are the same."""
     train, valid = make_data(tmp_path / "data")
-    recipe = ROOT / "recipes" / "codec" / "tiny.yaml"
-    args = [str(recipe), "--data", str(train), "--valid", str(valid), *CODEC]
-    init = _initial_weights(recipe, CODEC)
+    args = [str(recipe), "--data", str(train), "--valid", str(valid), *overrides]
+    init = _initial_weights(recipe, overrides)
     _train(tmp_path / "one", 1, 4, args)
     _train(tmp_path / "two", 2, 2, args)
     _assert_same_update(tmp_path / "one", tmp_path / "two", init)
+
+
+@pytest.mark.timeout(900)
+def test_codec_step_on_two_processes_equals_one(tmp_path: Path) -> None:
+    _one_step_on_one_and_two_processes(tmp_path, ROOT / "recipes" / "codec" / "tiny.yaml",
+                                       CODEC)
     # rank 0 alone writes the run: one metrics line per kind and step, not two
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
@@ -173,13 +180,8 @@ TRANSFORM = [
 
 @pytest.mark.timeout(900)
 def test_transform_step_on_two_processes_equals_one(tmp_path: Path) -> None:
-    train, valid = make_data(tmp_path / "data")
-    recipe = ROOT / "recipes" / "transform" / "denoise-tiny.yaml"
-    args = [str(recipe), "--data", str(train), "--valid", str(valid), *TRANSFORM]
-    init = _initial_weights(recipe, TRANSFORM)
-    _train(tmp_path / "one", 1, 4, args)
-    _train(tmp_path / "two", 2, 2, args)
-    _assert_same_update(tmp_path / "one", tmp_path / "two", init)
+    _one_step_on_one_and_two_processes(
+        tmp_path, ROOT / "recipes" / "transform" / "denoise-tiny.yaml", TRANSFORM)
 
 
 @pytest.mark.timeout(900)

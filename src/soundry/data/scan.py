@@ -484,7 +484,8 @@ def _write_cache(path: Path, files: dict[str, dict[str, Any]]) -> None:
 def scan_packed(root: str, min_seconds: float = 0.0) -> DatasetIndex:
     """The `DatasetIndex` of the packed set at `root`: one `AudioItem` per item, its path a
     member reference into its shard; items shorter than `min_seconds` are skipped."""
-    from soundry.data.shards import member_ref, read_index
+    from soundry.audio.tar_members import member_ref
+    from soundry.data.shards import read_index
 
     packed = read_index(root)
     out = DatasetIndex(root=root)

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from soundry.audio.tar_members import is_member_ref, member_ref, open_source
 from soundry.errors import DataError
 
 INDEX_NAME = "index.json"
@@ -96,5 +95,4 @@ def read_index(root: str) -> ShardIndex:
     return ShardIndex(root, head, items)
 
 
-__all__ = ["FORMAT", "INDEX_NAME", "ITEMS_NAME", "ShardIndex", "is_member_ref", "member_ref",
-           "open_source", "read_index", "shard_root"]
+__all__ = ["FORMAT", "INDEX_NAME", "ITEMS_NAME", "ShardIndex", "read_index", "shard_root"]

@@ -162,48 +162,34 @@ def stoi(reference: Any, output: Any, sample_rate: int) -> float:
     return _per_channel("stoi", score, ref, out)
 
 
-_VISQOL_API: Any = None
-_VISQOL_SPEECH_API: Any = None
 VISQOL_SPEECH_RATE = 16_000
+_VISQOL_APIS: dict[str, Any] = {}  # mode -> a created VisqolApi (model loading is slow)
+
+
+def _visqol(name: str, mode: str, rate: int, reference: Any, output: Any, sample_rate: int,
+            **create: Any) -> float:
+    """ViSQOL MOS-LQO in `mode` at `rate` (inputs resampled to it), per channel."""
+    visqol_mod = _require("visqol", "visqol-python", "ViSQOL")
+    if mode not in _VISQOL_APIS:
+        api = visqol_mod.VisqolApi()
+        api.create(mode=mode, **create)
+        _VISQOL_APIS[mode] = api
+    api = _VISQOL_APIS[mode]
+    ref, out = _pair(reference, output)
+    ref, out = _resample(ref, sample_rate, rate), _resample(out, sample_rate, rate)
+    return _per_channel(name, lambda r, o: api.measure_from_arrays(r, o, rate).moslqo, ref, out)
 
 
 def visqol(reference: Any, output: Any, sample_rate: int) -> float:
     """ViSQOL v3 audio-mode MOS-LQO at 48 kHz (inputs resampled to 48 kHz first)."""
-    global _VISQOL_API
-    visqol_mod = _require("visqol", "visqol-python", "ViSQOL")
-    if _VISQOL_API is None:
-        api = visqol_mod.VisqolApi()
-        api.create(mode="audio")
-        _VISQOL_API = api
-    ref, out = _pair(reference, output)
-    ref = _resample(ref, sample_rate, VISQOL_AUDIO_RATE)
-    out = _resample(out, sample_rate, VISQOL_AUDIO_RATE)
-    return _per_channel(
-        "visqol",
-        lambda r, o: _VISQOL_API.measure_from_arrays(r, o, VISQOL_AUDIO_RATE).moslqo,
-        ref,
-        out,
-    )
+    return _visqol("visqol", "audio", VISQOL_AUDIO_RATE, reference, output, sample_rate)
 
 
 def visqol_speech(reference: Any, output: Any, sample_rate: int) -> float:
     """ViSQOL v3 speech-mode MOS-LQO at 16 kHz with the lattice mapper (see module doc)."""
-    global _VISQOL_SPEECH_API
-    visqol_mod = _require("visqol", "visqol-python", "ViSQOL")
     _require("ai_edge_litert", "ai-edge-litert", "ViSQOL speech mode")
-    if _VISQOL_SPEECH_API is None:
-        api = visqol_mod.VisqolApi()
-        api.create(mode="speech", use_lattice_model=True)
-        _VISQOL_SPEECH_API = api
-    ref, out = _pair(reference, output)
-    ref = _resample(ref, sample_rate, VISQOL_SPEECH_RATE)
-    out = _resample(out, sample_rate, VISQOL_SPEECH_RATE)
-    return _per_channel(
-        "visqol_speech",
-        lambda r, o: _VISQOL_SPEECH_API.measure_from_arrays(r, o, VISQOL_SPEECH_RATE).moslqo,
-        ref,
-        out,
-    )
+    return _visqol("visqol_speech", "speech", VISQOL_SPEECH_RATE, reference, output,
+                   sample_rate, use_lattice_model=True)
 
 
 EXTRA_METRICS: dict[str, ExtraMetric] = {

@@ -70,7 +70,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from soundry.nn.conv import Conv1d
-from soundry.nn.keyed_random import item_uniforms, local_ids, mix
+from soundry.nn.keyed_random import item_uniforms, local_ids
+from soundry.nn.keyed_random import mix as _mix
 
 
 @dataclass
@@ -546,4 +547,3 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-_mix = mix

@@ -51,12 +51,11 @@ def measure_peaks(threads: int | None = None, seconds: float = 0.5) -> dict[str,
     return out
 
 
-def count_step_flops(engine: Any) -> float:
-    """FLOPs of one training step of `engine` (matmuls and convolutions, forward and
-    backward), by running one more step under torch's FLOP counter."""
+def count_step_flops(engine: Any, batch: Any) -> float:
+    """FLOPs of one training step of `engine` on `batch` (matmuls and convolutions, forward
+    and backward), by running one more step under torch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    batch = next(engine._profile_batches)
     counter = FlopCounterMode(display=False)
     with counter:
         engine.updater.begin(0)
@@ -107,8 +106,8 @@ def profile_recipe(recipe: Any, steps: int = 20, warmup: int = 5,
             engine.fit()
         seconds = marks["t1"] - marks["t0"]
         # one more step, counted: the loader and networks are still there
-        engine._profile_batches = (send_to_device(b, engine.device) for b in engine.loader)
-        flops = count_step_flops(engine)
+        flops = count_step_flops(engine, send_to_device(next(iter(engine.loader)),
+                                                        engine.device))
         if hasattr(engine.loader, "close"):
             engine.loader.close()
 
