@@ -200,3 +200,25 @@ def test_codec_resume_after_sigkill_is_exact(data: tuple[Path, Path], tmp_path: 
     _assert_run_exercises_the_codec_path(ref)
     _assert_identical(ref, between)
     _assert_identical(ref, during)
+
+
+def test_packed_set_trains_like_its_folder_and_resumes_mid_epoch(
+        data: tuple[Path, Path], tmp_path: Path) -> None:
+    """The training folder packed into several WebDataset shards (`soundry data pack`, FLAC,
+    lossless for these 16-bit files): a run on the shards logs exactly what the run on the
+    folder logs, and one killed mid-epoch (after step 7; resumed from step 5, the middle of
+    the second epoch) then resumed ends exactly like the uninterrupted one."""
+    from soundry.cli import main
+
+    shards = tmp_path / "shards"
+    assert main(["data", "pack", str(data[0]), str(shards), "--shard-size", "6KB"]) == 0
+    assert len(list(shards.glob("*.tar"))) >= 2
+    packed = (shards, data[1])
+    folder, ref, killed = tmp_path / "folder", tmp_path / "ref", tmp_path / "killed"
+    procs = [_start(folder, data), _start(ref, packed),
+             _start(killed, packed, env={"SOUNDRY_TEST_KILL_AT_STEP": "7"})]
+    assert [_wait(p) for p in procs] == [0, 0, -signal.SIGKILL]
+    assert CheckpointManager(killed, KEEP).latest().name == "step_00000005"
+    assert _wait(_start(killed, resume=True)) == 0
+    assert _metrics(ref) == _metrics(folder)
+    _assert_identical(ref, killed)

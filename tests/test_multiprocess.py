@@ -50,8 +50,10 @@ def _launcher() -> list[str]:
     return [str(exe) if exe.exists() else "accelerate"]
 
 
-def _train(out: Path, processes: int, batch: int, args: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+def _train(out: Path, processes: int, batch: int, args: list[str],
+           env_extra: dict[str, str] | None = None) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"),
+           **(env_extra or {})}
     sizes = [f"data.batch_size={batch}"] if batch else []  # 0: the recipe's own batching
     train = [*args, *sizes, "--threads", "1", "--out", str(out)]
     if processes == 1:
@@ -85,9 +87,11 @@ def _assert_same_update(one: Path, two: Path, init: dict[str, torch.Tensor]) -> 
         scale = da.abs().max().item()
         moved += scale > 0
         # float tolerance: 1e-4 of the update, plus the weights' own float32 resolution (an
-        # update far smaller than the weight is only known to a few of the weight's ulps)
+        # update far smaller than the weight is only known to a few of the weight's ulps),
+        # plus 1e-12 for updates that are rounding noise alone (a bias before a batch norm
+        # has a gradient of zero in exact arithmetic: ~1e-14 in float)
         ulps = 4 * torch.finfo(torch.float32).eps * init[key].abs().max().item()
-        assert (da - db).abs().max().item() <= 1e-4 * scale + ulps, key
+        assert (da - db).abs().max().item() <= 1e-4 * scale + ulps + 1e-12, key
     assert moved > len(a) // 2  # the step really changed the weights
 
 
@@ -105,25 +109,92 @@ def _initial_weights(recipe: Path, overrides: list[str]) -> dict[str, torch.Tens
             for k, v in net.state_dict().items()}
 
 
-def _one_step_on_one_and_two_processes(tmp_path: Path, recipe: Path,
-                                       overrides: list[str]) -> None:
+def _one_step_on_one_and_two_processes(tmp_path: Path, recipe: Path, overrides: list[str],
+                                       env_extra: dict[str, str] | None = None) -> None:
     """Train one step with batch 4 on one process and batch 2 on each of two processes, on
     the toy audio set, and assert the two updates are the same."""
     train, valid = make_data(tmp_path / "data")
     args = [str(recipe), "--data", str(train), "--valid", str(valid), *overrides]
     init = _initial_weights(recipe, overrides)
     _train(tmp_path / "one", 1, 4, args)
-    _train(tmp_path / "two", 2, 2, args)
+    _train(tmp_path / "two", 2, 2, args, env_extra)
     _assert_same_update(tmp_path / "one", tmp_path / "two", init)
+
+
+# Loaded first in every Python process (a `sitecustomize` module on PYTHONPATH): records each
+# file a process creates, writes, renames or removes under SOUNDRY_TEST_WATCH, with the
+# process's RANK, through Python's audit hooks. Writers in native code (torch.save,
+# safetensors) are wrapped to raise the same "open" event first.
+AUDIT = """
+import os, sys
+_watch, _log = os.environ.get("SOUNDRY_TEST_WATCH"), os.environ.get("SOUNDRY_TEST_WRITES")
+_rank = os.environ.get("RANK")
+if _watch and _log and _rank is not None:
+    import threading
+    _local = threading.local()  # the log's own open is not recorded (per thread)
+    _lock = threading.Lock()
+    def _record(what, path):
+        if getattr(_local, "busy", False) or not isinstance(path, (str, bytes, os.PathLike)):
+            return
+        p = os.path.abspath(os.fsdecode(path))
+        if p.startswith(_watch + os.sep):
+            _local.busy = True
+            try:
+                with _lock, open(_log, "a") as f:
+                    f.write(f"{_rank} {what} {os.path.relpath(p, _watch)}\\n")
+            finally:
+                _local.busy = False
+    def _hook(event, args):
+        if event == "open":
+            path, mode, flags = args
+            write = (mode is not None and any(c in mode for c in "wax+")) or (
+                mode is None and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            if write:
+                _record("write", path)
+        elif event in ("os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree"):
+            _record(event, args[0])
+        elif event == "os.rename":
+            _record(event, args[0]); _record(event, args[1])
+    sys.addaudithook(_hook)
+    import safetensors.torch, torch
+    def _wrap(fn, where):
+        def wrapped(*a, **k):
+            sys.audit("open", a[where], "wb", 0)
+            return fn(*a, **k)
+        return wrapped
+    torch.save = _wrap(torch.save, 1)
+    safetensors.torch.save_file = _wrap(safetensors.torch.save_file, 1)
+"""
+
+
+def _write_audit(tmp_path: Path, watch: Path) -> tuple[dict[str, str], Path]:
+    """Environment that makes every process of a launch log its writes under `watch`."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(AUDIT)
+    log = tmp_path / "writes.log"
+    env = {"PYTHONPATH": f"{hooks}{os.pathsep}{ROOT / 'src'}",
+           "SOUNDRY_TEST_WATCH": str(watch.resolve()), "SOUNDRY_TEST_WRITES": str(log)}
+    return env, log
 
 
 @pytest.mark.timeout(900)
 def test_codec_step_on_two_processes_equals_one(tmp_path: Path) -> None:
+    env, log = _write_audit(tmp_path, tmp_path / "two")
     _one_step_on_one_and_two_processes(tmp_path, ROOT / "recipes" / "codec" / "tiny.yaml",
-                                       CODEC)
+                                       [*CODEC, "valid.audio_clips=1",
+                                        "train.tensorboard=true"], env)
     # rank 0 alone writes the run: one metrics line per kind and step, not two
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
+    # ...and every file of it but the other process's own checkpoint state (rank1.json)
+    writes = [line.split(" ", 2) for line in log.read_text().splitlines()]
+    main = {path for rank, _, path in writes if rank == "0"}
+    for kind in ("metrics.jsonl", ".safetensors", ".pt", ".wav", "tfevents", "state.json"):
+        assert any(kind in p for p in main), kind  # the audit sees each kind of file
+    other = {(what, path) for rank, what, path in writes if rank != "0"}
+    assert other and all(what == "write" and Path(path).name == "rank1.json"
+                         for what, path in other), sorted(other)
 
 
 def _tokens(root: Path) -> Path:
@@ -182,6 +253,34 @@ TRANSFORM = [
 def test_transform_step_on_two_processes_equals_one(tmp_path: Path) -> None:
     _one_step_on_one_and_two_processes(
         tmp_path, ROOT / "recipes" / "transform" / "denoise-tiny.yaml", TRANSFORM)
+
+
+VAE = [
+    "data.sample_rate=8000", "data.segment_seconds=0.25", "data.valid_seconds=0.25",
+    "data.valid_count=2", "data.num_workers=0", "model.sample_rate=8000", "model.seconds=0.25",
+    "model.latent_dim=8",
+    "model.net={pqmf_bands: 2, strides: [2, 4], encoder_dim: 4, latent_dim: 8, "
+    "decoder_dim: 16, upsample: transposed}",
+    "model.posterior_flow={layers: 2, hidden: 16, actnorm: false}",
+    "model.prior_flow={layers: 2, hidden: 16, actnorm: false, standardize: true}",
+    "discriminator.members=[{type: mpd, periods: [2, 3], channels: [4, 8]}, "
+    "{type: mrd, windows: [256, 128], channels: 4}]",
+    "losses.mel.windows=[32, 64, 128, 256]", "losses.mel.n_mels=[5, 10, 20, 40]",
+    "schedule.phases=[{name: gan}]", "schedule.discriminator_seconds=0.1",
+    "valid.samples=2", "valid.reference_items=2", "valid.audio_clips=0",
+    "train.max_steps=1", "train.checkpoint_every=1", "train.valid_every=1",
+    "train.progress=false", "train.tensorboard=false", "train.log_every=1",
+    "optim.generator.eps=1.0", "optim.discriminator.eps=1.0", "optim.prior.eps=1.0",
+    "optim.generator.lr=1e-2", "optim.discriminator.lr=1e-2", "optim.prior.lr=1e-2",
+]
+
+
+@pytest.mark.timeout(900)
+def test_vae_step_on_two_processes_equals_one(tmp_path: Path) -> None:
+    """The posterior sample is keyed by item, batch norm and the flows' data statistics
+    are the global batch's, and the prior's queue is shared out: one step agrees."""
+    _one_step_on_one_and_two_processes(tmp_path, ROOT / "recipes" / "vae" / "oneshot-tiny.yaml",
+                                       VAE)
 
 
 @pytest.mark.timeout(900)
@@ -251,3 +350,63 @@ def test_replica_check_finds_a_drifted_buffer(tmp_path: Path, drift: bool) -> No
             assert "differ:" in out and "net.counts" in out and "step 7" in out
         else:
             assert out.strip() == "same"
+
+
+STATS_WORKER = """
+import json, sys, torch, torch.distributed as dist
+from soundry.nn.distributed import GlobalBatchNorm1d
+from soundry.nn.flows import ActNorm, RunningStandardize
+rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+world = 2 if rank >= 0 else 1
+if rank >= 0:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+torch.manual_seed(0)
+x = torch.randn(4, 3, 5) * torch.tensor([1.0, 3.0, 0.1])[:, None] + 2.0
+v = torch.randn(4, 6) * 2 + 1
+# rank r holds rows r, r + 2 (as the batch sampler deals them); one process all four
+rows = slice(None) if world == 1 else slice(rank, None, 2)
+x, v = x[rows].clone().requires_grad_(), v[rows].clone()
+torch.manual_seed(1)
+norm = GlobalBatchNorm1d(3)
+y = norm(x)
+(y * torch.arange(5.0)).pow(2).mean().backward()  # a loss that is a batch mean
+grad = x.grad.clone()
+if world == 2:  # the whole batch's loss is the mean of the two processes' losses
+    grad /= 2
+act, std = ActNorm(6), RunningStandardize(6)
+act.train(); std.train()
+act(v); std(v)
+json.dump({"y": y.tolist(), "grad": grad.tolist(), "rm": norm.running_mean.tolist(),
+           "rv": norm.running_var.tolist(), "bias": act.bias.tolist(),
+           "log_std": act.log_std.tolist(), "mean": std.mean.tolist(),
+           "var": std.var.tolist()}, open(out, "w"))
+if rank >= 0:
+    dist.destroy_process_group()
+"""
+
+
+def test_batch_statistics_are_the_global_batchs_on_two_processes(tmp_path: Path) -> None:
+    """Batch norm (output, input gradient, running stats), ActNorm's data start and the
+    running standardisation on two processes with two rows each equal one process with
+    all four rows."""
+    import json
+
+    script = tmp_path / "worker.py"
+    script.write_text(STATS_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    runs = {r: subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store"),
+                                 str(tmp_path / f"out{r}.json")], env=env,
+                                stderr=subprocess.PIPE, text=True) for r in (-1, 0, 1)}
+    for r, p in runs.items():
+        assert p.wait(timeout=120) == 0, (r, p.stderr.read()[-2000:])
+    one = json.loads((tmp_path / "out-1.json").read_text())
+    parts = [json.loads((tmp_path / f"out{r}.json").read_text()) for r in (0, 1)]
+    for key in ("y", "grad"):  # per row: rank r's rows are rows r, r + 2 of the whole
+        whole = torch.tensor(one[key])
+        for r, part in enumerate(parts):
+            torch.testing.assert_close(torch.tensor(part[key]), whole[r::2], rtol=1e-5,
+                                       atol=1e-6, msg=key)
+    for key in ("rm", "rv", "bias", "log_std", "mean", "var"):
+        for part in parts:
+            torch.testing.assert_close(torch.tensor(part[key]), torch.tensor(one[key]),
+                                       rtol=1e-5, atol=1e-6, msg=key)

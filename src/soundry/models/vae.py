@@ -48,6 +48,7 @@ from soundry.models.codec import Decoder, Encoder, zero_conv_biases
 from soundry.models.codec_config import CodecConfig
 from soundry.models.export import EXPORT_KINDS, load_folded
 from soundry.nn.conv import from_channels_last, remove_weight_norm, to_channels_last
+from soundry.nn.distributed import GlobalBatchNorm1d, global_moments
 from soundry.nn.flows import (
     FlowPrior,
     RealNVP,
@@ -264,7 +265,7 @@ class OneShotVAE(nn.Module):
         self.encoder = Encoder(net, pqmf, feat)
         # eps far below the untrained encoder's frame variance (~1e-6), which it must not swamp
         self.feature_norm: nn.Module | None = (
-            nn.BatchNorm1d(width, eps=1e-6) if cfg.feature_norm == "batch" else None)
+            GlobalBatchNorm1d(width, eps=1e-6) if cfg.feature_norm == "batch" else None)
         self.pool: nn.Module | None = (
             AttentionPool(width, cfg.pooling_heads) if cfg.pooling == "attention" else None)
         hidden = max(width, cfg.latent_dim)
@@ -361,9 +362,11 @@ class OneShotVAE(nn.Module):
             # so they would dwarf the decoder's and the generator's one clip would shrink
             # every update. Scaled back by that std here (the forward pass is unchanged),
             # they are what unit-scale frames would get; Adam's steps do not depend on it.
-            scale = (frames.detach().var(dim=(0, 2), keepdim=True, unbiased=False)
-                     + self.feature_norm.eps).sqrt()
-            frames = frames * scale + (frames * (1 - scale)).detach()
+            # (The global batch's std, as the norm's; evaluation has no batch statistics.)
+            if self.training and torch.is_grad_enabled():
+                _, var, _ = global_moments(frames.detach(), (0, 2))
+                scale = (var + self.feature_norm.eps).sqrt()
+                frames = frames * scale + (frames * (1 - scale)).detach()
             frames = self.feature_norm(frames)
         pooled = self.pool(frames) if self.pool is not None else frames.mean(dim=-1)
         return self.head(pooled)
@@ -377,13 +380,19 @@ class OneShotVAE(nn.Module):
         mean, pre = out.chunk(2, dim=-1)
         return mean, F.softplus(pre) + 1e-4
 
-    def forward(self, audio: torch.Tensor) -> VAEOutput:
-        """Encode (sampling z0 in training mode, the mean in eval), flow, decode."""
+    def forward(self, audio: torch.Tensor, noise: torch.Tensor | None = None) -> VAEOutput:
+        """Encode (sampling z0 in training mode, the mean in eval), flow, decode.
+
+        `noise` [B, D]: the standard normal draw of the posterior sample (training keys it
+        by item, `soundry.nn.keyed_random.item_normals`); None draws it here."""
         length = audio.shape[-1]
         h = self.features(audio)
         mean, std = self.posterior(h)
-        z0 = mean + std * torch.randn_like(mean) if (std is not None and self.training) \
-            else mean
+        if std is not None and self.training:
+            eps = torch.randn_like(mean) if noise is None else noise.to(mean)
+            z0 = mean + std * eps
+        else:
+            z0 = mean
         z, log_det = self.posterior_flow(z0, h)
         log_q0 = log_prior = None
         if std is not None:

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from soundry.nn.distributed import global_moments
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -131,10 +133,12 @@ class ActNorm(nn.Module):
 
     @torch.no_grad()
     def _init_from(self, x: torch.Tensor) -> None:
-        if x.shape[0] < 2:
+        # the global batch's statistics, so every process starts from the same values
+        mean, var, n = global_moments(x, (0,))
+        if n < 2:
             return  # one item says nothing about spread
-        self.bias.copy_(x.mean(dim=0, keepdim=True))
-        self.log_std.copy_(torch.log(x.std(dim=0, keepdim=True).clamp(min=1e-3)))
+        self.bias.copy_(mean)
+        self.log_std.copy_(0.5 * torch.log((var * (n / (n - 1))).clamp(min=1e-6)))
         self.initialized.fill_(1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None
@@ -165,14 +169,15 @@ class RunningStandardize(nn.Module):
 
     @torch.no_grad()
     def _track(self, x: torch.Tensor) -> None:
-        if x.shape[0] < 2:
+        mean, var, n = global_moments(x.float(), (0,))  # the global batch's, on every process
+        if n < 2:
             return
         m = self.momentum
         new_weight = self.weight * (1 - m) + m
         # bias-corrected: the running sums over the weight seen so far
         keep = self.weight * (1 - m) / new_weight
-        self.mean.mul_(keep).add_(x.mean(dim=0).float(), alpha=float(1 - keep))
-        self.var.mul_(keep).add_(x.var(dim=0).float(), alpha=float(1 - keep))
+        self.mean.mul_(keep).add_(mean[0], alpha=float(1 - keep))
+        self.var.mul_(keep).add_(var[0] * (n / (n - 1)), alpha=float(1 - keep))
         self.weight.copy_(new_weight)
 
     def _std(self) -> torch.Tensor:

@@ -2,10 +2,10 @@
 batch it sits in, the rank that holds it, or the number of processes.
 
 Per-item training randomness (quantizer dropout levels, quantizer bypass, the discriminator
-window) is a function of (run seed, optimizer step, global item index, purpose): a run on
-two processes with batch 2 each then draws exactly what one process with batch 4 draws,
-which is what makes multi-process training equal to single-process training, and a resumed
-run equal to an uninterrupted one.
+window, a VAE's posterior sample) is a function of (run seed, optimizer step, global item
+index, purpose): a run on two processes with batch 2 each then draws exactly what one
+process with batch 4 draws, which is what makes multi-process training equal to
+single-process training, and a resumed run equal to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -44,6 +44,18 @@ def item_uniforms(ids: Sequence[int] | torch.Tensor, *keys: int, count: int = 1)
     return torch.tensor(rows, dtype=torch.float64).reshape(len(values), count)
 
 
+def item_normals(ids: Sequence[int] | torch.Tensor, *keys: int, count: int = 1
+                 ) -> torch.Tensor:
+    """Standard normal draws [len(ids), count] (float32, CPU): row i is a function of
+    (keys, ids[i]) alone."""
+    values = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    base = mix(*keys)
+    gen = torch.Generator()
+    rows = [torch.randn(count, generator=gen.manual_seed(mix(base, int(item))))
+            for item in values]
+    return torch.stack(rows) if rows else torch.empty(0, count)
+
+
 def local_ids(batch: int, rank: int = 0) -> torch.Tensor:
     """Stand-in item ids for callers that do not pass the batch's global item indices:
     distinct per rank (rank r holds ids r * 2^32 + 0..batch-1)."""
@@ -59,4 +71,4 @@ def fold_ids(item_ids: torch.Tensor | None, channels: int) -> torch.Tensor | Non
     return (ids[:, None] * channels + torch.arange(channels)).reshape(-1)
 
 
-__all__ = ["fold_ids", "item_uniforms", "local_ids", "mix"]
+__all__ = ["fold_ids", "item_normals", "item_uniforms", "local_ids", "mix"]

@@ -70,6 +70,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from soundry.nn.conv import Conv1d
+from soundry.nn.distributed import distributed as _distributed
+from soundry.nn.distributed import rank as _rank
+from soundry.nn.distributed import world_size as _world
 from soundry.nn.keyed_random import item_uniforms, local_ids
 from soundry.nn.keyed_random import mix as _mix
 
@@ -533,17 +536,3 @@ def _draw(pool: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
         noise = torch.randn(count - n, pool.shape[1], generator=gen).to(pool)
         rows[n:] += 0.1 * spread.clamp_min(1e-6) * noise
     return rows
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _world() -> int:
-    return dist.get_world_size() if _distributed() else 1
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from soundry.audio.io import write_audio
 from soundry.config import to_dict
 from soundry.errors import MissingDependencyError
 
@@ -147,16 +148,6 @@ def write_png(image: np.ndarray, path: Path) -> None:
     import matplotlib.image
 
     matplotlib.image.imsave(str(path), image)
-
-
-def write_wav(audio: np.ndarray, sample_rate: int, path: Path) -> None:
-    """[channels, time] (or [time]) float audio -> 16-bit PCM WAV, clipped to [-1, 1]."""
-    import soundfile as sf
-
-    data = np.asarray(audio, dtype=np.float32)
-    if data.ndim == 1:
-        data = data[None, :]
-    sf.write(str(path), np.clip(data, -1.0, 1.0).T, sample_rate, subtype="PCM_16")
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -412,7 +403,7 @@ class RunLogger:
         for name, clip in clips.items():
             data = np.asarray(clip.detach().cpu().float() if hasattr(clip, "detach") else clip,
                               dtype=np.float32)
-            write_wav(data, sample_rate, out / f"{name}.wav")
+            write_audio(out / f"{name}.wav", data, sample_rate)  # 16-bit, clipped
             image = mel_image(data, sample_rate, title=f"{name} (step {step})")
             write_png(image, out / f"{name}.png")
             mono = data.mean(axis=0) if data.ndim > 1 else data

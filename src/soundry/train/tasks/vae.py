@@ -48,6 +48,7 @@ from soundry.models.vae import (
     vae_export_config,
 )
 from soundry.nn.flows import gaussian_kl_per_dim, standard_normal_log_prob
+from soundry.nn.keyed_random import fold_ids, item_normals, local_ids
 from soundry.train.gan import GanStep
 from soundry.train.gan_schedule import GanScheduleConfig
 from soundry.train.optim import AdamWConfig, OptimizerConfig, build_spec
@@ -91,9 +92,10 @@ class PriorFitConfig(WeightConfig):
     """The prior flow's NLL term: its weight, and how many recent latents it learns from.
 
     `queue`: the NLL is taken over this step's detached latents and those of the steps
-    before, up to `queue` sounds in all, so the prior's batch does not shrink with the data
-    batch and one latent that lands where the prior has no mass moves it 1/queue as far
-    (measured at batch 4: prior grad norms 1000x their median). The queue is not
+    before, up to `queue` sounds in all (each process queues its share of them), so the
+    prior's batch does not shrink with the data batch and one latent that lands where the
+    prior has no mass moves it 1/queue as far (measured at batch 4: prior grad norms 1000x
+    their median). The queue is not
     checkpointed; a resumed run refills it within queue / batch steps.
     """
 
@@ -260,7 +262,8 @@ class VAETask(Task):
     def prior_batch(self, z: torch.Tensor) -> torch.Tensor:
         """This step's latents z [B, D] and the queue's, newest first, up to
         `losses.prior_nll.queue` rows; the queue keeps them for the next steps."""
-        size = max(self.recipe.losses.prior_nll.queue, z.shape[0])
+        # each process queues its own share: `queue` sounds over all processes together
+        size = max(-(-self.recipe.losses.prior_nll.queue // self.ctx.world_size), z.shape[0])
         queued = self._latents
         if queued is not None and queued.shape[1:] == z.shape[1:] and \
                 queued.device == z.device:
@@ -274,11 +277,16 @@ class VAETask(Task):
         weights["kl"] = self.recipe.losses.kl.beta(step - 1)
         plan = self.gan.plan(step, weights)
         vae = self.generator
+        ids = batch.get("index") if isinstance(batch, dict) else None
+        if ids is None:
+            ids = local_ids(x.shape[0], self.ctx.rank)
+        # the posterior sample's draw keyed by item: the same on any number of processes
+        noise = item_normals(ids, self.recipe.seed, step, 0x7AE, count=vae.latent_dim)
         if plan.generator:
-            out = vae(x)
+            out = vae(x, noise=noise)
         else:
             with torch.no_grad():
-                out = vae(x)
+                out = vae(x, noise=noise)
         mel, stft = self._recon_losses(x.device)
         real = SpectrogramCache(fold_channels(x))
         fake = SpectrogramCache(fold_channels(out.audio))
@@ -292,7 +300,8 @@ class VAETask(Task):
                 terms["prior_nll"] = -vae.prior.log_prob(out.z.detach()).mean()
             return terms
 
-        logs = self.gan.run(plan, real, fake, updater, generator_terms, VAE_TERMS)
+        logs = self.gan.run(plan, real, fake, updater, generator_terms, VAE_TERMS,
+                            item_ids=fold_ids(ids, x.shape[1]))
         if vae.prior_fitted_apart:  # every step, whichever network the phase trains
             prior_nll = -vae.prior.log_prob(self.prior_batch(out.z.detach())).mean()
             updater.update("prior", self.recipe.losses.prior_nll.weight * prior_nll)
