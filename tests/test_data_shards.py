@@ -181,3 +181,31 @@ def test_parse_shard_size() -> None:
     assert parse_size("100k") == 102400 and parse_size("4096") == 4096
     with pytest.raises(SoundryError, match="512MB"):
         parse_size("lots")
+
+
+def test_sources_mix_by_weight_across_shard_sets_and_a_folder(tmp_path: Path) -> None:
+    """Two packed sets and a folder as three weighted sources: batches draw from them in
+    the weights' proportions, and every training item of each set is used."""
+    sets = []
+    for i, n in enumerate((4, 6)):
+        src = _folder(tmp_path / f"src{i}", n=n, bad=False)
+        pack(src, tmp_path / f"p{i}", shard_bytes=30_000, fmt="flac")
+        sets.append(str(tmp_path / f"p{i}"))
+    folder = str(_folder(tmp_path / "plain", n=3, bad=False))
+    weights = [0.5, 0.3, 0.2]
+    raw = {"sources": [{"path": p, "weight": w} for p, w in zip([*sets, folder], weights,
+                                                                 strict=True)],
+           "sample_rate": SR, "segment_seconds": 0.1, "batch_size": 10, "num_workers": 0,
+           "valid_count": 1}
+    cfg = validate(DataConfig, raw, source="test")
+    loader = build_train_loader(cfg, seed=1, augment=False, with_meta=True)
+    counts = np.zeros(3)
+    used: dict[int, set[str]] = {0: set(), 1: set(), 2: set()}
+    for _ in range(20):
+        batch = next(loader)
+        for s, meta in zip(batch["source"].tolist(), batch["meta"], strict=True):
+            counts[s] += 1
+            used[s].add(meta["path"])
+    loader.close()
+    np.testing.assert_allclose(counts / counts.sum(), weights, atol=0.02)
+    assert [len(used[s]) for s in range(3)] == [len(t) for t in load_sources(cfg).train]

@@ -9,6 +9,7 @@ same weights up to float summation order.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -51,7 +52,7 @@ def _launcher() -> list[str]:
 
 
 def _train(out: Path, processes: int, batch: int, args: list[str],
-           env_extra: dict[str, str] | None = None) -> None:
+           env_extra: dict[str, str] | None = None) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"),
            **(env_extra or {})}
     sizes = [f"data.batch_size={batch}"] if batch else []  # 0: the recipe's own batching
@@ -64,6 +65,7 @@ def _train(out: Path, processes: int, batch: int, args: list[str],
                "-m", "soundry", "train", *train]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stderr
 
 
 def _weights(run: Path, step: int = 1) -> dict[str, torch.Tensor]:
@@ -110,7 +112,7 @@ def _initial_weights(recipe: Path, overrides: list[str]) -> dict[str, torch.Tens
 
 
 def _one_step_on_one_and_two_processes(tmp_path: Path, recipe: Path, overrides: list[str],
-                                       env_extra: dict[str, str] | None = None) -> None:
+                                       env_extra: dict[str, str] | None = None) -> str:
     """Train one step with batch 4 on one process and batch 2 on each of two processes, on
     the toy audio set, and assert the two updates are the same."""
     train, valid = make_data(tmp_path / "data")
@@ -234,6 +236,43 @@ def test_lm_step_on_two_processes_equals_one(tmp_path: Path) -> None:
     _assert_same_update(tmp_path / "one", tmp_path / "two", init)
 
 
+@pytest.mark.timeout(900)
+def test_lm_sharded_over_two_processes_equals_one_and_resumes(tmp_path: Path) -> None:
+    """train.fsdp: the LM's weights, gradients and Adam moments sharded over two processes
+    (FSDP2 on gloo) take the same step as one unsharded process; the checkpoint holds the
+    full weights, and a sharded run killed after step 3 resumes from step 2's checkpoint to
+    the uninterrupted run's step 3 weights."""
+    tokens = _tokens(tmp_path / "tokens")
+    recipe = ROOT / "recipes" / "lm" / "tiny.yaml"
+    lm = [o for o in LM if not o.startswith("model.transformer.layers")] + [
+        "model.transformer.layers=2", "optim.lm.clip=0.05"]  # clipping on: the norm is global
+    args = [str(recipe), "--data", str(tokens), *lm]
+    init = _initial_weights(recipe, [*lm, f"tokens.path={tokens}"])
+    _train(tmp_path / "one", 1, 0, args)
+    assert "sharded lm over 2 processes" in _train(tmp_path / "two", 2, 0,
+                                                   [*args, "train.fsdp=true"])
+    _assert_same_update(tmp_path / "one", tmp_path / "two", init)
+    rows = [json.loads(r) for r in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    clipped = [r["clip_fraction/lm"] for r in rows if "clip_fraction/lm" in r]
+    assert clipped == [1.0]  # the clip really acted
+
+    three = [*args, "train.fsdp=true", "train.max_steps=3", "train.keep_last=5"]
+    _train(tmp_path / "full", 2, 0, three)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"),
+           "SOUNDRY_TEST_KILL_AT_STEP": "3"}
+    launch = [*_launcher(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+              "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "soundry", "train"]
+    killed = subprocess.run([*launch, *three, "--threads", "1", "--out", str(tmp_path / "part")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0
+    env.pop("SOUNDRY_TEST_KILL_AT_STEP")
+    resumed = subprocess.run([*launch, "--resume", str(tmp_path / "part"), "--threads", "1"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _weights(tmp_path / "full", 3), _weights(tmp_path / "part", 3)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 TRANSFORM = [
     "model.width=8", "model.strides=[2, 2]", "model.pqmf_bands=2", "model.dilations=[1]",
     "discriminator.members=[{type: mpd, periods: [2, 3], channels: [4, 8, 8]}, "
@@ -325,7 +364,7 @@ net.register_buffer("counts", torch.zeros(4))
 if drift and rank == 1:
     net.counts[2] += 1  # one buffer entry drifted on one process
 fake = types.SimpleNamespace(networks={"net": net}, ema=None, device=torch.device("cpu"),
-                             world_size=2)
+                             sharded=[], world_size=2)
 try:
     Engine._check_replicas(fake, 7)
     print("same")
@@ -389,8 +428,6 @@ def test_batch_statistics_are_the_global_batchs_on_two_processes(tmp_path: Path)
     """Batch norm (output, input gradient, running stats), ActNorm's data start and the
     running standardisation on two processes with two rows each equal one process with
     all four rows."""
-    import json
-
     script = tmp_path / "worker.py"
     script.write_text(STATS_WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
@@ -410,3 +447,15 @@ def test_batch_statistics_are_the_global_batchs_on_two_processes(tmp_path: Path)
         for part in parts:
             torch.testing.assert_close(torch.tensor(part[key]), torch.tensor(one[key]),
                                        rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_fsdp_on_a_task_without_shardable_networks_is_a_clear_error() -> None:
+    import types
+
+    from soundry.errors import SoundryError
+    from soundry.train.engine import Engine
+
+    fake = types.SimpleNamespace(task=types.SimpleNamespace(fsdp_units=dict),
+                                 recipe=types.SimpleNamespace(task="codec"))
+    with pytest.raises(SoundryError, match="no network that can be sharded"):
+        Engine._shard(fake)

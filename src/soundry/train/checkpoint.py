@@ -313,7 +313,7 @@ class CheckpointManager:
     def save(
         self,
         step: int,
-        networks: dict[str, nn.Module],
+        networks: dict[str, nn.Module | dict[str, torch.Tensor]],
         ema_state: dict[str, dict[str, torch.Tensor]],
         optimizers: dict[str, dict[str, Any]],
         state: dict[str, Any],
@@ -321,6 +321,7 @@ class CheckpointManager:
     ) -> Path:
         """Write the checkpoint of `step` atomically, update index.json, prune old ones.
 
+        networks: name -> module, or its state dict (a sharded network's, gathered).
         optimizers: name -> {"optimizer": state_dict, "scheduler": state_dict | None}.
         state: JSON for state.json; rank_state: this process's JSON (rank<r>.json).
         Returns the final directory. Every process must call it (collective).
@@ -341,7 +342,8 @@ class CheckpointManager:
         if self.is_main:
             meta = {"step": str(step), "format": str(FORMAT_VERSION)}
             for net_name, net in networks.items():
-                save_tensors(net.state_dict(), tmp / f"{net_name}.safetensors",
+                weights = net.state_dict() if isinstance(net, nn.Module) else net
+                save_tensors(weights, tmp / f"{net_name}.safetensors",
                              {**meta, "network": net_name})
             for net_name, shadow in ema_state.items():
                 save_tensors(shadow, tmp / f"{net_name}.ema.safetensors",

@@ -157,6 +157,9 @@ class TrainConfig(Strict):
     # GPUs without bf16 (V100 class); an overflowing step is skipped and the scale lowered
     precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
     grad_accum: int = Field(1, ge=1)
+    # shard the task's large networks over the processes (FSDP2; tasks that name shardable
+    # units: the token LM). No effect on one process. See soundry.train.fsdp.
+    fsdp: bool = False
     log_every: int = Field(10, ge=1)
     valid_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(500, ge=1)
@@ -190,6 +193,9 @@ class TrainConfig(Strict):
         if any(not (p > 0) for p in self.valid_at_minutes):
             raise ValueError(f"valid_at_minutes must be positive minutes, got "
                              f"{self.valid_at_minutes}")
+        if self.fsdp and self.ema is not None:
+            raise ValueError("train.fsdp with train.ema: an EMA of sharded weights is not "
+                             "supported; set train.ema: null")
         if self.budget_minutes is not None and any(p > self.budget_minutes
                                                    for p in self.valid_at_minutes):
             raise ValueError(f"valid_at_minutes {self.valid_at_minutes} has points past "

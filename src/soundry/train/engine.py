@@ -67,6 +67,7 @@ from soundry.train.checkpoint import (
 )
 from soundry.train.ema import EMA
 from soundry.train.engine_state import restore_checkpoint, save_checkpoint
+from soundry.train.fsdp import shard
 from soundry.train.init_from import freeze, init_from, write_report
 from soundry.train.logging import (  # noqa: F401  (summary_line: public API)
     Progress,
@@ -203,6 +204,7 @@ class Engine:
         if self.frozen and self.is_main:
             log.info("frozen %d parameter tensors", len(self.frozen))
 
+        self.sharded = self._shard() if cfg.fsdp and self.world_size > 1 else []
         self.specs = self.task.optimizers()
         self._check_specs()
         self.ema = self._make_ema()
@@ -273,13 +275,28 @@ class Engine:
                 context.update(describe())
         return context
 
+    def _shard(self) -> list[str]:
+        """Shard the task's shardable networks (train.fsdp); returns their names."""
+        units = self.task.fsdp_units()
+        if not units:
+            raise SoundryError(f"train.fsdp: task '{self.recipe.task}' has no network that "
+                               "can be sharded; set train.fsdp: false")
+        for name, modules in units.items():
+            shard(self.networks[name], modules)
+        if self.is_main:
+            log.info("sharded %s over %d processes (FSDP)", ", ".join(units), self.world_size)
+        return list(units)
+
     def _broadcast_weights(self) -> None:
         """Start every process from the main process's weights (and EMA), whatever the
-        task's initialisation did."""
+        task's initialisation did. Sharded networks start alike by their seed (and a
+        resume loads the same full state on every process)."""
         import torch.distributed as dist
 
         with torch.no_grad():
-            for net in self.networks.values():
+            for name, net in self.networks.items():
+                if name in self.sharded:
+                    continue
                 for tensor in net.state_dict(keep_vars=True).values():
                     dist.broadcast(tensor.data, src=0)
             if self.ema is not None:
@@ -296,6 +313,8 @@ class Engine:
 
         tensors: dict[str, torch.Tensor] = {}
         for name, net in self.networks.items():
+            if name in self.sharded:  # each process holds its own shard: nothing to compare
+                continue
             for key, value in net.state_dict().items():
                 tensors[f"{name}.{key}"] = value
         if self.ema is not None:
@@ -303,6 +322,8 @@ class Engine:
                 for key, value in self.ema.state_dict(name).items():
                     tensors[f"ema.{name}.{key}"] = value
         names = sorted(tensors)
+        if not names:  # every network sharded
+            return
         local = torch.stack([
             torch.stack([tensors[n].detach().double().sum(),
                          tensors[n].detach().double().pow(2).sum()]) for n in names
@@ -361,6 +382,11 @@ class Engine:
                 if self.world_size == 1:
                     raise
                 failure = exc
+        elif self.sharded:  # a sharded forward pass needs every process's shards
+            try:
+                self._validation_result(step)
+            except Exception as exc:
+                failure = exc
         if self.world_size > 1:
             from accelerate.utils import broadcast_object_list
 
@@ -373,7 +399,8 @@ class Engine:
                 raise SoundryError(f"validation failed on the main process: {error}")
         return best
 
-    def _validate_main(self, step: int) -> tuple[str, float] | None:
+    def _validation_result(self, step: int) -> Any:
+        """The task's validation of `step` in eval mode, under the EMA weights when kept."""
         flags = {m: m.training for net in self.networks.values() for m in net.modules()}
         for net in self.networks.values():
             net.eval()
@@ -385,6 +412,10 @@ class Engine:
         finally:
             for module, flag in flags.items():
                 module.training = flag
+        return result
+
+    def _validate_main(self, step: int) -> tuple[str, float] | None:
+        result = self._validation_result(step)
         metrics = {f"valid/{k}": float(v) for k, v in result.metrics.items()}
         self.last_valid = metrics
         assert self.logger is not None

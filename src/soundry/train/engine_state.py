@@ -14,6 +14,12 @@ from typing import Any
 
 from soundry.errors import SoundryError
 from soundry.train.checkpoint import all_finite, capture_rng, restore_rng
+from soundry.train.fsdp import (
+    full_optimizer_state,
+    full_state,
+    load_full_optimizer_state,
+    load_full_state,
+)
 from soundry.train.optim import load_keeping_recipe
 
 log = logging.getLogger("soundry.train")
@@ -30,7 +36,7 @@ def save_checkpoint(self: Any, step: int) -> Path:
         )
     scalers = self.updater.scalers
     optimizers = {
-        s.name: {"optimizer": s.optimizer.state_dict(),
+        s.name: {"optimizer": _optimizer_state(self, s),
                  "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
                  "scaler": scalers[s.name].state_dict() if s.name in scalers else None}
         for s in self.specs
@@ -50,11 +56,16 @@ def save_checkpoint(self: Any, step: int) -> Path:
         "networks": list(self.networks),
         "optimizers": [s.name for s in self.specs],
         "ema": list(self.ema.networks) if self.ema else [],
+        "sharded": list(self.sharded),
     }
     rank_state = {"rng": capture_rng(), "loader": self.loader.state_dict()}
     ema_state = ({n: self.ema.state_dict(n) for n in self.ema.networks}
                  if self.ema is not None else {})
-    path = self.ckpt.save(step, self.networks, ema_state, optimizers, state, rank_state)
+    # a sharded network's full weights are gathered to the main process (every process
+    # takes part); the others are saved from the module itself
+    networks = {name: full_state(net) if name in self.sharded else net
+                for name, net in self.networks.items()}
+    path = self.ckpt.save(step, networks, ema_state, optimizers, state, rank_state)
     self.last_checkpoint = path
     self.health.save_state(step)
     return path
@@ -66,8 +77,17 @@ def restore_checkpoint(self: Any, path: Path) -> None:
     if set(state["networks"]) != set(self.networks):
         raise SoundryError(f"checkpoint {path} holds networks {state['networks']}, the "
                            f"task builds {list(self.networks)}")
+    if sorted(state.get("sharded", [])) != sorted(self.sharded):
+        raise SoundryError(
+            f"checkpoint {path} was written with sharded networks {state.get('sharded', [])} "
+            f"(train.fsdp), this run shards {self.sharded}: resume with the same train.fsdp "
+            "and more than one process, or start a new run with --init-from")
     for name, net in self.networks.items():
-        net.load_state_dict(self.ckpt.read_network(path, name))
+        weights = self.ckpt.read_network(path, name)
+        if name in self.sharded:
+            load_full_state(net, weights)
+        else:
+            net.load_state_dict(weights)
     if self.ema is not None:
         for name in self.ema.networks:
             if name in state["ema"]:
@@ -81,8 +101,11 @@ def restore_checkpoint(self: Any, path: Path) -> None:
                            f"{', '.join(missing)}; it holds {', '.join(state['optimizers'])}")
     for spec in self.specs:
         saved = self.ckpt.read_optimizer(path, spec.name)
+        net = _sharded_network(self, spec)
+        load = None if net is None else (
+            lambda st, net=net, opt=spec.optimizer: load_full_optimizer_state(net, opt, st))
         changed = load_keeping_recipe(spec.optimizer, spec.scheduler, saved["optimizer"],
-                                      saved["scheduler"])
+                                      saved["scheduler"], load)
         for line in changed:
             log.info("optimizer %s: the recipe changes %s on resume", spec.name, line)
         scaler = self.updater.scalers.get(spec.name)
@@ -106,3 +129,23 @@ def restore_checkpoint(self: Any, path: Path) -> None:
     self.step = int(state["step"])
     self.last_checkpoint = path
     log.info("resumed from %s (step %d)", path, self.step)
+
+
+def _sharded_network(self: Any, spec: Any) -> Any:
+    """The sharded network an optimizer spec trains, or None when it trains none."""
+    names = [n for n in (spec.networks or []) if n in self.sharded]
+    if not names:
+        return None
+    if len(spec.networks) != 1:
+        raise SoundryError(f"optimizer {spec.name} spans networks {spec.networks}, of which "
+                           f"{names} are sharded: a sharded network needs an optimizer of "
+                           "its own")
+    return self.networks[names[0]]
+
+
+def _optimizer_state(self: Any, spec: Any) -> dict[str, Any]:
+    """The optimizer's state dict; for a sharded network's optimizer the full state,
+    keyed by parameter name, gathered to the main process (collective)."""
+    net = _sharded_network(self, spec)
+    return spec.optimizer.state_dict() if net is None else full_optimizer_state(
+        net, spec.optimizer)

@@ -507,13 +507,16 @@ def load_keeping_recipe(
     scheduler: torch.optim.lr_scheduler.LambdaLR | None,
     saved_optimizer: dict[str, Any],
     saved_scheduler: dict[str, Any] | None,
+    load: Any = None,
 ) -> list[str]:
     """Load saved optimizer/scheduler state (moments, step counts, schedule position), but
     keep the hyperparameters the recipe now sets (lr, betas, weight decay, ...).
 
     `torch.optim.Optimizer.load_state_dict` restores every param-group setting of the saved
     run, so a resumed run with `optim.generator.lr=...` would silently keep the old lr.
-    Returns one "key old -> new" line per group setting that changed.
+    Returns one "key old -> new" line per group setting that changed. `load`: what loads
+    the saved state into the optimizer (default `optimizer.load_state_dict`; a sharded
+    network's optimizer loads a full, name-keyed state its own way).
     """
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     saved_sizes = [len(g["params"]) for g in saved_optimizer["param_groups"]]
@@ -523,7 +526,7 @@ def load_keeping_recipe(
             f"the recipe's optimizer groups its parameters as {sizes}, the checkpoint's as "
             f"{saved_sizes} (a changed model, freeze list, or weight decay switched on or off); "
             "such a run cannot be resumed, start a new one with --init-from")
-    optimizer.load_state_dict(saved_optimizer)
+    (load or optimizer.load_state_dict)(saved_optimizer)
     if scheduler is not None and saved_scheduler is not None:
         scheduler.load_state_dict(saved_scheduler)
     changes: list[str] = []

@@ -176,6 +176,12 @@ class Task(ABC):
         networks (`train.ema.networks` takes precedence). No EMA unless `train.ema` is set."""
         return []
 
+    def fsdp_units(self) -> dict[str, list[nn.Module]]:
+        """Networks to shard under `train.fsdp`, by name, each with the submodules sharded
+        as units of their own (a transformer's blocks: one block's weights are gathered at
+        a time). Empty: the task cannot be sharded."""
+        return {}
+
     def frozen_prefixes(self) -> list[str]:
         """Parameter-name prefixes ('generator.encoder') to freeze for fine-tuning.
 

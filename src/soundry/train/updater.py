@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from soundry.registry import did_you_mean
+from soundry.train.fsdp import local
 from soundry.train.sections import section
 from soundry.train.task import OptimizerSpec
 
@@ -178,7 +180,10 @@ class StepUpdater:
         if scaler is not None and any(p.grad is not None for p in params):
             scaler.unscale_(spec.optimizer)  # after the all-reduce: the same on every process
         grads = [p.grad for p in params if p.grad is not None]
-        if grads:
+        sharded = any(isinstance(g, DTensor) for g in grads)
+        if sharded:
+            norm = self._sharded_norm(grads)
+        elif grads:
             norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False)
         else:
             norm = torch.zeros((), device=self.accelerator.device)
@@ -187,7 +192,11 @@ class StepUpdater:
         stepped = bool(ok_value)
         if stepped:
             clipped = spec.clip is not None and bool(grads) and norm_value > spec.clip
-            if spec.clip is not None and grads:
+            if spec.clip is not None and grads and sharded:
+                coef = (spec.clip / (norm + 1e-6)).clamp(max=1.0)  # as clip_grads_with_norm_
+                for g in grads:
+                    local(g).mul_(coef)
+            elif spec.clip is not None and grads:
                 torch.nn.utils.clip_grads_with_norm_(params, spec.clip, norm)
             if scaler is not None and grads:
                 scaler.step(spec.optimizer)  # gradients are finite: this steps
@@ -219,13 +228,28 @@ class StepUpdater:
         self._pending.discard(spec.name)
         return stepped
 
+    @staticmethod
+    def _sharded_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+        """The L2 norm of gradients some of which are sharded (FSDP DTensors): the squares
+        of the local shards summed over processes, plus the replicated gradients' once."""
+        import torch.distributed as dist
+
+        shards = [local(g).float().pow(2).sum() for g in grads if isinstance(g, DTensor)]
+        whole = [g.float().pow(2).sum() for g in grads if not isinstance(g, DTensor)]
+        total = torch.stack(shards).sum()
+        dist.all_reduce(total)
+        if whole:
+            total = total + torch.stack(whole).sum()
+        return total.sqrt()
+
     def _all_reduce(self, params: list[nn.Parameter], loss_ok: torch.Tensor) -> torch.Tensor:
         """Average gradients over processes in one flat all-reduce; returns whether every
-        process's loss was finite."""
+        process's loss was finite. Sharded (FSDP) gradients are left out: the backward pass
+        has already reduce-scattered and averaged them."""
         import torch.distributed as dist
         from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-        trainable = [p for p in params if p.requires_grad]
+        trainable = [p for p in params if p.requires_grad and not isinstance(p, DTensor)]
         for p in trainable:
             if p.grad is None:  # every process must reduce the same flat layout
                 p.grad = torch.zeros_like(p)

@@ -266,6 +266,9 @@ class LMTask(Task):
     def ema_networks(self) -> list[str]:
         return ["lm"]
 
+    def fsdp_units(self) -> dict[str, list[nn.Module]]:
+        return {"lm": list(self.model.transformer.blocks)}
+
     # -- training --------------------------------------------------------------------------
 
     def _sequences(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
