@@ -1,12 +1,15 @@
 """Batch-1 token-LM decoding speed on CPU: frames per second and the memory-bound estimate.
 
 Random init, delay pattern, top-k 250, no guidance. Prints one JSON line. Batch-1 decoding
-re-reads every weight once per step, so steps/s <= bandwidth / parameter bytes; the line
-reports that bound (at `--bandwidth-gbs`, ~24 GB/s on the reference machine) and the
-fraction of it reached.
+re-reads every weight once per step, so steps/s <= bandwidth / weight bytes; the line
+reports that bound (at the bandwidth measured here, a float32 matrix-vector product over
+256 MB, or `--bandwidth-gbs`) and the fraction of it reached. `--precision int8` adds the
+int8 model's greedy-token agreement with float32 over the run and its logit error on the
+float32 run's sequence (max and mean, over the logits' spread).
 
     python benchmarks/lm_generate.py --dim 512 --layers 8 --heads 8 --codebooks 4 \
-        --card 1024 --steps 250 [--precision bf16] [--peer ../shared/peers/hf_lm_generate.py]
+        --card 1024 --steps 250 [--precision bf16|int8] \
+        [--peer ../shared/peers/hf_lm_generate.py]
 
 With `--peer`, the transformers MusicGen peer script runs right after at the same size (same
 machine, same moment) and the line adds its frames/s and the speed ratio.
@@ -34,10 +37,13 @@ def main() -> None:
     p.add_argument("--codebooks", type=int, default=4)
     p.add_argument("--card", type=int, default=1024)
     p.add_argument("--steps", type=int, default=250, help="frames to generate")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="int8: weight-only int8 projections with bf16 activations")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported")
-    p.add_argument("--bandwidth-gbs", type=float, default=24.0)
+    p.add_argument("--bandwidth-gbs", type=float, default=None,
+                   help="memory bandwidth for the bound (default: measured here, float32 "
+                        "matrix-vector over 256 MB)")
     p.add_argument("--peer", default=None, help="path of hf_lm_generate.py to compare with")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -56,12 +62,22 @@ def main() -> None:
         },
     )
     model = TokenLM(cfg).eval()
+    params = sum(p.numel() for p in model.parameters())
+    agreement = {}
+    if a.precision == "int8":
+        agreement = _agreement_with_fp32(model, a.steps)
     if a.precision == "bf16":
         model = model.to(torch.bfloat16)
-    params = sum(p.numel() for p in model.parameters())
-    # Weights read per step: everything but the embedding tables (only K rows are read).
-    read = params - model.audio_embed.weight.numel() - model.text_embed.weight.numel()
-    bytes_per_step = read * (2 if a.precision == "bf16" else 4)
+    elif a.precision == "int8":
+        model.quantize_int8()
+    # Weights read per step: every parameter and int8 weight (with its scales) but the
+    # embedding tables, of which only K rows are read.
+    tables = {id(model.audio_embed.weight), id(model.text_embed.weight)}
+    bytes_per_step = sum(t.numel() * t.element_size() for t in model.parameters()
+                         if id(t) not in tables)
+    bytes_per_step += sum(b.numel() * b.element_size() for n, b in model.named_buffers()
+                          if n.endswith(("qweight", "scale_bf16")))
+    bandwidth = a.bandwidth_gbs or measure_bandwidth_gbs()
 
     generate(model, None, batch=1, max_frames=8, top_k=250, seed=0)  # warm-up
     best = float("inf")
@@ -72,7 +88,7 @@ def main() -> None:
                        min_frames=a.steps)
         best = min(best, time.perf_counter() - start)
     assert int(out.lengths[0]) == a.steps
-    bound_steps = a.bandwidth_gbs * 1e9 / bytes_per_step
+    bound_steps = bandwidth * 1e9 / bytes_per_step
     steps_per_s = out.steps / best
     peer = _run_peer(a) if a.peer else {}
     if peer:
@@ -93,12 +109,48 @@ def main() -> None:
                 "steps_per_s": round(steps_per_s, 1),
                 "params": params,
                 "weight_bytes_per_step": bytes_per_step,
+                "bandwidth_gbs": round(bandwidth, 1),
+                "bandwidth_measured": a.bandwidth_gbs is None,
                 "memory_bound_steps_per_s": round(bound_steps, 1),
                 "fraction_of_bound": round(steps_per_s / bound_steps, 3),
+                **agreement,
                 **peer,
             }
         )
     )
+
+
+def measure_bandwidth_gbs(megabytes: int = 256, repeats: int = 20) -> float:
+    """Weight-read bandwidth of this machine (GB/s): a float32 matrix-vector product over a
+    matrix too large for any cache, the access pattern of batch-1 decoding."""
+    n = int((megabytes * 2**20 / 4) ** 0.5)
+    w, x = torch.randn(n, n), torch.randn(n)
+    for _ in range(3):
+        torch.mv(w, x)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mv(w, x)
+    return w.numel() * 4 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def _agreement_with_fp32(model: TokenLM, steps: int) -> dict:
+    """Greedy decoding with int8 weights against float32: the share of identical tokens
+    over `steps` frames, the first frame where they part, and the largest logit error of
+    the int8 model on the float32 run's sequence (one full pass), over the logits' spread.
+    """
+    import copy
+
+    ref = generate(model, None, batch=1, max_frames=steps, top_k=1, seed=0, min_frames=steps)
+    quant = copy.deepcopy(model).quantize_int8()
+    out = generate(quant, None, batch=1, max_frames=steps, top_k=1, seed=0, min_frames=steps)
+    same = out.codes == ref.codes  # [1, K, T]
+    parted = (~same.all(dim=1)[0]).nonzero()
+    with torch.no_grad():
+        a, b = model(ref.seq), quant(ref.seq)
+    return {"greedy_token_agreement": round(float(same.float().mean()), 4),
+            "greedy_first_difference_frame": int(parted[0]) if len(parted) else None,
+            "logit_error_max_over_std": round(float((a - b).abs().max() / a.std()), 4),
+            "logit_error_mean_over_std": round(float((a - b).abs().mean() / a.std()), 4)}
 
 
 def _run_peer(a: argparse.Namespace) -> dict:

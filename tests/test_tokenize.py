@@ -167,8 +167,9 @@ def test_lm_export_with_embedded_codec_generates(tiny_codec, tmp_path):
     assert main(["generate", str(out), "--text", "anything", "--seconds", "0.01", "--seed", "3",
                  "--out", str(wav)]) == 0
     assert 0 <= audio_info(wav).frames <= 0.01 * SR + 8
-    assert main(["generate", str(out), "--seconds", "0.01", "--precision", "bf16",
-                 "--out", str(wav)]) == 0
+    for precision in ("bf16", "int8"):
+        assert main(["generate", str(out), "--seconds", "0.01", "--precision", precision,
+                     "--out", str(wav)]) == 0
 
 
 def test_cli_errors_are_clear(tiny_codec, dataset, tmp_path, capsys):

@@ -49,8 +49,9 @@ def register(subparsers: Any) -> None:
                         "dropout, else 1 = off)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--count", type=int, default=1, help="outputs to generate (as one batch)")
-    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="LM weights in bf16 halve the memory read per step")
+    g.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="LM weights in bf16 halve the memory read per step; int8 "
+                        "(weight-only, bf16 activations) quarters it")
     g.add_argument("--out", required=True, help="output .wav/.flac (numbered if --count > 1)")
     g.set_defaults(func=_generate)
 
@@ -84,6 +85,8 @@ def _generate(args: argparse.Namespace) -> int:
         raise SoundryError(f"{args.model} is not a token LM export")
     if args.precision == "bf16":
         model = model.to(torch.bfloat16)
+    elif args.precision == "int8":
+        model = model.eval().quantize_int8()
     codec = open_recorded_codec(model.codec_record, base=Path(args.model))
     if codec.codebook_size != model.cfg.card:
         raise SoundryError(f"the recorded codec has {codec.codebook_size} codes per level; the "

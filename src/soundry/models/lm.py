@@ -46,7 +46,8 @@ from soundry.models.patterns import (
     SpecialTokens,
     build_pattern,
 )
-from soundry.nn.transformer import KVCache, Transformer, TransformerConfig, linear
+from soundry.nn.quant import quantize_linears
+from soundry.nn.transformer import KVCache, Transformer, TransformerConfig, project
 
 # ----------------------------------------------------------------------------- configs
 
@@ -333,11 +334,19 @@ class TokenLM(nn.Module):
             valid = torch.cat([valid, pvalid], dim=1)
         return x, valid
 
+    def quantize_int8(self) -> TokenLM:
+        """Int8 weight-only projections (`soundry.nn.quant`): a quarter of float32's weight
+        bytes read per decoding step. Inference only; returns self."""
+        if self.training:
+            raise ValueError("int8 weights are for inference: call .eval() first")
+        quantize_linears(self)
+        return self
+
     def heads(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden [B, S, dim] -> logits [B, K, S, V] (V = card + 1: audio codes and EOS)."""
         batch, steps, _ = hidden.shape
         n_out = self.tokens.n_output
-        logits = linear(hidden, self.head.weight)
+        logits = project(hidden, self.head)
         if self.cfg.shared_head:
             return logits[:, None] + self.head_level_bias[None, :, None, :]
         return logits.view(batch, steps, self.cfg.levels, n_out).transpose(1, 2)

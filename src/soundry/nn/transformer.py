@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from soundry.config import Strict
+from soundry.nn.quant import Int8Linear
 
 
 class TransformerConfig(Strict):
@@ -143,6 +144,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight)
 
 
+def project(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """x [..., in] through a bias-free projection layer: an `nn.Linear` (by its weight,
+    through `linear`) or an int8 `soundry.nn.quant.Int8Linear` (its own kernel)."""
+    if isinstance(layer, Int8Linear):
+        return layer(x)
+    return linear(x, layer.weight)
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each pair (x[i], x[i + half]) of the last dim by its position angle.
 
@@ -176,7 +185,7 @@ class Attention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         batch, length, dim = x.shape
-        qkv = linear(x, self.qkv.weight).view(batch, length, 3, self.heads, self.head_dim)
+        qkv = project(x, self.qkv).view(batch, length, 3, self.heads, self.head_dim)
         qk = apply_rotary(qkv[:, :, :2], *rope)  # q and k rotated in one go
         q = qk[:, :, 0].transpose(1, 2)  # [B, H, L, Dh]
         k = qk[:, :, 1].transpose(1, 2)
@@ -196,7 +205,7 @@ class Attention(nn.Module):
             is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return linear(y.transpose(1, 2).reshape(batch, length, dim), self.out.weight)
+        return project(y.transpose(1, 2).reshape(batch, length, dim), self.out)
 
 
 class SwiGLU(nn.Module):
@@ -208,8 +217,8 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = linear(x, self.gate_up.weight).chunk(2, dim=-1)
-        return linear(F.silu(gate) * up, self.down.weight)
+        gate, up = project(x, self.gate_up).chunk(2, dim=-1)
+        return project(F.silu(gate) * up, self.down)
 
 
 class Block(nn.Module):
