@@ -400,3 +400,33 @@ def test_fp16_scales_the_loss_and_skips_overflows_without_stopping(tmp_path: Pat
     state = CheckpointManager(tmp_path / "run", 2).latest()
     saved = torch.load(state / "optim.net.pt", weights_only=True)
     assert saved["scaler"]["scale"] == scale[-1]
+
+
+def test_compile_switch_compiles_the_step_and_matches_eager(tmp_path: Path) -> None:
+    """train.compile: the network's forward runs compiled (inductor, static shapes), the
+    weights follow the eager run's, and the summary keeps the first step's time."""
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 8, generator=g) for _ in range(2)]
+    torch.manual_seed(0)  # the same initial weights for both
+    eager, _ = run_linear(tmp_path / "eager", batches, {"max_steps": 3}, lr=0.1)
+    torch.manual_seed(0)
+    compiled, summary = run_linear(tmp_path / "compiled", batches,
+                                   {"max_steps": 3, "compile": True}, lr=0.1)
+    assert summary["compiled"] == ["net"]
+    assert summary["first_step_seconds"] > 0
+    torch.testing.assert_close(compiled.net.weight, eager.net.weight)
+    assert "net" in json.loads((tmp_path / "compiled" / "run" / "summary.json").read_text())["compiled"]
+
+
+def test_compile_without_a_cpu_compiler_trains_eagerly_with_a_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import soundry.train.compiling as compiling
+
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
+    with caplog.at_level("WARNING", logger="soundry.train"):
+        _, summary = run_linear(tmp_path, [torch.randn(2, 8)], {"max_steps": 2,
+                                                                 "compile": True})
+    assert summary["compiled"] == [] and summary["steps"] == 2
+    assert any("no C++ compiler" in r.message and "eagerly" in r.message
+               for r in caplog.records)

@@ -160,6 +160,9 @@ class TrainConfig(Strict):
     # shard the task's large networks over the processes (FSDP2; tasks that name shardable
     # units: the token LM). No effect on one process. See soundry.train.fsdp.
     fsdp: bool = False
+    # torch.compile the task's networks and losses (static shapes; eager fallback with a
+    # logged reason). See soundry.train.compiling.
+    compile: bool = False
     log_every: int = Field(10, ge=1)
     valid_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(500, ge=1)

@@ -65,6 +65,7 @@ from soundry.train.checkpoint import (
     CheckpointManager,
     step_name,
 )
+from soundry.train.compiling import compile_task
 from soundry.train.ema import EMA
 from soundry.train.engine_state import restore_checkpoint, save_checkpoint
 from soundry.train.fsdp import shard
@@ -209,6 +210,8 @@ class Engine:
         self._check_specs()
         self.ema = self._make_ema()
         self.loader = self.task.train_loader()
+        self.compiled = compile_task(self.task, self.device) if cfg.compile else []
+        self.first_step_seconds: float | None = None
 
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -548,6 +551,10 @@ class Engine:
                     self.ema.update(step)
             self.consecutive_skips = self.consecutive_skips + 1 if updater.skipped_this_step else 0
             t_mark = time.perf_counter()
+            if self.first_step_seconds is None:
+                self.first_step_seconds = t_mark - t_iter
+                if self.compiled and self.is_main:
+                    log.info("first step (with compilation): %.1f s", self.first_step_seconds)
             self.clock.add(t_mark - t_iter)
             t_iter = t_mark  # the rest of this step is counted at its end
             point_due = False
@@ -631,6 +638,9 @@ class Engine:
             # wall time of this session's steps, without validations and checkpoint writes
             "train_seconds": seconds,
             "steps_per_second": steps_run / seconds if seconds > 0 else None,
+            # the session's first step (with train.compile: the compilation)
+            "first_step_seconds": self.first_step_seconds,
+            "compiled": self.compiled,
             # training time of all sessions of the run (what train.budget_minutes limits)
             "train_minutes_total": self.clock.minutes,
             "budget_minutes": self.cfg.budget_minutes,

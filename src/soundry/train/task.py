@@ -176,6 +176,17 @@ class Task(ABC):
         networks (`train.ema.networks` takes precedence). No EMA unless `train.ema` is set."""
         return []
 
+    def compile(self, compile_fn: Any) -> list[str]:
+        """Compile what the training step runs (`train.compile`); returns what was compiled.
+        The default compiles each network's forward in place (its state dict keeps its
+        names); tasks add their losses or sub-modules they call directly.
+        `compile_fn(fn)` returns the compiled callable."""
+        names = []
+        for name, net in self.networks().items():
+            net.forward = compile_fn(net.forward)
+            names.append(name)
+        return names
+
     def fsdp_units(self) -> dict[str, list[nn.Module]]:
         """Networks to shard under `train.fsdp`, by name, each with the submodules sharded
         as units of their own (a transformer's blocks: one block's weights are gathered at

@@ -220,6 +220,14 @@ class CodecTask(Task):
             self._losses = CodecLosses(self.recipe.losses, self.recipe.model.sample_rate)
         return self._losses.to(device)
 
+    def compile(self, compile_fn: Any) -> list[str]:
+        """The generator's and discriminator's forward passes and the reconstruction
+        losses (mel, STFT, waveform terms on the shared spectrogram caches)."""
+        names = super().compile(compile_fn)
+        losses = self.losses(self.ctx.device)
+        losses.reconstruction = compile_fn(losses.reconstruction)
+        return [*names, "losses.reconstruction"]
+
     def weights_at(self, step: int) -> dict[str, float]:
         """Loss weights in force at 0-based schedule `step` (the engine's step `step + 1`)."""
         return self.gan.plan(step + 1, self.recipe.losses.weights()).weights
