@@ -15,8 +15,9 @@ What changes for a sharded network:
 - validation runs on every process (a forward pass gathers each unit's weights from all
   processes), only the main process logs it;
 - checkpoints hold full (unsharded) weights and optimizer state, gathered to the main
-  process (`full_state`), so a run resumes on any number of processes; the optimizer state
-  is keyed by parameter name, not index, in such checkpoints;
+  process (`full_state`), so they export and initialise other runs as any checkpoint does
+  (`--resume` needs the same number of processes, for every run: each process's loader and
+  RNG state is its own); the optimizer state is keyed by parameter name, not index;
 - EMA is not supported with sharding (a clear error).
 
 Works on CPU (gloo) as on GPUs (NCCL); on one process `train.fsdp` changes nothing.
