@@ -139,3 +139,63 @@ def test_training_prompts_are_cut_from_the_window(tmp_path):
     cond = task.model.make_conditioning(tags=rest["tags"], seeds=rest["seed"], train=True,
                                         prompt=prompt, prompt_valid=valid)
     assert torch.isfinite(task.model.loss(seq, cond).loss)
+
+
+class _SumGrads:
+    """The engine's accumulation without its optimizer: (loss / micro-batches).backward()."""
+
+    def __init__(self, micro: int) -> None:
+        self.micro = micro
+
+    def update(self, name: str, loss: torch.Tensor) -> bool:
+        (loss / self.micro).backward()
+        return True
+
+
+def test_grad_accumulation_weights_tokens_as_one_batch(tmp_path):
+    """Two micro-batches holding different token counts accumulate to the gradient of the
+    one batch holding both: each is divided by the step's count (begin_step), not its own."""
+    from soundry.data.tokens import collate_tokens
+    from soundry.train.task import TaskContext
+    from soundry.train.tasks.lm import LMTask
+
+    rng = np.random.default_rng(0)
+    meta = {"codec": {}, "levels": 2, "codebook_size": 16, "frame_rate": 10.0,
+            "sample_rate": SR, "channels": 1}
+    writer = TokenShardWriter(tmp_path / "tokens", meta)
+    windows = [rng.integers(0, 16, (2, n)) for n in (4, 5, 14, 11)]
+    for i, codes in enumerate(windows):
+        writer.add(f"item{i}.wav", [codes], [f"item{i}"], tags=["t"])
+    writer.flush()
+    recipe = recipe_from_dict({
+        "task": "lm",
+        "model": {"levels": 2, "card": 16, "pattern": {"type": "delay"},
+                  "transformer": {"dim": 16, "layers": 1, "heads": 2, "max_len": 64}},
+        "tokens": {"path": str(tmp_path / "tokens")},
+    })
+    torch.manual_seed(0)
+    task = LMTask(recipe, TaskContext())
+    model = task.networks()["lm"]
+    items = [{"codes": c, "offset": 0, "end": True, "text": "", "tags": ["t"], "speaker": None,
+              "seed": i, "id": f"item{i}"} for i, c in enumerate(windows)]
+    halves = [collate_tokens(items[:2]), collate_tokens(items[2:])]  # 9 and 25 frames
+
+    def grads() -> list[torch.Tensor]:
+        out = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad(set_to_none=True)
+        return out
+
+    task.train_step(collate_tokens(items), 1, _SumGrads(1))
+    whole = grads()
+    task.begin_step(1, halves)
+    for half in halves:
+        task.train_step(half, 1, _SumGrads(2))
+    accumulated = grads()
+    task._step_share = None  # each micro-batch by its own count: what this replaces
+    for half in halves:
+        task.train_step(half, 1, _SumGrads(2))
+    own = grads()
+    assert len(whole) == len(accumulated) > 0
+    for a, b in zip(whole, accumulated, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert any(not torch.allclose(a, b, rtol=1e-2) for a, b in zip(whole, own, strict=True))

@@ -527,10 +527,18 @@ class Engine:
             t_iter = time.perf_counter()
             side_before = self.valid_seconds + self.checkpoint_seconds
             step = self.step + 1
+            micro_batches: list[Any] = []
+            if cfg.grad_accum > 1:  # the task sees the whole step before it trains on it
+                t_data = time.perf_counter()
+                with section("data"):
+                    micro_batches = [next(batches) for _ in range(cfg.grad_accum)]
+                data_wait += time.perf_counter() - t_data
+                with section("task"):
+                    task.begin_step(step, micro_batches)
             for micro in range(cfg.grad_accum):
                 t_data = time.perf_counter()
                 with section("data"):
-                    host_batch = next(batches)
+                    host_batch = micro_batches[micro] if micro_batches else next(batches)
                 data_wait += time.perf_counter() - t_data
                 with section("health"):
                     health.on_batch(step, host_batch)

@@ -176,6 +176,12 @@ class Task(ABC):
         networks (`train.ema.networks` takes precedence). No EMA unless `train.ema` is set."""
         return []
 
+    def begin_step(self, step: int, batches: list[Any]) -> None:
+        """Called with all of a step's micro-batches (host side) before the first of them
+        trains, when `train.grad_accum` > 1: a task whose loss is normalised by a count
+        over the batch (tokens) takes the count of the whole step here. Default: nothing."""
+        return None
+
     def compile(self, compile_fn: Any) -> list[str]:
         """Compile what the training step runs (`train.compile`); returns what was compiled.
         The default compiles each network's forward in place (its state dict keeps its

@@ -213,6 +213,7 @@ class LMTask(Task):
         self._codec: Any = None
         self._codec_failed = False
         self._data_coverage: list[float] | None = None
+        self._step_share: torch.Tensor | None = None  # set per step under grad_accum
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -310,6 +311,27 @@ class LMTask(Task):
                 new_lengths[b] = lengths[b] - frames
         return {**batch, "codes": rest, "lengths": new_lengths}, prompt, prompt_valid
 
+    def begin_step(self, step: int, batches: list[Any]) -> None:
+        """Gradient accumulation: each micro-batch's loss is divided by the whole step's
+        counted cells per level (over every micro-batch and process) / (processes x
+        micro-batches), so the accumulated, averaged gradient is the token-weighted mean
+        over the step, as one batch holding all of it gives. Windows differ in length, so
+        dividing each micro-batch by its own count would weight its tokens unequally."""
+        n_out = self.model.tokens.n_output
+        total = None
+        for batch in batches:
+            seq, _ = self._sequences(self.split_prompts(batch)[0])
+            count = (seq[:, :, 1:] < n_out).float().sum(dim=(0, 2))
+            total = count if total is None else total + count
+        assert total is not None
+        self._step_share = self._global_share(total) / len(batches)
+
+    def _denominator(self, count: torch.Tensor) -> torch.Tensor:
+        """What this micro-batch's per-level losses are divided by (see `begin_step`)."""
+        if self._step_share is not None:
+            return self._step_share.to(count.device)
+        return self._global_share(count)
+
     def _global_share(self, count: torch.Tensor) -> torch.Tensor:
         """This process's share of the global batch's counted cells per level: the global
         count / processes (the local count on one process). Windows differ in length, so
@@ -331,7 +353,7 @@ class LMTask(Task):
                                        seeds=batch["seed"], train=True, prompt=prompt,
                                        prompt_valid=prompt_valid).to(device)
         with section("lm/forward"):
-            out = model.loss(seq, cond, denominator=self._global_share)
+            out = model.loss(seq, cond, denominator=self._denominator)
         updater.update("lm", out.loss)
         logs: dict[str, Any] = {"loss/lm": out.loss.detach()}
         if out.eos_count is not None:  # read by the eos_untrained health monitor
