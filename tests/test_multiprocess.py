@@ -256,6 +256,12 @@ def test_lm_sharded_over_two_processes_equals_one_and_resumes(tmp_path: Path) ->
     clipped = [r["clip_fraction/lm"] for r in rows if "clip_fraction/lm" in r]
     assert clipped == [1.0]  # the clip really acted
 
+    # validation's demo generation (prefill and decode gather the sharded weights) and
+    # prompts on some windows only (the prompt marker unused on some processes' steps)
+    _train(tmp_path / "demo", 2, 0, [*args, "train.fsdp=true", "train.max_steps=2",
+                                     "valid.demo_count=1", "valid.windows=0",
+                                     "prompt={frac: 0.5, seconds: 0.3}"])
+
     three = [*args, "train.fsdp=true", "train.max_steps=3", "train.keep_last=5"]
     _train(tmp_path / "full", 2, 0, three)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"),

@@ -83,16 +83,21 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and distributed()):
             return super().forward(x)
-        mean, var, n = global_moments(x, (0, 2))
+        if x.dim() != 3 or self.momentum is None or not self.track_running_stats:
+            raise NotImplementedError("GlobalBatchNorm1d over processes takes [B, C, T] "
+                                      "inputs, a momentum and running statistics")
+        # float32 statistics and normalisation, as batch norm computes them under autocast
+        xf = x.float()
+        mean, var, n = global_moments(xf, (0, 2))
         with torch.no_grad():  # the running estimates, as batch norm keeps them (unbiased)
-            m = 0.1 if self.momentum is None else self.momentum
+            m = self.momentum
             self.running_mean.mul_(1 - m).add_(mean.reshape(-1), alpha=m)
             self.running_var.mul_(1 - m).add_(var.reshape(-1) * (n / max(n - 1, 1)), alpha=m)
             self.num_batches_tracked.add_(1)
-        y = (x - mean) * torch.rsqrt(var + self.eps)
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
         if self.affine:
             y = y * self.weight[None, :, None] + self.bias[None, :, None]
-        return y
+        return y.to(x.dtype)
 
 
 __all__ = ["GlobalBatchNorm1d", "distributed", "global_moments", "rank", "world_size"]

@@ -6,7 +6,9 @@ one float scale per output row (symmetric, round to nearest: w ~ q * scale, |q| 
 quarter of float32's bytes. On CPU the product runs in PyTorch's int8-weight kernel
 (`torch._weight_int8pack_mm`) with bfloat16 activations, which reads the int8 weights
 directly; this kernel is ATen's own vectorised code, fast with or without native bf16
-(AVX2 or AVX-512). Elsewhere (GPU) the weight is dequantised to the input's dtype.
+(AVX2 or AVX-512). Elsewhere (GPU) the weight is dequantised to the input's dtype at
+every call, which saves memory but not bandwidth: there int8 is for fitting a model, not
+for speed.
 
 The error: a row's quantisation step is max|w| / 127, so each weight moves by at most half
 of it; with bf16 activations (8-bit mantissa) the logits of a random-init 512-wide LM move

@@ -11,7 +11,10 @@ Fallbacks, each with a logged reason: no C++ compiler on a CPU machine (inductor
 C++) trains eagerly; a graph that fails to compile runs eagerly (dynamo's suppress_errors)
 with PyTorch's own warning naming the error. The first steps include compilation: the
 engine logs the first step's time and the summary keeps it (`first_step_seconds`), beside
-the steady `steps_per_second`.
+the steady `steps_per_second`. `suppress_errors` is dynamo's process-wide switch: once
+a training run compiles, any later torch.compile in the same process falls back alike.
+A deep copy of a compiled network keeps calling the original's compiled forward (the
+engine and exports copy state dicts, not modules).
 """
 
 from __future__ import annotations

@@ -284,8 +284,9 @@ class Engine:
         if not units:
             raise SoundryError(f"train.fsdp: task '{self.recipe.task}' has no network that "
                                "can be sharded; set train.fsdp: false")
+        methods = self.task.fsdp_methods()
         for name, modules in units.items():
-            shard(self.networks[name], modules)
+            shard(self.networks[name], modules, methods.get(name, ()))
         if self.is_main:
             log.info("sharded %s over %d processes (FSDP)", ", ".join(units), self.world_size)
         return list(units)

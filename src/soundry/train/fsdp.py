@@ -13,14 +13,16 @@ What changes for a sharded network:
 - parameters and gradients are DTensors; the grad norm is summed over the shards
   (`local_sq_norm` + one all-reduce), clipping scales each local shard;
 - validation runs on every process (a forward pass gathers each unit's weights from all
-  processes), only the main process logs it;
+  processes; so do the methods the task names, an LM's `prefill` and `decode` for its demo
+  generations, which every process then runs alike); only the main process logs it;
 - checkpoints hold full (unsharded) weights and optimizer state, gathered to the main
   process (`full_state`), so they export and initialise other runs as any checkpoint does
   (`--resume` needs the same number of processes, for every run: each process's loader and
   RNG state is its own); the optimizer state is keyed by parameter name, not index;
 - EMA is not supported with sharding (a clear error).
 
-Works on CPU (gloo) as on GPUs (NCCL); on one process `train.fsdp` changes nothing.
+Works on CPU (gloo) as on GPUs (NCCL); on one process `train.fsdp` shards nothing (the
+config still refuses it beside `train.ema`).
 """
 
 from __future__ import annotations
@@ -38,16 +40,21 @@ def is_sharded(net: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in net.parameters())
 
 
-def shard(net: nn.Module, units: list[nn.Module], mixed_bf16: bool = False) -> None:
-    """Shard each module of `units`, then `net` itself (in place). `mixed_bf16`: gather
-    the weights for compute in bfloat16 (float32 master weights and gradient reduction)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+def shard(net: nn.Module, units: list[nn.Module], methods: tuple[str, ...] = ()) -> None:
+    """Shard each module of `units`, then `net` itself (in place). `methods`: other methods
+    of `net` that run its layers (an LM's `prefill` and `decode`), which then gather the
+    root's weights as `forward` does."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if mixed_bf16 else MixedPrecisionPolicy()
     for unit in units:
-        fully_shard(unit, mp_policy=policy)
-    fully_shard(net, mp_policy=policy)
+        fully_shard(unit)
+    fully_shard(net)
+    # a parameter only some processes use in a step (an LM's prompt marker, when only one
+    # process's share holds a prompted window) must still join the reduce-scatter as a
+    # zero gradient, or the processes reduce different tensors (DDP's unused parameters)
+    net.set_reduce_scatter_unused_params(True)
+    for name in methods:
+        register_fsdp_forward_method(net, name)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

@@ -199,6 +199,11 @@ class Task(ABC):
         a time). Empty: the task cannot be sharded."""
         return {}
 
+    def fsdp_methods(self) -> dict[str, tuple[str, ...]]:
+        """Methods other than `forward` that run a sharded network's layers (by network),
+        registered with FSDP so they gather its weights too."""
+        return {}
+
     def frozen_prefixes(self) -> list[str]:
         """Parameter-name prefixes ('generator.encoder') to freeze for fine-tuning.
 

@@ -270,6 +270,9 @@ class LMTask(Task):
     def fsdp_units(self) -> dict[str, list[nn.Module]]:
         return {"lm": list(self.model.transformer.blocks)}
 
+    def fsdp_methods(self) -> dict[str, tuple[str, ...]]:
+        return {"lm": ("prefill", "decode")}  # validation's demo generations
+
     # -- training --------------------------------------------------------------------------
 
     def _sequences(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:

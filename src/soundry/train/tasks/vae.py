@@ -92,7 +92,9 @@ class PriorFitConfig(WeightConfig):
     """The prior flow's NLL term: its weight, and how many recent latents it learns from.
 
     `queue`: the NLL is taken over this step's detached latents and those of the steps
-    before, up to `queue` sounds in all (each process queues its share of them), so the
+    before, up to `queue` sounds in all (each process queues ceil(queue / processes) of
+    its own: the same latents as one process when `queue` is a multiple of the global
+    batch and of the process count), so the
     prior's batch does not shrink with the data batch and one latent that lands where the
     prior has no mass moves it 1/queue as far (measured at batch 4: prior grad norms 1000x
     their median). The queue is not
