@@ -45,6 +45,8 @@ def main() -> None:
                    help="memory bandwidth for the bound (default: measured here, float32 "
                         "matrix-vector over 256 MB)")
     p.add_argument("--peer", default=None, help="path of hf_lm_generate.py to compare with")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoding step (compile time reported apart)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -79,6 +81,15 @@ def main() -> None:
                           if n.endswith(("qweight", "scale_bf16")))
     bandwidth = a.bandwidth_gbs or measure_bandwidth_gbs()
 
+    compile_s = None
+    if a.compile:
+        reason = model.compile_decode()
+        if reason:
+            raise SystemExit(f"--compile: {reason}")
+        start = time.perf_counter()
+        generate(model, None, batch=1, max_frames=a.steps, top_k=250, seed=0,
+                 min_frames=a.steps)  # compiles (for every cache length: dynamic)
+        compile_s = time.perf_counter() - start
     generate(model, None, batch=1, max_frames=8, top_k=250, seed=0)  # warm-up
     best = float("inf")
     for r in range(a.repeats):
@@ -98,6 +109,8 @@ def main() -> None:
             {
                 "impl": "soundry",
                 "precision": a.precision,
+                "compile": a.compile,
+                "first_run_s_with_compile": round(compile_s, 1) if compile_s else None,
                 "dim": a.dim,
                 "layers": a.layers,
                 "codebooks": a.codebooks,

@@ -233,3 +233,20 @@ def test_int8_logits_follow_float32_and_decoding_runs():
     assert out.codes.shape == ref.codes.shape and bool((out.lengths == 30).all())
     with pytest.raises(ValueError, match="inference"):
         make().train().quantize_int8()
+
+
+def test_compiled_decoding_step_follows_the_eager_one(monkeypatch):
+    """`compile_decode`: the compiled step (dynamic in the cache length) samples what the
+    eager step samples; without a C++ compiler it stays eager and says why."""
+    import copy
+    import shutil
+
+    model = make()
+    cond = conditioning(model)
+    ref = generate(model, cond, max_frames=12, top_k=1, seed=0, min_frames=12)
+    compiled = copy.deepcopy(model)
+    assert compiled.compile_decode() is None
+    out = generate(compiled, cond, max_frames=12, top_k=1, seed=0, min_frames=12)
+    assert torch.equal(out.seq, ref.seq)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "C++" in make().compile_decode()

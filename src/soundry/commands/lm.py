@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ def register(subparsers: Any) -> None:
     g.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
                    help="LM weights in bf16 halve the memory read per step; int8 "
                         "(weight-only, bf16 activations) quarters it")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoding step (faster steps after a one-off "
+                        "compilation; falls back to eager with a notice)")
     g.add_argument("--out", required=True, help="output .wav/.flac (numbered if --count > 1)")
     g.set_defaults(func=_generate)
 
@@ -87,6 +91,10 @@ def _generate(args: argparse.Namespace) -> int:
         model = model.to(torch.bfloat16)
     elif args.precision == "int8":
         model = model.eval().quantize_int8()
+    if args.compile:
+        reason = model.compile_decode()
+        if reason:
+            print(f"--compile: {reason}; decoding eagerly", file=sys.stderr)
     codec = open_recorded_codec(model.codec_record, base=Path(args.model))
     if codec.codebook_size != model.cfg.card:
         raise SoundryError(f"the recorded codec has {codec.codebook_size} codes per level; the "
