@@ -422,9 +422,9 @@ def test_compile_switch_compiles_the_step_and_matches_eager(tmp_path: Path) -> N
 def test_compile_without_a_cpu_compiler_trains_eagerly_with_a_reason(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import soundry.train.compiling as compiling
+    import shutil
 
-    monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with caplog.at_level("WARNING", logger="soundry.train"):
         _, summary = run_linear(tmp_path, [torch.randn(2, 8)], {"max_steps": 2,
                                                                  "compile": True})

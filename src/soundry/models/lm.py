@@ -46,6 +46,7 @@ from soundry.models.patterns import (
     SpecialTokens,
     build_pattern,
 )
+from soundry.nn.inductor import compiler_missing
 from soundry.nn.quant import quantize_linears
 from soundry.nn.transformer import KVCache, Transformer, TransformerConfig, project
 
@@ -347,11 +348,9 @@ class TokenLM(nn.Module):
         length, so one compilation serves every step). Returns None, or why it stayed
         eager (no C++ compiler for CPU kernels). The first generation pays the
         compilation (~10-25 s on a 2-core CPU for a 512-wide, 8-layer LM)."""
-        import shutil
-
-        device = next(self.parameters()).device
-        if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-            return "no C++ compiler found (inductor compiles CPU kernels from C++)"
+        reason = compiler_missing(next(self.parameters()).device)
+        if reason is not None:
+            return reason
         self.decode = torch.compile(self.decode, dynamic=True)  # type: ignore[method-assign]
         return None
 

@@ -20,19 +20,13 @@ engine and exports copy state dicts, not modules).
 from __future__ import annotations
 
 import logging
-import shutil
 from typing import Any
 
 import torch
 
+from soundry.nn.inductor import compiler_missing
+
 log = logging.getLogger("soundry.train")
-
-
-def compiler_missing(device: torch.device) -> str | None:
-    """Why compilation cannot run here, or None."""
-    if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-        return "no C++ compiler found (inductor compiles CPU kernels from C++)"
-    return None
 
 
 def compile_task(task: Any, device: torch.device) -> list[str]:
