@@ -402,9 +402,12 @@ def test_fp16_scales_the_loss_and_skips_overflows_without_stopping(tmp_path: Pat
     assert saved["scaler"]["scale"] == scale[-1]
 
 
-def test_compile_switch_compiles_the_step_and_matches_eager(tmp_path: Path) -> None:
+def test_compile_switch_compiles_the_step_and_matches_eager(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """train.compile: the network's forward runs compiled (inductor, static shapes), the
     weights follow the eager run's, and the summary keeps the first step's time."""
+    # kernels of this test alone (the shared cache does not key on ATEN_CPU_CAPABILITY)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(4, 8, generator=g) for _ in range(2)]
     torch.manual_seed(0)  # the same initial weights for both

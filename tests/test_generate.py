@@ -235,11 +235,15 @@ def test_int8_logits_follow_float32_and_decoding_runs():
         make().train().quantize_int8()
 
 
-def test_compiled_decoding_step_follows_the_eager_one(monkeypatch):
+def test_compiled_decoding_step_follows_the_eager_one(monkeypatch, tmp_path):
     """`compile_decode`: the compiled step (dynamic in the cache length) samples what the
     eager step samples; without a C++ compiler it stays eager and says why."""
     import copy
     import shutil
+
+    # kernels of this test alone: inductor's shared cache does not key on
+    # ATEN_CPU_CAPABILITY, so kernels built under another CPU setting would be reused
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
 
     model = make()
     cond = conditioning(model)
