@@ -246,7 +246,7 @@ def test_recipe_rejects_unknown_phase_loss_and_rate_mismatch() -> None:
         _task("data.sample_rate=24000")
     with pytest.raises(ConfigError, match="too short for the largest STFT window"):
         _task("data.segment_seconds=0.005")
-    with pytest.raises(ConfigError, match="no 'steps' but is not the last"):
+    with pytest.raises(ConfigError, match="neither .steps. nor .until. but is not the last"):
         _task("schedule.phases=[{name: a}, {name: b}]")
 
 

@@ -18,6 +18,7 @@ from soundry.train import engine as engine_mod
 from soundry.train.budget import TrainClock
 from soundry.train.config import CosineSchedule
 from soundry.train.engine import Engine
+from soundry.train.gan_schedule import GanScheduleConfig, PhaseTimer
 from soundry.train.logging import read_metrics
 from soundry.train.optim import ScheduledLR
 from soundry.train.task import OptimizerSpec, TaskContext, Validation
@@ -150,3 +151,84 @@ def test_clock_points_fire_once_and_restore_from_the_time() -> None:
     other.add(100.0)
     assert other.exhausted() and other.fraction() == 1.0
     assert not TrainClock().active and TrainClock().fraction() == 0.0
+
+
+# ----------------------------------------------------------------------------- timed phases
+
+PHASES = {"phases": [{"name": "warmup", "until": 0.5, "discriminator": False,
+                      "adversarial": False}, {"name": "gan", "ramp_steps": 2}]}
+
+
+class PhasedTask(TimedTask):
+    """Records the GAN schedule's phase of every step (a phase that lasts `until` half the
+    run); the schedule's resolved boundaries travel in the checkpoints' extra state."""
+
+    def __init__(self, recipe: Any, fake: FakeTime) -> None:
+        super().__init__(recipe, fake)
+        from soundry.train.gan import GanStep
+
+        self.gan = GanStep(torch.nn.Identity(), GanScheduleConfig(**PHASES), ctx=self.ctx)
+        self.seen: dict[int, str] = {}
+
+    def train_step(self, batch: torch.Tensor, step: int, updater: Any) -> dict[str, Any]:
+        self.seen[step] = self.gan.plan(step, {}).phase.name
+        return super().train_step(batch, step, updater)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"gan": self.gan.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.gan.load_state_dict(state.get("gan") or {})
+
+
+def test_a_phase_lasts_until_a_fraction_of_the_budget(tmp_path: Path, fake_time) -> None:
+    recipe = toy_recipe({"max_steps": 100, "log_every": 1, "budget_minutes": 1.0})
+    task = PhasedTask(recipe, fake_time)
+    Engine(task, recipe, tmp_path / "run").fit()
+    # step k runs with (k - 1) x 10 s of the 60 s spent: half the budget is reached at step 4
+    assert task.seen == {1: "warmup", 2: "warmup", 3: "warmup", 4: "gan", 5: "gan", 6: "gan"}
+    assert task.gan.timer.boundaries() == [(0, "warmup"), (3, "gan")]
+    assert task.gan.plan(5, {"adversarial": 1.0}).weights["adversarial"] == 1.0  # ramp done
+    assert task.gan.plan(4, {"adversarial": 1.0}).weights["adversarial"] == 0.5
+
+
+def test_a_resumed_run_keeps_its_resolved_phase_boundary(tmp_path: Path, fake_time) -> None:
+    first = toy_recipe({"max_steps": 5, "log_every": 1, "budget_minutes": 1.0,
+                        "checkpoint_every": 5})
+    Engine(PhasedTask(first, fake_time), first, tmp_path / "run").fit()
+    # resumed with twice the budget: progress at step 6 is 50 s of 120 s, below the
+    # phase's 0.5, yet the boundary already passed at step 4 stays where it was
+    longer = toy_recipe({"max_steps": 100, "log_every": 1, "budget_minutes": 2.0})
+    task = PhasedTask(longer, fake_time)
+    Engine(task, longer, tmp_path / "run", resume=True).fit()
+    assert set(task.seen.values()) == {"gan"} and min(task.seen) == 6
+
+
+def test_phase_timer_without_a_budget_uses_max_steps_and_answers_consistently() -> None:
+    schedule = GanScheduleConfig(**PHASES)
+    static = PhaseTimer(schedule, None, max_steps=10)
+    assert [static.phase_at(s).name for s in (0, 4, 5, 9)] == ["warmup"] * 2 + ["gan"] * 2
+    # no budget and no step count: the timed phase never ends
+    assert PhaseTimer(schedule).phase_at(10 ** 6).name == "warmup"
+    progress = {"value": 0.0}
+    timer = PhaseTimer(schedule, lambda: progress["value"])
+    assert timer.phase_at(7).name == "warmup"
+    progress["value"] = 0.6
+    assert timer.phase_at(8).name == "gan"
+    progress["value"] = 0.0  # once resolved, the boundary no longer depends on progress
+    assert [timer.phase_at(s).name for s in (7, 8, 20)] == ["warmup", "gan", "gan"]
+    restored = PhaseTimer(schedule)
+    restored.load_state_dict(timer.state_dict())
+    assert restored.boundaries() == timer.boundaries() == [(0, "warmup"), (8, "gan")]
+
+
+def test_timed_phase_config_errors() -> None:
+    with pytest.raises(ValueError, match="both 'steps' and 'until'"):
+        GanScheduleConfig(phases=[{"name": "a", "steps": 3, "until": 0.5}, {"name": "b"}])
+    with pytest.raises(ValueError, match="must increase"):
+        GanScheduleConfig(phases=[{"name": "a", "until": 0.6}, {"name": "b", "until": 0.3},
+                                  {"name": "c"}])
+    with pytest.raises(ValueError, match="neither 'steps' nor 'until'"):
+        GanScheduleConfig(phases=[{"name": "a"}, {"name": "b"}])
+    with pytest.raises(ValueError):
+        GanScheduleConfig(phases=[{"name": "a", "until": 1.5}, {"name": "b"}])

@@ -230,6 +230,8 @@ class Engine:
         self.last_checkpoint: Path | None = None
         self._health_state: dict[str, Any] | None = None
         self.clock = TrainClock(cfg.budget_minutes, cfg.valid_at_minutes)
+        if cfg.budget_minutes is not None:  # time-defined schedule phases read the budget
+            ctx.progress = self.clock.fraction
 
         # per-process randomness for training (dropout, ...) differs between processes
         seed_everything(derive_seed(recipe.seed, 1, self.rank))

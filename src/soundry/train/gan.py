@@ -51,9 +51,9 @@ from soundry.losses.adversarial import (
 from soundry.losses.terms import ADVERSARIAL_TERMS, LossTerms
 from soundry.nn.disc_output import DiscOutput, split_outputs
 from soundry.nn.keyed_random import item_uniforms
-from soundry.train.gan_schedule import GanScheduleConfig, PhaseConfig
+from soundry.train.gan_schedule import GanScheduleConfig, PhaseConfig, PhaseTimer
 from soundry.train.sections import section
-from soundry.train.task import Updater, frozen
+from soundry.train.task import TaskContext, Updater, frozen
 
 Signal = torch.Tensor | SpectrogramCache
 
@@ -85,6 +85,9 @@ class GanStep:
 
     `discriminator`: the network behind the optimizer named `disc_optimizer`; the generator's
     optimizer is `gen_optimizer`. `kind`: the adversarial objective (lsgan or hinge).
+    `ctx`: the task's context, whose `progress` and `max_steps` place phases that last
+    `until` a fraction of the run; their resolved steps are in `state_dict()`, which the
+    task puts in its checkpoints' extra state.
     """
 
     terms = ADVERSARIAL_TERMS
@@ -98,9 +101,12 @@ class GanStep:
         disc_optimizer: str = "discriminator",
         sample_rate: int | None = None,
         seed: int = 0,
+        ctx: TaskContext | None = None,
     ) -> None:
         self.discriminator = discriminator
         self.schedule = schedule
+        self.ctx = ctx
+        self.timer = PhaseTimer(schedule)
         self.kind = kind
         self.gen_optimizer = gen_optimizer
         self.disc_optimizer = disc_optimizer
@@ -111,14 +117,23 @@ class GanStep:
     def plan(self, step: int, weights: Mapping[str, float]) -> GanPlan:
         """The plan of the engine's (1-based) `step`, from the recipe's loss `weights`."""
         # The engine numbers optimizer steps from 1; schedules count from 0.
-        phase = self.schedule.phase_at(step - 1)
+        if self.ctx is not None:  # read each time: the engine fills the context late
+            self.timer.progress, self.timer.max_steps = self.ctx.progress, self.ctx.max_steps
+        phase = self.timer.phase_at(step - 1)
         current = dict(weights)
         current.update(phase.weights)
-        ramp = self.schedule.ramp(step - 1)
+        ramp = self.timer.ramp(step - 1)
         for name in self.terms.names:
             if name in current:
                 current[name] *= ramp
         return GanPlan(phase, current, step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The phase boundaries resolved so far (JSON-serialisable)."""
+        return self.timer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.timer.load_state_dict(state)
 
     def windows(self, real: SpectrogramCache, fake: SpectrogramCache, step: int,
                 item_ids: torch.Tensor | None = None

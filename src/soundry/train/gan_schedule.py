@@ -13,6 +13,19 @@ overrides. The usual codec recipe is::
 
 and an "adversarial-only" fine-tuning phase is just `weights: {mel: 0}`.
 
+A phase may instead last `until` a fraction of the run is spent: of `train.budget_minutes`
+of training time when the run has a budget, else of `train.max_steps`. A budgeted recipe
+then keeps its shape on a CPU twice as slow (the warm-up still ends at, say, 70% of the
+hour, not after a step count that machine never reaches)::
+
+    schedule:
+      phases:
+        - {name: warmup, until: 0.7, discriminator: false, adversarial: false}
+        - {name: gan, ramp_steps: 100}
+
+A time-defined boundary becomes a step the first time the run's progress reaches it
+(`PhaseTimer`); the step is kept in checkpoints, so a resumed run keeps its phases.
+
 `discriminator_seconds` makes every discriminator pass cheaper on long items: the
 discriminators score one random window of that length of each (real, generated) pair, the
 same window of both, so feature matching compares like with like; the reconstruction losses
@@ -30,6 +43,10 @@ and tasks pass `step - 1`.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any
+
 from pydantic import Field, model_validator
 
 from soundry.config import Strict
@@ -40,6 +57,8 @@ class PhaseConfig(Strict):
 
     name: str = "gan"
     steps: int | None = Field(None, ge=1)
+    # instead of `steps`: the phase ends once this fraction of the run is spent (0..1]
+    until: float | None = Field(None, gt=0.0, le=1.0)
     generator: bool = True
     discriminator: bool = True
     adversarial: bool = True
@@ -50,11 +69,18 @@ class PhaseConfig(Strict):
     def _check(self) -> PhaseConfig:
         if not (self.generator or self.discriminator):
             raise ValueError(f"phase '{self.name}' trains neither generator nor discriminator")
+        if self.steps is not None and self.until is not None:
+            raise ValueError(f"phase '{self.name}' sets both 'steps' and 'until': keep one")
         return self
+
+    @property
+    def open_ended(self) -> bool:
+        return self.steps is None and self.until is None
 
 
 class GanScheduleConfig(Strict):
-    """Ordered phases; only the last phase may leave `steps` unset (runs to the end)."""
+    """Ordered phases; only the last phase may leave both `steps` and `until` unset (it runs
+    to the end)."""
 
     phases: list[PhaseConfig] = Field(default_factory=lambda: [PhaseConfig()])
     discriminator_seconds: float | None = Field(None, gt=0)
@@ -70,25 +96,89 @@ class GanScheduleConfig(Strict):
         if not self.phases:
             raise ValueError("schedule needs at least one phase")
         for phase in self.phases[:-1]:
-            if phase.steps is None:
+            if phase.open_ended:
                 raise ValueError(
-                    f"phase '{phase.name}' has no 'steps' but is not the last phase"
+                    f"phase '{phase.name}' has neither 'steps' nor 'until' but is not the "
+                    "last phase"
                 )
+        untils = [p.until for p in self.phases if p.until is not None]
+        if untils != sorted(untils):
+            raise ValueError(f"phase 'until' points must increase, got {untils}")
         return self
 
+    @property
+    def timed(self) -> bool:
+        """Whether some phase ends at a fraction of the run (`until`)."""
+        return any(p.until is not None for p in self.phases)
+
     def phase_at(self, step: int) -> PhaseConfig:
-        """The phase that step `step` (0-based) belongs to; after the end, the last phase."""
-        return self.position(step)[0]
+        """The phase that step `step` (0-based) belongs to; after the end, the last phase.
+        Phases with `until` need a `PhaseTimer`; here they are taken as never ending."""
+        return PhaseTimer(self).position(step)[0]
+
+    def position(self, step: int) -> tuple[PhaseConfig, int]:
+        """(phase, steps since the phase began) of 0-based `step` (see `phase_at`)."""
+        return PhaseTimer(self).position(step)
+
+    def ramp(self, step: int) -> float:
+        """The adversarial ramp factor in [0, 1] at 0-based `step` (1 without a ramp)."""
+        return PhaseTimer(self).ramp(step)
+
+    def boundaries(self) -> list[tuple[int, str]]:
+        """(first step, phase name) of each phase (see `phase_at`)."""
+        return PhaseTimer(self).boundaries()
+
+
+class PhaseTimer:
+    """A schedule's phases as step ranges, resolving `until` boundaries as the run goes.
+
+    `progress()` is the fraction of the run spent so far (0..1; the engine's training clock
+    over the budget, the same on every process), read when a step's phase is asked for. A
+    phase with `until: u` ends at the first step asked for once progress >= u, and that step
+    is kept (`state_dict`), so later questions about any step get the same answer. Without
+    `progress` (no budget), `until: u` ends at step ceil(u * max_steps) when `max_steps` is
+    known, and never otherwise.
+    """
+
+    def __init__(self, schedule: GanScheduleConfig, progress: Callable[[], float] | None = None,
+                 max_steps: int | None = None) -> None:
+        self.schedule = schedule
+        self.progress = progress
+        self.max_steps = max_steps
+        self.ends: dict[int, int] = {}  # phase index -> first step after it (0-based)
+
+    def _end(self, index: int, start: int, step: int) -> int | None:
+        """The first step after phase `index` (starting at `start`), resolving an `until`
+        boundary from the progress at `step` when it is due; None while it is not known."""
+        phase = self.schedule.phases[index]
+        if phase.steps is not None:
+            return start + phase.steps
+        if phase.until is None:
+            return None
+        if index in self.ends:
+            return max(start, self.ends[index])
+        if self.progress is None:
+            if self.max_steps is None:
+                return None
+            return max(start, math.ceil(phase.until * self.max_steps))
+        if step >= start and self.progress() >= phase.until:
+            self.ends[index] = step
+            return step
+        return None
 
     def position(self, step: int) -> tuple[PhaseConfig, int]:
         """(phase, steps since the phase began) of 0-based `step`."""
         start = 0
-        for phase in self.phases:
-            if phase.steps is None or step < start + phase.steps:
+        phases = self.schedule.phases
+        for index, phase in enumerate(phases):
+            end = self._end(index, start, step)
+            if end is None or step < end or index == len(phases) - 1:
                 return phase, step - start
-            start += phase.steps
-        last = self.phases[-1]
-        return last, step - (start - (last.steps or 0))
+            start = end
+        raise AssertionError("unreachable: the last phase always returns")
+
+    def phase_at(self, step: int) -> PhaseConfig:
+        return self.position(step)[0]
 
     def ramp(self, step: int) -> float:
         """The adversarial ramp factor in [0, 1] at 0-based `step` (1 without a ramp)."""
@@ -98,9 +188,18 @@ class GanScheduleConfig(Strict):
         return min(1.0, (offset + 1) / phase.ramp_steps)
 
     def boundaries(self) -> list[tuple[int, str]]:
-        """(first step, phase name) of each phase."""
+        """(first step, phase name) of each phase whose start is known."""
         out, start = [], 0
-        for phase in self.phases:
+        for index, phase in enumerate(self.schedule.phases):
             out.append((start, phase.name))
-            start += phase.steps or 0
+            end = self._end(index, start, -1)  # -1: resolve nothing new
+            if end is None:
+                break
+            start = end
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ends": {str(k): v for k, v in self.ends.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ends = {int(k): int(v) for k, v in (state.get("ends") or {}).items()}

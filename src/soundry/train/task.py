@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,6 +119,9 @@ class TaskContext:
     world_size: int = 1
     seed: int = 0
     max_steps: int | None = None
+    # the fraction of the run's training budget spent, 0..1, the same on every process
+    # (None: the run has no train.budget_minutes); read by time-defined schedule phases
+    progress: Callable[[], float] | None = None
 
 
 class Task(ABC):

@@ -179,7 +179,7 @@ class CodecTask(Task):
         self.generator.quantizer.seed = recipe.seed
         self.gan = GanStep(self.discriminator, recipe.schedule, recipe.losses.adversarial.type,
                            sample_rate=recipe.model.sample_rate,
-                           seed=recipe.seed)
+                           seed=recipe.seed, ctx=ctx)
         self._losses: Any = None  # built on first use, on the training device
         self._valid_items: list[tuple[str, np.ndarray]] | None = None
         self._baselines_done = False
@@ -207,6 +207,13 @@ class CodecTask(Task):
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
         )
+
+    def extra_state(self) -> dict[str, Any]:
+        """The GAN schedule's resolved phase boundaries (phases that last `until`)."""
+        return {"gan": self.gan.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.gan.load_state_dict(state.get("gan") or {})
 
     def ema_networks(self) -> list[str]:
         return ["generator"]

@@ -321,7 +321,8 @@ class ToyTask(Task):
             updater.update("generator", recon)
             return {"loss/recon": recon.detach()}
         if self.gan is None:
-            self.gan = GanStep(self.nets["discriminator"], self.recipe.schedule, "lsgan")
+            self.gan = GanStep(self.nets["discriminator"], self.recipe.schedule, "lsgan",
+                               ctx=self.ctx)
         plan = self.gan.plan(step, self.recipe.weights())
         if plan.generator:
             out = gen(noisy)

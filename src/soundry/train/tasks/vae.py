@@ -199,7 +199,7 @@ class VAETask(Task):
                                                      recipe.model.sample_rate)
         self.gan = GanStep(self.discriminator, recipe.schedule, recipe.losses.adversarial.type,
                            sample_rate=recipe.model.sample_rate,
-                           seed=recipe.seed)
+                           seed=recipe.seed, ctx=ctx)
         self._losses: tuple[MelLoss, MultiResolutionSTFTLoss] | None = None
         self._valid: list[tuple[str, np.ndarray]] | None = None
         self._reference: tuple[np.ndarray, list[torch.Tensor]] | None = None
@@ -231,6 +231,13 @@ class VAETask(Task):
         return build_train_loader(self.recipe.data, seed=self.recipe.seed, hop=1,
                                   overfit=self.ctx.overfit, rank=self.ctx.rank,
                                   world_size=self.ctx.world_size)
+
+    def extra_state(self) -> dict[str, Any]:
+        """The GAN schedule's resolved phase boundaries (phases that last `until`)."""
+        return {"gan": self.gan.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.gan.load_state_dict(state.get("gan") or {})
 
     def ema_networks(self) -> list[str]:
         return ["generator"]
