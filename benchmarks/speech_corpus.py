@@ -54,8 +54,9 @@ TEST_VOICES = [
 
 # Two disjoint vocabularies: test sentences share no content word with training ones.
 TRAIN_WORDS = {
-    "subject": ["the old clock", "a quiet river", "my neighbour", "the red train", "this small lamp",
-                "our new teacher", "a distant bell", "the paper boat", "the young farmer",
+    "subject": ["the old clock", "a quiet river", "my neighbour", "the red train",
+                "this small lamp", "our new teacher", "a distant bell", "the paper boat",
+                "the young farmer",
                 "a hungry fox", "the city council", "my little sister", "the night nurse",
                 "an angry driver", "the garden gate", "a famous painter"],
     "verb": ["carried", "followed", "remembered", "painted", "heard", "opened", "measured",
@@ -71,8 +72,9 @@ TRAIN_WORDS = {
     "question": ["Is it true that", "Did you know that", "Who told you that"],
 }
 TEST_WORDS = {
-    "subject": ["the tired musician", "a clever student", "the baker downstairs", "my cousin Rachel",
-                "the harbour master", "a curious child", "the museum guard", "our postman"],
+    "subject": ["the tired musician", "a clever student", "the baker downstairs",
+                "my cousin Rachel", "the harbour master", "a curious child", "the museum guard",
+                "our postman"],
     "verb": ["delivered", "discovered", "polished", "translated", "forgot", "weighed",
              "photographed", "sketched"],
     "object": ["a golden trumpet", "thirty purple candles", "the frozen lake", "an ancient coin",
@@ -157,7 +159,8 @@ def build(out: Path, train_minutes: float, n_dev: int, n_test: int, sample_rate:
     # ~3 s a sentence: draw enough distinct training sentences for the minutes asked
     train_texts = sentences(TRAIN_WORDS, int(train_minutes * 60 / 2.0) + 50, seed=0)
     held_texts = sentences(TEST_WORDS, n_dev + n_test, seed=1)
-    write_split(out / "train", train_texts, TRAIN_VOICES, sample_rate, seed=10, minutes=train_minutes)
+    write_split(out / "train", train_texts, TRAIN_VOICES, sample_rate, seed=10,
+                minutes=train_minutes)
     write_split(out / "dev", held_texts[:n_dev], TRAIN_VOICES, sample_rate, seed=11)
     write_split(out / "test", held_texts[n_dev:], TEST_VOICES, sample_rate, seed=12)
 

@@ -59,7 +59,9 @@ def register(sub: Any) -> None:
         "provenance, curves, validation metrics, spectrograms and audio; for several runs a "
         "config diff, overlaid curves, metrics at matched steps and the same clips side by "
         "side. Media are embedded when they total at most 20 MB, else copied into "
-        "<report>_media/ beside the HTML (--media to choose).",
+        "<report>_media/ beside the HTML (--media to choose). An Evaluation section shows "
+        "`soundry eval` summaries given with --eval and any RUN/eval/summary.json or "
+        "RUN/eval/*/summary.json.",
     )
     r.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folder(s)")
     r.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write")
@@ -73,6 +75,16 @@ def register(sub: Any) -> None:
         "--listen-steps", type=int, default=4, help="validation steps with audio players"
     )
     r.add_argument("--max-clips", type=int, default=6, help="validation clips per step")
+    r.add_argument(
+        "--eval",
+        dest="evals",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a `soundry eval --out` folder (its summary.json) to show in the Evaluation "
+        "section; repeatable",
+    )
     r.set_defaults(func=run_report_command)
 
 
@@ -120,6 +132,7 @@ def run_report_command(args: argparse.Namespace) -> int:
         media=args.media,
         listen_steps=args.listen_steps,
         max_clips=args.max_clips,
+        evals=args.evals or [],
     )
     console = Console()
     what = "comparison of " + ", ".join(result.runs) if len(result.runs) > 1 else result.runs[0]

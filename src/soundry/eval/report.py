@@ -10,6 +10,10 @@ values differ), the same curves overlaid on shared axes (one colour and dash per
 validation metrics side by side at the steps all runs validated, and the same validation
 clip from every run next to each other for listening.
 
+Either kind gets an Evaluation section when there are `soundry eval` summaries: those passed
+with `evals` (`--eval DIR`) and any RUN/eval/summary.json or RUN/eval/*/summary.json (see
+`soundry.eval.report_assets.page_eval`).
+
 The page needs no network: charts are inline SVG drawn here, CSS and the small script are
 inline, a Content-Security-Policy forbids remote loads, and media are embedded or copied
 into a folder beside the HTML (see `soundry.eval.report_assets.media` for the rule).
@@ -28,6 +32,12 @@ from soundry.errors import SoundryError
 from soundry.eval.report_assets.keys import pick_evenly  # noqa: F401  (public API)
 from soundry.eval.report_assets.media import MediaStore
 from soundry.eval.report_assets.page_curves import CurveSections
+from soundry.eval.report_assets.page_eval import (
+    EvalSections,
+    EvalSummary,
+    discover_evals,
+    read_eval,
+)
 from soundry.eval.report_assets.page_overview import OverviewSections
 from soundry.eval.report_assets.page_tables import TableSections
 from soundry.eval.report_assets.runs import Run, assign_labels, load_run
@@ -60,9 +70,12 @@ def build_report(
     media: str = "auto",
     listen_steps: int = 4,
     max_clips: int = 6,
+    evals: Sequence[str | Path] = (),
 ) -> Path:
     """Write the report for `runs` to `out` and return its path (see `write_report`)."""
-    return write_report(runs, out, media=media, listen_steps=listen_steps, max_clips=max_clips).path
+    return write_report(
+        runs, out, media=media, listen_steps=listen_steps, max_clips=max_clips, evals=evals
+    ).path
 
 
 def write_report(
@@ -72,25 +85,31 @@ def write_report(
     media: str = "auto",
     listen_steps: int = 4,
     max_clips: int = 6,
+    evals: Sequence[str | Path] = (),
 ) -> ReportResult:
     """Write one HTML report for one run (a run report) or several (a comparison).
 
     media: "auto" | "embed" | "folder" (see `report_assets.media`).
     listen_steps: how many validation steps get audio players (spread evenly, last included).
     max_clips: at most this many validation clips per step.
+    evals: `soundry eval` output folders (or their summary.json) for the Evaluation section,
+      besides those found in the runs' eval/ folders; a missing or unreadable one raises a
+      DataError.
     """
     if not runs:
         raise SoundryError("give at least one run directory")
     if listen_steps < 1 or max_clips < 1:
         raise SoundryError("--listen-steps and --max-clips must be at least 1")
+    given = [read_eval(p) for p in evals]  # a bad --eval fails before any work
     loaded = [load_run(r) for r in runs]
     assign_labels(loaded)
+    summaries = _collect_evals(loaded, given)
     out_path = Path(out)
     if out_path.suffix.lower() not in (".html", ".htm"):
         out_path = out_path / "report.html" if out_path.is_dir() else out_path.with_suffix(".html")
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
-    page = _Page(loaded, MediaStore(), listen_steps, max_clips)
+    page = _Page(loaded, MediaStore(), listen_steps, max_clips, summaries)
     html = page.render()
     html, mode, folder = page.store.finalize(html, out_path, media)
     html = html.replace(
@@ -117,12 +136,32 @@ def write_report(
     )
 
 
+def _collect_evals(runs: list[Run], given: list[EvalSummary]) -> list[EvalSummary]:
+    """The summaries found in the runs' eval/ folders, then the given ones; each file once."""
+    found: list[EvalSummary] = []
+    seen: set[Path] = set()
+    for ev in [s for r in runs for s in discover_evals(r)] + given:
+        key = ev.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append(ev)
+    return found
+
+
 # ----------------------------------------------------------------------------- the page
 
 
-class _Page(OverviewSections, CurveSections, TableSections):
-    def __init__(self, runs: list[Run], store: MediaStore, listen_steps: int, max_clips: int):
+class _Page(OverviewSections, CurveSections, TableSections, EvalSections):
+    def __init__(
+        self,
+        runs: list[Run],
+        store: MediaStore,
+        listen_steps: int,
+        max_clips: int,
+        evals: Sequence[EvalSummary] = (),
+    ):
         self.runs = runs
+        self.evals = list(evals)
         self.store = store
         self.listen_steps = listen_steps
         self.max_clips = max_clips
@@ -156,6 +195,9 @@ class _Page(OverviewSections, CurveSections, TableSections):
         versus = self._versus_input()
         if versus:
             sections.insert(4, ("versus-input", "Output against the input", versus))
+        evaluation = self._evaluation()
+        if evaluation:  # after the in-run validation metrics, before listening
+            sections.insert(len(sections) - 1, ("evaluation", "Evaluation", evaluation))
         toc = "".join(f'<li><a href="#{sid}">{escape(name)}</a></li>' for sid, name, _ in sections)
         body = "".join(
             f'<section id="{sid}" aria-labelledby="{sid}-h"><h2 id="{sid}-h">{escape(name)}</h2>'

@@ -114,6 +114,7 @@ th, td {
 thead th { background: var(--code); font-weight: 600; position: sticky; top: 0; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.best { background: var(--good); color: var(--good-fg); font-weight: 600; }
+td small.ci { display: block; font-weight: 400; opacity: .75; white-space: nowrap; }
 tr.baseline th, tr.baseline td { font-style: italic; border-top: 2px solid var(--line, #999); }
 tr.diff td { background: var(--diff); }
 td code, th code, .kv code {
