@@ -94,6 +94,8 @@ def one_run(name: str, overrides: list[str], seed: int, args: argparse.Namespace
         "cpu_s": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 1),
         "bitrate_kbps": (summary.get("valid") or {}).get("valid/bitrate_kbps"),
     }
+    if rc != 0:
+        return {**row, "error": log.read_text()[-600:]}
     if sh([*SOUNDRY, "export", str(work / "run"), str(work / "model")], log) != 0:
         return {**row, "error": "export failed"}
     row["exported"] = json.loads((work / "run" / "checkpoints" / "index.json").read_text())
@@ -108,6 +110,19 @@ def one_run(name: str, overrides: list[str], seed: int, args: argparse.Namespace
              if '"valid"' in x]
     row["curve"] = [(v.get("valid/train_minutes"), v.get("step"), v.get("valid/mel_distance"))
                     for v in valid if v.get("kind") == "valid"]
+    if args.every_checkpoint:  # the test-set figures at each kept checkpoint (time points)
+        minutes = {step: m for m, step, _ in row["curve"]}
+        row["points"] = []
+        for ckpt in sorted((work / "run" / "checkpoints").glob("step_*")):
+            step = int(ckpt.name.split("_")[1])
+            out = work / "points" / ckpt.name
+            if sh([*SOUNDRY, "export", str(work / "run"), str(out / "model"), "--checkpoint",
+                   str(step)], log) != 0:
+                continue
+            sh([*SOUNDRY, "eval", str(out / "model"), str(args.data / "test"), "--out",
+                str(out / "eval"), "--bootstrap", "200"], log)
+            model = means(out / "eval" / "summary.json").get("model", {})
+            row["points"].append({"step": step, "train_minutes": minutes.get(step), **model})
     return row
 
 
@@ -122,8 +137,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--jobs", type=int, default=1, help="runs at once")
     p.add_argument("--seeds", default="0")
+    p.add_argument("--every-checkpoint", action="store_true",
+                   help="also export and evaluate every kept checkpoint (the time points)")
     p.add_argument("--variant", action="append", default=[],
-                   help="NAME='k=v k=v': recipe overrides of one ablation (repeatable)")
+                   help="NAME='k=v k=v': recipe overrides of one ablation, split like a shell line "
+                        "(quote a value with spaces); repeatable")
     args = p.parse_args()
     make_data(args.data)
     variants = [(v.split("=", 1)[0], shlex.split(v.split("=", 1)[1])) for v in args.variant] \

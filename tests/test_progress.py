@@ -62,6 +62,31 @@ def test_rate_and_eta_follow_the_last_interval_and_a_resumed_start() -> None:
     ]
 
 
+def test_a_budgeted_run_shows_the_budget_and_the_nearer_end() -> None:
+    out, clock = io.StringIO(), Clock()
+    spent = {"minutes": 0.0}
+    progress = Progress(1_000_000, 0, True, stream=out, clock=clock, budget_minutes=60.0,
+                        spent_minutes=lambda: spent["minutes"])
+    clock.now += 50.0
+    spent["minutes"] = 5.0  # training time; the step count's end is days away
+    progress.update(100, {"loss/g": 2.0})
+    # a max_steps that comes before the budget's end decides the ETA
+    near = Progress(120, 0, True, stream=out, clock=clock, budget_minutes=60.0,
+                    spent_minutes=lambda: spent["minutes"])
+    clock.now += 10.0
+    near.update(100, {"loss/g": 2.0})
+    assert out.getvalue().splitlines() == [
+        "step 100  2 it/s  5.0/60 min  ETA 0:55:00  loss/g 2",
+        "step 100  10 it/s  5.0/60 min  ETA 0:00:02  loss/g 2",
+    ]
+    tty = FakeTTY()
+    bar = Progress(1_000_000, 0, True, stream=tty, budget_minutes=60.0,
+                   spent_minutes=lambda: spent["minutes"])
+    bar.update(1, {"loss/g": 1.0})
+    bar.close()
+    assert "5.0/60 min" in tty.getvalue() and "/1000000" not in tty.getvalue()
+
+
 def test_terminal_gets_the_bar_and_disabled_writes_nothing() -> None:
     tty = FakeTTY()
     bar = Progress(10, 0, True, stream=tty)

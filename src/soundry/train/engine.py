@@ -487,7 +487,9 @@ class Engine:
     def _fit(self) -> dict[str, Any]:
         self._setup()
         cfg = self.cfg
-        self.progress = Progress(cfg.max_steps, self.step, cfg.progress and self.is_main)
+        self.progress = Progress(cfg.max_steps, self.step, cfg.progress and self.is_main,
+                                 budget_minutes=cfg.budget_minutes,
+                                 spent_minutes=lambda: self.clock.minutes)
         status = "completed"
         try:
             if cfg.valid_at_start and self.step == 0:

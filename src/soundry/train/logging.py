@@ -239,6 +239,13 @@ class Progress:
 
     `stream` is where it writes (default: sys.stdout at construction); `interactive`
     None decides by `stream.isatty()`. `clock` times the plain lines' rate and ETA.
+
+    A run with a training-time budget passes `budget_minutes` and `spent_minutes` (the
+    training clock): the ETA is then the nearer of the step count's end and the budget's
+    (training time; validations come on top), and the line says how much of the budget is
+    spent::
+
+        step 600  2.1 it/s  4.9/60 min  ETA 0:55:06  loss/g 43.99  loss/mel 2.932
     """
 
     REFRESH_SECONDS = 0.5
@@ -246,12 +253,16 @@ class Progress:
 
     def __init__(self, total: int, start: int, enabled: bool, stream: Any = None,
                  interactive: bool | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 budget_minutes: float | None = None,
+                 spent_minutes: Callable[[], float] | None = None) -> None:
         self._progress: Any = None
         self._stream: Any = None
         self._last_refresh = 0.0
         self._clock = clock
         self.total = int(total)
+        self.budget_minutes = budget_minutes if spent_minutes is not None else None
+        self._spent = spent_minutes
         if not enabled:
             return
         stream = sys.stdout if stream is None else stream
@@ -278,12 +289,18 @@ class Progress:
                 speed = task.speed
                 return Text(f"{speed:.2f} it/s" if speed else "-- it/s", style="cyan")
 
+        if self.budget_minutes is None:
+            columns = [TextColumn("step"), MofNCompleteColumn(), BarColumn(), Rate(),
+                       TextColumn("ETA"), TimeRemainingColumn()]
+        else:  # the bar and its ETA would follow max_steps, which the budget ends first
+            columns = [TextColumn("step {task.completed:.0f}"), Rate(),
+                       TextColumn("{task.fields[budget]}")]
         self._progress = RichProgress(
-            TextColumn("step"), MofNCompleteColumn(), BarColumn(), Rate(),
-            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+            *columns, TextColumn("{task.fields[losses]}"),
             auto_refresh=False, transient=False, console=Console(file=stream),
         )
-        self._task = self._progress.add_task("train", total=total, completed=start, losses="")
+        self._task = self._progress.add_task("train", total=total, completed=start, losses="",
+                                             budget="")
         self._progress.start()
 
     @classmethod
@@ -304,6 +321,10 @@ class Progress:
         if metrics is not None:
             shown = self._losses(metrics)
             fields["losses"] = "  ".join(f"{k[5:] or k} {v:.4g}" for k, v in shown)
+        if self.budget_minutes is not None:
+            speed = self._progress.tasks[0].speed
+            left = (self.total - step) / speed if speed else None
+            fields["budget"] = self._budget_text(left)
         self._progress.update(self._task, completed=step, **fields)
         now = time.monotonic()
         if now - self._last_refresh >= self.REFRESH_SECONDS:
@@ -316,18 +337,31 @@ class Progress:
         now = self._clock()
         steps, seconds = step - last_step, now - last_time
         self._mark = (step, now)
-        parts = [f"step {step}/{self.total}"]
-        if steps > 0 and seconds > 0:
+        if self.budget_minutes is not None:
+            rate = steps / seconds if steps > 0 and seconds > 0 else None
+            parts = [f"step {step}", f"{rate:.3g} it/s" if rate else "-- it/s",
+                     self._budget_text(max(0, self.total - step) / rate if rate else None)]
+        elif steps > 0 and seconds > 0:
             rate = steps / seconds
-            parts.append(f"{rate:.3g} it/s")
-            parts.append(f"ETA {format_duration(max(0, self.total - step) / rate)}")
+            parts = [f"step {step}/{self.total}", f"{rate:.3g} it/s",
+                     f"ETA {format_duration(max(0, self.total - step) / rate)}"]
         else:
-            parts += ["-- it/s", "ETA --"]
+            parts = [f"step {step}/{self.total}", "-- it/s", "ETA --"]
         parts += [f"{k} {v:.4g}" for k, v in self._losses(metrics)]
         self._stream.write("  ".join(parts) + "\n")
         flush = getattr(self._stream, "flush", None)
         if flush is not None:
             flush()
+
+    def _budget_text(self, steps_left_s: float | None) -> str:
+        """'4.9/60 min  ETA 0:55:06': budget spent, and the nearer of the budget's end and
+        (`steps_left_s`, seconds) the step count's."""
+        assert self._spent is not None and self.budget_minutes is not None
+        spent = self._spent()
+        left = max(0.0, 60.0 * (self.budget_minutes - spent))
+        if steps_left_s is not None:
+            left = min(left, steps_left_s)
+        return f"{spent:.1f}/{self.budget_minutes:g} min  ETA {format_duration(left)}"
 
     def close(self) -> None:
         self._stream = None
