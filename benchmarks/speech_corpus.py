@@ -52,7 +52,8 @@ TEST_VOICES = [
     ("flite", "slt", 1.0, 0),
 ]
 
-# Two disjoint vocabularies: test sentences share no content word with training ones.
+# Two vocabularies: held-out sentences share no content word with training ones (only
+# function words such as 'the', 'that', 'after').
 TRAIN_WORDS = {
     "subject": ["the old clock", "a quiet river", "my neighbour", "the red train",
                 "this small lamp", "our new teacher", "a distant bell", "the paper boat",
@@ -72,8 +73,8 @@ TRAIN_WORDS = {
     "question": ["Is it true that", "Did you know that", "Who told you that"],
 }
 TEST_WORDS = {
-    "subject": ["the tired musician", "a clever student", "the baker downstairs",
-                "my cousin Rachel", "the harbour master", "a curious child", "the museum guard",
+    "subject": ["the nervous musician", "a clever student", "the baker downstairs",
+                "my cousin Rachel", "the lighthouse keeper", "a curious child", "the museum guard",
                 "our postman"],
     "verb": ["delivered", "discovered", "polished", "translated", "forgot", "weighed",
              "photographed", "sketched"],
@@ -81,7 +82,7 @@ TEST_WORDS = {
                "the wedding cake", "six muddy boots", "the violin case", "a crooked ladder"],
     "tail": ["yesterday evening.", "under the bridge.", "with great care.", "behind the theatre.",
              "just after midnight.", "across the valley.", "in early spring.", "by accident."],
-    "question": ["Are you sure that", "Have you heard that"],
+    "question": ["Are you sure that", "Were you aware that"],
 }
 
 

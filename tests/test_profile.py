@@ -47,3 +47,21 @@ def test_profile_command_reports_sections_flops_and_peaks(capsys) -> None:
     assert sum(shares.values()) == pytest.approx(1.0, abs=0.02)
     assert row["flops_per_step"] > 0 and 0 < row["fraction_of_matmul_peak"] < 1
     assert row["peak_gflops"]["matmul_gflops"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_profile_times_the_phase_asked_for(capsys) -> None:
+    # a warm-up that lasts 30% of a budgeted run, then the GAN: a few profile steps would
+    # otherwise fall wherever 30% of them lands
+    phases = ("schedule.phases=[{name: warmup, until: 0.3, discriminator: false, "
+              "adversarial: false}, {name: gan}]")
+    base = ["profile", TOY, *SMALL, phases, "--steps", "2", "--warmup", "1", "--threads", "1",
+            "--json"]
+    assert cli.main(base) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["phase"] == "warmup" and "backward/discriminator" not in first["sections_share"]
+    assert cli.main([*base, "--phase", "gan"]) == 0
+    gan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert gan["phase"] == "gan" and "backward/discriminator" in gan["sections_share"]
+    assert cli.main([*base, "--phase", "gann"]) != 0
+    assert "warmup, gan" in capsys.readouterr().err

@@ -24,6 +24,8 @@ def register(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads")
+    p.add_argument("--phase", metavar="NAME",
+                   help="the schedule phase whose step to time (default: the first; e.g. gan)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     p.set_defaults(func=run_profile)
 
@@ -39,7 +41,7 @@ def run_profile(args: argparse.Namespace) -> int:
                             valid=args.valid, out=None, max_steps=None, init_from=None,
                             resume=None, overfit=None, threads=args.threads)
     recipe, _ = prepare(ns)
-    result = profile_recipe(recipe, steps=args.steps, warmup=args.warmup)
+    result = profile_recipe(recipe, steps=args.steps, warmup=args.warmup, phase=args.phase)
     if not args.json:
         print(format_profile(result))
     print(profile_json(result))

@@ -64,14 +64,39 @@ def count_step_flops(engine: Any, batch: Any) -> float:
     return float(counter.get_total_flops())
 
 
+def one_phase(recipe: Any, phase: str | None) -> tuple[Any, str | None]:
+    """`recipe` with its schedule cut to the phase named `phase` (None: the first), lasting
+    the whole profile, and that phase's name; a recipe without a schedule is returned as
+    it is (name None). A schedule's phases last steps or fractions of a run that a profile's
+    few steps do not reproduce, so the profile times one phase's step, by name."""
+    from soundry.errors import ConfigError
+
+    schedule = getattr(recipe, "schedule", None)
+    phases = getattr(schedule, "phases", None)
+    if not phases:
+        if phase is not None:
+            raise ConfigError(f"--phase {phase}: a {recipe.task} recipe has no schedule phases")
+        return recipe, None
+    names = [p.name for p in phases]
+    if phase is not None and phase not in names:
+        raise ConfigError(f"--phase {phase}: the recipe's phases are {', '.join(names)}")
+    chosen = phases[names.index(phase) if phase is not None else 0]
+    alone = chosen.model_copy(update={"steps": None, "until": None, "ramp_steps": 0})
+    return recipe.model_copy(update={"schedule": schedule.model_copy(
+        update={"phases": [alone]})}), chosen.name
+
+
 def profile_recipe(recipe: Any, steps: int = 20, warmup: int = 5,
-                   peaks: dict[str, float] | None = None) -> dict[str, Any]:
-    """Profile `recipe` (see the module docstring); returns the figures as a dict."""
+                   peaks: dict[str, float] | None = None,
+                   phase: str | None = None) -> dict[str, Any]:
+    """Profile `recipe` (see the module docstring) in its schedule's phase named `phase`
+    (None: the first); returns the figures as a dict."""
     from accelerate.utils import send_to_device
 
     from soundry.train.engine import Engine
     from soundry.train.tasks import TASKS
 
+    recipe, phase_name = one_phase(recipe, phase)
     total = warmup + steps
     train = recipe.train.model_copy(update={
         "max_steps": total, "valid_every": 10**9, "checkpoint_every": 10**9,
@@ -118,6 +143,7 @@ def profile_recipe(recipe: Any, steps: int = 20, warmup: int = 5,
     achieved = flops / per_step / 1e9
     return {
         "task": recipe.task,
+        "phase": phase_name,
         "steps": steps,
         "warmup": warmup,
         "step_seconds": per_step,
@@ -135,7 +161,8 @@ def profile_recipe(recipe: Any, steps: int = 20, warmup: int = 5,
 
 def format_profile(result: dict[str, Any]) -> str:
     """The profile as a plain-text table."""
-    lines = [f"{result['task']} step: {1000 * result['step_seconds']:.1f} ms "
+    phase = f" ({result['phase']} phase)" if result.get("phase") else ""
+    lines = [f"{result['task']} step{phase}: {1000 * result['step_seconds']:.1f} ms "
              f"(mean of {result['steps']} steps after {result['warmup']} warm-up, "
              f"{result['threads']} threads, {result['device']})", ""]
     lines.append(f"{'section':<28}{'ms/step':>10}{'share':>9}")
