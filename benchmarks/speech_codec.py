@@ -8,7 +8,8 @@ Data: `benchmarks/speech_corpus.py` (built into DATA when missing: ~40 minutes o
 and flite speech; `dev/` for in-run validation and the exported checkpoint's choice, `test/`
 held-out voices and sentences for the evaluation). Each run goes through the command line:
 `soundry train RECIPE --data DATA/train --valid DATA/dev train.budget_minutes=M`,
-`soundry export` (best in-run checkpoint), then `soundry eval` of the export on DATA/test,
+`soundry export` (its default checkpoint: for this recipe the last one), then `soundry eval`
+of the export on DATA/test,
 whole files at their own level, with `--baseline opus:6k,opus:12k` once (the baselines do
 not depend on the run). `--variant` names a set of recipe overrides (ablations); without
 one, the recipe as it is. Printed per run: training steps and seconds, CPU seconds, the
@@ -103,7 +104,8 @@ def one_run(name: str, overrides: list[str], seed: int, args: argparse.Namespace
            str(work / "eval"), "--bootstrap", "200"]
     if baselines and shutil.which("ffmpeg"):
         cmd += ["--baseline", "opus:6k,opus:12k"]
-    sh(cmd, log)
+    if sh(cmd, log) != 0:
+        return {**row, "error": "eval failed: " + log.read_text()[-600:]}
     systems = means(work / "eval" / "summary.json")
     row["eval"] = systems
     valid = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()
@@ -119,8 +121,10 @@ def one_run(name: str, overrides: list[str], seed: int, args: argparse.Namespace
             if sh([*SOUNDRY, "export", str(work / "run"), str(out / "model"), "--checkpoint",
                    str(step)], log) != 0:
                 continue
-            sh([*SOUNDRY, "eval", str(out / "model"), str(args.data / "test"), "--out",
-                str(out / "eval"), "--bootstrap", "200"], log)
+            if sh([*SOUNDRY, "eval", str(out / "model"), str(args.data / "test"), "--out",
+                   str(out / "eval"), "--bootstrap", "200"], log) != 0:
+                row.setdefault("errors", []).append(f"eval of {ckpt.name} failed")
+                continue
             model = means(out / "eval" / "summary.json").get("model", {})
             row["points"].append({"step": step, "train_minutes": minutes.get(step), **model})
     return row
@@ -147,11 +151,16 @@ def main() -> None:
     variants = [(v.split("=", 1)[0], shlex.split(v.split("=", 1)[1])) for v in args.variant] \
         or [("recipe", [])]
     jobs = [(n, o, int(s)) for n, o in variants for s in args.seeds.split(",")]
+    failed = 0
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(one_run, n, o, s, args, i == 0) for i, (n, o, s) in
                    enumerate(jobs)]
         for f in futures:
-            print(json.dumps(f.result()), flush=True)
+            row = f.result()
+            failed += bool(row.get("error") or row.get("errors"))
+            print(json.dumps(row), flush=True)
+    if failed:
+        sys.exit(f"{failed} of {len(jobs)} runs failed (see their log.txt)")
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def build(out: Path, train_minutes: float, n_dev: int, n_test: int, sample_rate:
                  f"espeak-ng flite)")
     if train_minutes > 60:
         sys.exit("--train-minutes: at most 60 (the speech codec recipe's data budget)")
-    # ~3 s a sentence: draw enough distinct training sentences for the minutes asked
+    # ~4.6 s a sentence; draw at least one per 2 s asked, so the minutes are always reached
     train_texts = sentences(TRAIN_WORDS, int(train_minutes * 60 / 2.0) + 50, seed=0)
     held_texts = sentences(TEST_WORDS, n_dev + n_test, seed=1)
     write_split(out / "train", train_texts, TRAIN_VOICES, sample_rate, seed=10,

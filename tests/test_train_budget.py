@@ -212,9 +212,11 @@ def test_phase_timer_without_a_budget_uses_max_steps_and_answers_consistently() 
     assert PhaseTimer(schedule).phase_at(10 ** 6).name == "warmup"
     progress = {"value": 0.0}
     timer = PhaseTimer(schedule, lambda: progress["value"])
-    assert timer.phase_at(7).name == "warmup"
+    assert timer.phase_at(7, resolve=True).name == "warmup"
     progress["value"] = 0.6
-    assert timer.phase_at(8).name == "gan"
+    # a question about another step only reads: it does not pin the boundary there
+    assert timer.phase_at(20).name == "warmup" and timer.ends == {}
+    assert timer.phase_at(8, resolve=True).name == "gan"
     progress["value"] = 0.0  # once resolved, the boundary no longer depends on progress
     assert [timer.phase_at(s).name for s in (7, 8, 20)] == ["warmup", "gan", "gan"]
     restored = PhaseTimer(schedule)
@@ -222,11 +224,45 @@ def test_phase_timer_without_a_budget_uses_max_steps_and_answers_consistently() 
     assert restored.boundaries() == timer.boundaries() == [(0, "warmup"), (8, "gan")]
 
 
+def test_a_crossed_step_boundary_stays_when_max_steps_changes() -> None:
+    timer = PhaseTimer(GanScheduleConfig(**PHASES), None, max_steps=10)
+    assert timer.phase_at(6, resolve=True).name == "gan" and timer.ends == {0: 5}
+    resumed = PhaseTimer(GanScheduleConfig(**PHASES), None, max_steps=40)
+    resumed.load_state_dict(timer.state_dict())
+    assert resumed.phase_at(7).name == "gan"  # not back to the warm-up until step 20
+
+
+def test_a_phase_whose_point_passed_before_it_began_is_skipped_with_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    schedule = GanScheduleConfig(phases=[
+        {"name": "warmup", "steps": 5, "discriminator": False, "adversarial": False},
+        {"name": "disc", "until": 0.1, "generator": False}, {"name": "gan"}])
+    timer = PhaseTimer(schedule, lambda: 0.5)
+    with caplog.at_level("WARNING", logger="soundry.train"):
+        assert timer.phase_at(4, resolve=True).name == "warmup"
+        assert timer.phase_at(5, resolve=True).name == "gan"
+    assert "phase 'disc' got no steps" in caplog.text
+
+
+def test_schedules_read_the_decided_time_not_the_live_clock() -> None:
+    clock = TrainClock(1.0)
+    clock.add(30.0)
+    clock.decide()
+    clock.add(5.0)  # this process's own logging time after the decision point
+    assert clock.decided_fraction() == pytest.approx(0.5) and clock.fraction() > 0.5
+    restored = TrainClock(1.0)
+    restored.load_state_dict(clock.state_dict())
+    assert restored.decided_fraction() == pytest.approx(35 / 60)
+
+
 def test_timed_phase_config_errors() -> None:
     with pytest.raises(ValueError, match="both 'steps' and 'until'"):
         GanScheduleConfig(phases=[{"name": "a", "steps": 3, "until": 0.5}, {"name": "b"}])
     with pytest.raises(ValueError, match="must increase"):
         GanScheduleConfig(phases=[{"name": "a", "until": 0.6}, {"name": "b", "until": 0.3},
+                                  {"name": "c"}])
+    with pytest.raises(ValueError, match="must increase strictly"):
+        GanScheduleConfig(phases=[{"name": "a", "until": 0.5}, {"name": "b", "until": 0.5},
                                   {"name": "c"}])
     with pytest.raises(ValueError, match="neither 'steps' nor 'until'"):
         GanScheduleConfig(phases=[{"name": "a"}, {"name": "b"}])

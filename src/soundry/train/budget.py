@@ -12,7 +12,10 @@ line records `valid/train_minutes`, so a report can draw quality against compute
 
 With a budget, a cosine lr schedule without an explicit `total_steps` decays over the budget:
 its position is the fraction of the budget spent, not of `max_steps` (see
-`soundry.train.optim.ScheduledLR.follow`). Warm-ups and GAN phases stay in steps.
+`soundry.train.optim.ScheduledLR.follow`), and a schedule phase may last `until` a fraction
+of it (`soundry.train.gan_schedule.PhaseTimer`). Both read `decided_fraction`: the training
+time as it stood at the last step's decision point (the main process's, on every process),
+not the live clock, which each process advances by its own logging and health time.
 
 Several processes must stop at, and validate at, the same step: the main process's clock
 decides and the others follow (`TrainClock.agree`).
@@ -39,6 +42,7 @@ class TrainClock:
         self.budget_s = None if budget_minutes is None else 60.0 * float(budget_minutes)
         self.points_s = sorted(60.0 * float(p) for p in points_minutes)
         self.seconds = 0.0  # training seconds so far, all sessions
+        self.decided = 0.0  # `seconds` at the last decision point (see `decide`)
         self._next_point = 0  # index of the first point not yet reached
 
     @property
@@ -59,6 +63,17 @@ class TrainClock:
         if self.budget_s is None:
             return 0.0
         return min(1.0, self.seconds / self.budget_s)
+
+    def decide(self) -> None:
+        """Fix the time that schedules read until the next call (after `agree` on several
+        processes, so that every process reads the main process's time)."""
+        self.decided = self.seconds
+
+    def decided_fraction(self) -> float:
+        """The part of the budget spent at the last `decide`, 0..1 (0 without a budget)."""
+        if self.budget_s is None:
+            return 0.0
+        return min(1.0, self.decided / self.budget_s)
 
     def exhausted(self) -> bool:
         return self.budget_s is not None and self.seconds >= self.budget_s
@@ -89,6 +104,7 @@ class TrainClock:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seconds = float(state.get("seconds", 0.0))
+        self.decided = self.seconds
         # the points passed before the checkpoint stay passed; recounted from the restored
         # time, since a resumed recipe may list other points
         self._next_point = sum(p <= self.seconds for p in self.points_s)

@@ -231,7 +231,7 @@ class Engine:
         self._health_state: dict[str, Any] | None = None
         self.clock = TrainClock(cfg.budget_minutes, cfg.valid_at_minutes)
         if cfg.budget_minutes is not None:  # time-defined schedule phases read the budget
-            ctx.progress = self.clock.fraction
+            ctx.progress = self.clock.decided_fraction
 
         # per-process randomness for training (dropout, ...) differs between processes
         seed_everything(derive_seed(recipe.seed, 1, self.rank))
@@ -243,7 +243,7 @@ class Engine:
             self._broadcast_weights()
         if cfg.budget_minutes is not None:
             follow = [s.name for s in self.specs if isinstance(s.scheduler, ScheduledLR)
-                      and s.scheduler.follow(self.clock.fraction)]
+                      and s.scheduler.follow(self.clock.decided_fraction)]
             if follow and self.is_main:
                 log.info("lr schedule of %s decays over the %g-minute training budget",
                          ", ".join(follow), cfg.budget_minutes)
@@ -576,6 +576,7 @@ class Engine:
                 out_of_time = self.clock.exhausted()
                 if self.world_size > 1:
                     out_of_time, point_due = self.clock.agree(point_due, device)
+                self.clock.decide()  # what the next step's lr and phase read
             final = step == cfg.max_steps or out_of_time
 
             if step % cfg.log_every == 0 or final:

@@ -114,12 +114,14 @@ class GanStep:
         self.window = schedule.window_samples(sample_rate) if sample_rate else None
         self.seed = seed
 
-    def plan(self, step: int, weights: Mapping[str, float]) -> GanPlan:
-        """The plan of the engine's (1-based) `step`, from the recipe's loss `weights`."""
+    def plan(self, step: int, weights: Mapping[str, float], resolve: bool = True) -> GanPlan:
+        """The plan of the engine's (1-based) `step`, from the recipe's loss `weights`.
+        `resolve`: `step` is the step being trained now, which places time-defined phase
+        boundaries; pass False to ask about another step without changing them."""
         # The engine numbers optimizer steps from 1; schedules count from 0.
         if self.ctx is not None:  # read each time: the engine fills the context late
             self.timer.progress, self.timer.max_steps = self.ctx.progress, self.ctx.max_steps
-        phase = self.timer.phase_at(step - 1)
+        phase = self.timer.phase_at(step - 1, resolve)
         current = dict(weights)
         current.update(phase.weights)
         ramp = self.timer.ramp(step - 1)

@@ -43,6 +43,7 @@ and tasks pass `step - 1`.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,8 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from soundry.config import Strict
+
+log = logging.getLogger("soundry.train")
 
 
 class PhaseConfig(Strict):
@@ -102,8 +105,8 @@ class GanScheduleConfig(Strict):
                     "last phase"
                 )
         untils = [p.until for p in self.phases if p.until is not None]
-        if untils != sorted(untils):
-            raise ValueError(f"phase 'until' points must increase, got {untils}")
+        if any(b <= a for a, b in zip(untils, untils[1:], strict=False)):
+            raise ValueError(f"phase 'until' points must increase strictly, got {untils}")
         return self
 
     @property
@@ -133,11 +136,15 @@ class PhaseTimer:
     """A schedule's phases as step ranges, resolving `until` boundaries as the run goes.
 
     `progress()` is the fraction of the run spent so far (0..1; the engine's training clock
-    over the budget, the same on every process), read when a step's phase is asked for. A
-    phase with `until: u` ends at the first step asked for once progress >= u, and that step
-    is kept (`state_dict`), so later questions about any step get the same answer. Without
-    `progress` (no budget), `until: u` ends at step ceil(u * max_steps) when `max_steps` is
-    known, and never otherwise.
+    over the budget as decided at the end of the previous step, the same on every process).
+    Only the steps a run trains resolve boundaries (`position(step, resolve=True)`, which
+    `GanStep.plan` does for the step it plans): a phase with `until: u` ends at the first
+    such step at which progress >= u, and that step is kept (`state_dict`), so later
+    questions about any step get the same answer. Questions with `resolve=False` only read:
+    an unresolved boundary counts as not reached. Without `progress` (no budget), `until: u`
+    ends at step ceil(u * max_steps) when `max_steps` is known (and never otherwise), kept
+    in the same way once a trained step passes it, so a resume with another `max_steps`
+    does not move a boundary the run already crossed.
     """
 
     def __init__(self, schedule: GanScheduleConfig, progress: Callable[[], float] | None = None,
@@ -147,9 +154,10 @@ class PhaseTimer:
         self.max_steps = max_steps
         self.ends: dict[int, int] = {}  # phase index -> first step after it (0-based)
 
-    def _end(self, index: int, start: int, step: int) -> int | None:
-        """The first step after phase `index` (starting at `start`), resolving an `until`
-        boundary from the progress at `step` when it is due; None while it is not known."""
+    def _end(self, index: int, start: int, step: int, resolve: bool) -> int | None:
+        """The first step after phase `index` (starting at `start`); an `until` boundary is
+        resolved (and kept) at trained `step` when it is due and `resolve`; None while the
+        end is not known."""
         phase = self.schedule.phases[index]
         if phase.steps is not None:
             return start + phase.steps
@@ -160,29 +168,41 @@ class PhaseTimer:
         if self.progress is None:
             if self.max_steps is None:
                 return None
-            return max(start, math.ceil(phase.until * self.max_steps))
-        if step >= start and self.progress() >= phase.until:
-            self.ends[index] = step
+            end = max(start, math.ceil(phase.until * self.max_steps))
+            if resolve and step >= end:
+                self._keep(index, start, end)
+            return end
+        if resolve and step >= start and self.progress() >= phase.until:
+            self._keep(index, start, step)
             return step
         return None
 
-    def position(self, step: int) -> tuple[PhaseConfig, int]:
-        """(phase, steps since the phase began) of 0-based `step`."""
+    def _keep(self, index: int, start: int, end: int) -> None:
+        self.ends[index] = end
+        if end <= start:
+            phase = self.schedule.phases[index]
+            log.warning("schedule phase '%s' got no steps: %.0f%% of the run was spent before "
+                        "it began (step %d); the phases before it lasted longer than planned",
+                        phase.name, 100 * (phase.until or 0.0), start)
+
+    def position(self, step: int, resolve: bool = False) -> tuple[PhaseConfig, int]:
+        """(phase, steps since the phase began) of 0-based `step`; `resolve`: `step` is a
+        step the run trains now (see the class docstring)."""
         start = 0
         phases = self.schedule.phases
         for index, phase in enumerate(phases):
-            end = self._end(index, start, step)
+            end = self._end(index, start, step, resolve)
             if end is None or step < end or index == len(phases) - 1:
                 return phase, step - start
             start = end
         raise AssertionError("unreachable: the last phase always returns")
 
-    def phase_at(self, step: int) -> PhaseConfig:
-        return self.position(step)[0]
+    def phase_at(self, step: int, resolve: bool = False) -> PhaseConfig:
+        return self.position(step, resolve)[0]
 
-    def ramp(self, step: int) -> float:
+    def ramp(self, step: int, resolve: bool = False) -> float:
         """The adversarial ramp factor in [0, 1] at 0-based `step` (1 without a ramp)."""
-        phase, offset = self.position(step)
+        phase, offset = self.position(step, resolve)
         if not phase.ramp_steps:
             return 1.0
         return min(1.0, (offset + 1) / phase.ramp_steps)
@@ -192,7 +212,7 @@ class PhaseTimer:
         out, start = [], 0
         for index, phase in enumerate(self.schedule.phases):
             out.append((start, phase.name))
-            end = self._end(index, start, -1)  # -1: resolve nothing new
+            end = self._end(index, start, -1, resolve=False)
             if end is None:
                 break
             start = end

@@ -71,7 +71,9 @@ def one_phase(recipe: Any, phase: str | None) -> tuple[Any, str | None]:
     few steps do not reproduce, so the profile times one phase's step, by name."""
     from soundry.errors import ConfigError
 
-    schedule = getattr(recipe, "schedule", None)
+    # a transform recipe with gan: false trains one reconstruction phase, not its schedule
+    effective = getattr(recipe, "effective_schedule", None)
+    schedule = effective() if callable(effective) else getattr(recipe, "schedule", None)
     phases = getattr(schedule, "phases", None)
     if not phases:
         if phase is not None:

@@ -119,8 +119,9 @@ class TaskContext:
     world_size: int = 1
     seed: int = 0
     max_steps: int | None = None
-    # the fraction of the run's training budget spent, 0..1, the same on every process
-    # (None: the run has no train.budget_minutes); read by time-defined schedule phases
+    # the fraction of the run's training budget spent, 0..1, as decided at the end of the
+    # previous step (the main process's time on every process; TrainClock.decide); None:
+    # the run has no train.budget_minutes. Read by time-defined schedule phases.
     progress: Callable[[], float] | None = None
 
 

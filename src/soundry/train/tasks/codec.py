@@ -237,7 +237,7 @@ class CodecTask(Task):
 
     def weights_at(self, step: int) -> dict[str, float]:
         """Loss weights in force at 0-based schedule `step` (the engine's step `step + 1`)."""
-        return self.gan.plan(step + 1, self.recipe.losses.weights()).weights
+        return self.gan.plan(step + 1, self.recipe.losses.weights(), resolve=False).weights
 
     def train_step(self, batch: Any, step: int, updater: Updater) -> dict[str, Any]:
         x = batch["audio"]

@@ -288,7 +288,17 @@ class ToyTask(Task):
             if self.recipe.toy.adversarial:
                 self.nets["discriminator"] = ToyDiscriminator(channels,
                                                               self.recipe.model.disc_channels)
+                self.gan = GanStep(self.nets["discriminator"], self.recipe.schedule, "lsgan",
+                                   ctx=self.ctx)
         return self.nets
+
+    def extra_state(self) -> dict[str, Any]:
+        """The GAN schedule's resolved phase boundaries (phases that last `until`)."""
+        return {"gan": self.gan.state_dict()} if self.gan is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.gan is not None:
+            self.gan.load_state_dict(state.get("gan") or {})
 
     def optimizers(self) -> list[OptimizerSpec]:
         steps = self.recipe.train.max_steps
@@ -320,9 +330,7 @@ class ToyTask(Task):
             recon = F.l1_loss(gen(noisy).float(), clean)
             updater.update("generator", recon)
             return {"loss/recon": recon.detach()}
-        if self.gan is None:
-            self.gan = GanStep(self.nets["discriminator"], self.recipe.schedule, "lsgan",
-                               ctx=self.ctx)
+        assert self.gan is not None  # built with the discriminator
         plan = self.gan.plan(step, self.recipe.weights())
         if plan.generator:
             out = gen(noisy)

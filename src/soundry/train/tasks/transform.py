@@ -177,7 +177,7 @@ class TransformTask(Task):
 
     def weights_at(self, step: int) -> dict[str, float]:
         """Loss weights in force at 0-based schedule `step`."""
-        return self.gan.plan(step + 1, self.recipe.losses.weights()).weights
+        return self.gan.plan(step + 1, self.recipe.losses.weights(), resolve=False).weights
 
     def _recon_losses(self) -> tuple[MelLoss, MultiResolutionSTFTLoss]:
         if self._losses is None:

@@ -248,7 +248,7 @@ class VAETask(Task):
         """Loss weights in force at 0-based schedule `step` (beta ramped, phase applied)."""
         weights = self.recipe.losses.weights()
         weights["kl"] = self.recipe.losses.kl.beta(step)
-        return self.gan.plan(step + 1, weights).weights
+        return self.gan.plan(step + 1, weights, resolve=False).weights
 
     def _recon_losses(self, device: torch.device) -> tuple[MelLoss, MultiResolutionSTFTLoss]:
         if self._losses is None:
