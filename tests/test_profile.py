@@ -36,8 +36,12 @@ def test_sections_are_exclusive_and_free_when_no_timer_runs() -> None:
 
 @pytest.mark.timeout(300)
 def test_profile_command_reports_sections_flops_and_peaks(capsys) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
     assert cli.main(["profile", TOY, *SMALL, "--steps", "3", "--warmup", "1",
                      "--threads", "1"]) == 0
+    assert torch.get_num_threads() == threads  # --threads does not leak into the caller
     out = capsys.readouterr().out
     assert "section" in out and "backward/generator" in out and "GFLOP/s" in out
     row = json.loads(out.strip().splitlines()[-1])

@@ -29,9 +29,18 @@ from soundry.train.sections import SectionTimer
 
 def measure_peaks(threads: int | None = None, seconds: float = 0.5) -> dict[str, float]:
     """GFLOP/s of a 1024^3 fp32 matmul and of a 64-channel, kernel-7 fp32 conv1d over
-    [16, 64, 16000], best of repeated runs for about `seconds` each."""
+    [16, 64, 16000], best of repeated runs for about `seconds` each, with `threads` intra-op
+    threads (None: the current count, which is restored afterwards either way)."""
+    before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        return _peaks(seconds)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _peaks(seconds: float) -> dict[str, float]:
     out = {}
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     x, w = torch.randn(16, 64, 16000), torch.randn(64, 64, 7)
@@ -156,7 +165,7 @@ def profile_recipe(recipe: Any, steps: int = 20, warmup: int = 5,
         "peak_gflops": peaks,
         "fraction_of_matmul_peak": achieved / peaks["matmul_gflops"],
         "fraction_of_conv_peak": achieved / peaks["conv_gflops"],
-        "threads": torch.get_num_threads(),
+        "threads": recipe.train.threads or torch.get_num_threads(),
         "device": str(engine.device),
     }
 
