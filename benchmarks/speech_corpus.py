@@ -6,8 +6,8 @@ Writes three folders of mono 16-bit WAVs, each with an LJSpeech-style `metadata.
 (`id|text|text|voice`):
 
 - `OUT/train`: sentences from the training grammar spoken by the training voices;
-- `OUT/dev`: held-out sentences spoken by the training voices (in-run validation and the
-  choice of the exported checkpoint);
+- `OUT/dev`: held-out sentences spoken by the training voices (in-run validation, and the
+  exported checkpoint's choice for a recipe with a `best_metric`);
 - `OUT/test`: held-out sentences spoken by held-out voices: the evaluation set. Neither its
   voices nor its sentences (nor its content words) ever occur in training.
 
