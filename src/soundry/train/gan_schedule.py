@@ -109,11 +109,6 @@ class GanScheduleConfig(Strict):
             raise ValueError(f"phase 'until' points must increase strictly, got {untils}")
         return self
 
-    @property
-    def timed(self) -> bool:
-        """Whether some phase ends at a fraction of the run (`until`)."""
-        return any(p.until is not None for p in self.phases)
-
     def phase_at(self, step: int) -> PhaseConfig:
         """The phase that step `step` (0-based) belongs to; after the end, the last phase.
         Phases with `until` need a `PhaseTimer`; here they are taken as never ending."""
