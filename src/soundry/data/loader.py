@@ -394,7 +394,17 @@ def build_valid_items(data_cfg: DataConfig, hop: int = 1) -> list[tuple[str, np.
     `data.valid` or from files held out of the sources (see the module docstring). For a
     paired source the clip is the target side; see `build_valid_pairs` for both sides.
     """
-    return [(name, target) for name, _, target in _valid_crops(data_cfg, hop)]
+    return [(name, target) for name, _, target, _, _ in _valid_crops(data_cfg, hop)]
+
+
+def build_valid_windows(
+    data_cfg: DataConfig, hop: int = 1
+) -> list[tuple[str, np.ndarray, AudioItem, int]]:
+    """`build_valid_items` with where each clip was cut: [(name, clip [C, T], file, offset
+    in samples at `data.sample_rate`)], for tasks that look up per-file data (transcripts,
+    precomputed features) of a validation clip."""
+    return [(name, target, item, offset)
+            for name, _, target, item, offset in _valid_crops(data_cfg, hop)]
 
 
 def build_valid_pairs(
@@ -407,10 +417,11 @@ def build_valid_pairs(
     """
     if not data_cfg.paired:
         raise DataError("validation pairs need paired sources or a `data.degrade` section")
-    return _valid_crops(data_cfg, hop)
+    return [(name, noisy, clean) for name, noisy, clean, _, _ in _valid_crops(data_cfg, hop)]
 
 
-def _valid_crops(cfg: DataConfig, hop: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _valid_crops(cfg: DataConfig, hop: int
+                 ) -> list[tuple[str, np.ndarray, np.ndarray, AudioItem, int]]:
     items = _valid_files(cfg)
     degrader = Degrader(cfg.degrade, cfg.sample_rate) if cfg.degrade else None
     out = []
@@ -438,7 +449,7 @@ def _valid_crops(cfg: DataConfig, hop: int) -> list[tuple[str, np.ndarray, np.nd
         if not (np.isfinite(clean).all() and np.isfinite(noisy).all()):
             log.warning("validation clip from %s holds NaN/Inf samples; left out", item.path)
             continue
-        out.append((_valid_name(i, item), noisy, clean))
+        out.append((_valid_name(i, item), noisy, clean, item, offset))
     if not out:
         raise DataError("no usable validation clip (every candidate held NaN/Inf samples)")
     return out

@@ -271,6 +271,9 @@ def build_rvq(cfg: RVQConfig, dim: int, weight_norm: bool) -> QuantizerBottlenec
         )
         for _ in range(cfg.n_codebooks)
     ]
+    if cfg.level0 == "plain":  # a non-factorised level 0 (semantic codecs)
+        stages[0] = VQStage(dim, cfg.codebook_size, dim, weight_norm=weight_norm,
+                            lookup="euclidean", project=False)
     return QuantizerBottleneck(ResidualQuantizer(
         stages,
         dropout=cfg.dropout,
@@ -280,6 +283,7 @@ def build_rvq(cfg: RVQConfig, dim: int, weight_norm: bool) -> QuantizerBottlenec
         init=cfg.init,
         bypass=cfg.bypass,
         bypass_steps=cfg.bypass_steps,
+        split=cfg.split,
     ))
 
 
@@ -287,7 +291,8 @@ def build_rvq(cfg: RVQConfig, dim: int, weight_norm: bool) -> QuantizerBottlenec
 def build_fsq(cfg: FSQConfig, dim: int, weight_norm: bool) -> QuantizerBottleneck:
     stages = [FSQStage(dim, cfg.levels, weight_norm=weight_norm) for _ in range(cfg.n_codebooks)]
     return QuantizerBottleneck(ResidualQuantizer(
-        stages, dropout=cfg.dropout, bypass=cfg.bypass, bypass_steps=cfg.bypass_steps
+        stages, dropout=cfg.dropout, bypass=cfg.bypass, bypass_steps=cfg.bypass_steps,
+        split=cfg.split,
     ))
 
 

@@ -50,6 +50,11 @@ class RVQConfig(Strict):
     # > 0: the bypass fraction decays linearly to 0 at this training step, so the decoder
     # ends its training on quantized latents only (what it decodes at inference).
     bypass_steps: int = Field(0, ge=0)
+    # Semantic codecs. "plain": level 0 looks up in the full latent space (codebook_dim =
+    # latent dim, no projections, euclidean); "factorised": like every other level (DAC).
+    level0: Literal["factorised", "plain"] = "factorised"
+    # Mimi's split quantizer: level 0 and levels 1.. both quantize the encoder's latent
+    split: bool = False
 
 
 class FSQConfig(Strict):
@@ -61,6 +66,7 @@ class FSQConfig(Strict):
     dropout: float = Field(0.0, ge=0.0, le=1.0)
     bypass: float = Field(0.0, ge=0.0, le=1.0)  # as for RVQ
     bypass_steps: int = Field(0, ge=0)  # as for RVQ
+    split: bool = False  # as for RVQ
 
     @model_validator(mode="after")
     def _check(self) -> FSQConfig:

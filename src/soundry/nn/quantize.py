@@ -57,6 +57,16 @@ replaced rows are stale; they decay within a few hundred steps.
 FSQ stage (Mentzer et al. 2023): project to len(levels) dims, bound each dim with a tanh to
 `levels[j]` values, round with a straight-through estimator, project back. The code is the
 mixed-radix number of the per-dim values; there is no codebook and no auxiliary loss.
+
+Semantic codecs (level 0 distilled from teacher features) have two more choices:
+- a *plain* level-0 VQ stage (`project=False`): no factorising projections, the lookup is in
+  the full latent space (EnCodec/SpeechTokenizer style). Factorised, L2-normalised 8-dim
+  codes are reported to resist distillation: the head then has to read meaning out of a
+  point on an 8-dim sphere.
+- a *split* quantizer (`split=True`, Mimi): level 0 and the residual stack both quantize
+  the encoder's latent z; stage 1 starts from z, not from z minus level 0's output. Level
+  0 then holds a semantic summary and levels 1.. the acoustics, side by side; the decoder
+  still sums every level's output.
 """
 
 from __future__ import annotations
@@ -120,15 +130,22 @@ class VQStage(nn.Module):
         codebook_dim: int,
         weight_norm: bool = True,
         lookup: str = "cosine",
+        project: bool = True,
     ) -> None:
         super().__init__()
         if lookup not in ("cosine", "euclidean"):
             raise ValueError(f"lookup must be 'cosine' or 'euclidean', got {lookup!r}")
+        if not project and codebook_dim != dim:
+            raise ValueError(f"an unprojected VQ stage looks up in the latent space: "
+                             f"codebook_dim must be {dim}, got {codebook_dim}")
         self.lookup_kind = lookup
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
-        self.in_proj = Conv1d(dim, codebook_dim, 1, weight_norm=weight_norm)
-        self.out_proj = Conv1d(codebook_dim, dim, 1, weight_norm=weight_norm)
+        # project=False: a plain (non-factorised) stage, codes live in the latent space
+        self.in_proj: nn.Module = (Conv1d(dim, codebook_dim, 1, weight_norm=weight_norm)
+                                   if project else nn.Identity())
+        self.out_proj: nn.Module = (Conv1d(codebook_dim, dim, 1, weight_norm=weight_norm)
+                                    if project else nn.Identity())
         self.codebook = nn.Embedding(codebook_size, codebook_dim)
         # Codes chosen since the last restart (for dead-code detection); saved for exact resume.
         self.register_buffer("usage", torch.zeros(codebook_size))
@@ -242,6 +259,7 @@ class ResidualQuantizer(nn.Module):
         init: str = "random",
         bypass: float = 0.0,
         bypass_steps: int = 0,
+        split: bool = False,
     ) -> None:
         super().__init__()
         if init not in ("random", "data"):
@@ -259,6 +277,8 @@ class ResidualQuantizer(nn.Module):
             raise ValueError(f"bypass must be in [0, 1], got {bypass}")
         self.bypass = float(bypass)
         self.bypass_steps = int(bypass_steps)
+        # Mimi's split: stage 1 quantizes z itself, beside level 0 (see the module docstring)
+        self.split = bool(split) and len(stages) > 1
         # The last counted training step, and whether the data-dependent init has run (both
         # saved, so a resumed run neither re-initialises nor shifts its restart steps).
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
@@ -371,7 +391,7 @@ class ResidualQuantizer(nn.Module):
             res = stage(residual)
             active = (levels > i).to(res.out.dtype)
             quantized = quantized + res.out * active[:, None, None]
-            residual = residual - res.out
+            residual = self._next_residual(i, z, residual, res.out)
             commitment = commitment + (res.commitment * active).mean()
             codebook = codebook + (res.codebook * active).mean()
             codes.append(res.codes)
@@ -400,11 +420,18 @@ class ResidualQuantizer(nn.Module):
         n = self._check_levels(n_levels)
         residual = z
         codes = []
-        for stage in self.stages[:n]:
+        for i, stage in enumerate(self.stages[:n]):
             res = stage(residual)
-            residual = residual - res.out
+            residual = self._next_residual(i, z, residual, res.out)
             codes.append(res.codes)
         return torch.stack(codes, dim=1)
+
+    def _next_residual(self, i: int, z: torch.Tensor, residual: torch.Tensor,
+                       out: torch.Tensor) -> torch.Tensor:
+        """What stage i + 1 quantizes: the residual, or z itself after a split level 0."""
+        if self.split and i == 0:
+            return z
+        return residual - out
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, K', F] with K' <= K (a prefix of the levels) -> quantized [B, D, F]."""
@@ -465,16 +492,24 @@ class ResidualQuantizer(nn.Module):
                 used = out.codes[:, i][active].reshape(-1)
                 stage.usage += torch.bincount(used, minlength=stage.codebook_size).to(stage.usage)
         if restart and int(self.steps) % self.restart_every == 0:
-            d = self.stages[0].codebook_dim
+            dims = [s.codebook_dim for s in self.stages]
             b, _, f = out.latents.shape
-            per_stage = out.latents.detach().reshape(b, self.n_codebooks, d, f)
-            self.restart_dead_codes(per_stage.permute(1, 0, 3, 2).reshape(self.n_codebooks, -1, d))
+            if len(set(dims)) == 1:
+                d = dims[0]
+                per_stage = out.latents.detach().reshape(b, self.n_codebooks, d, f)
+                self.restart_dead_codes(
+                    per_stage.permute(1, 0, 3, 2).reshape(self.n_codebooks, -1, d))
+            else:  # a plain level 0 beside factorised levels: one pool a stage
+                parts = out.latents.detach().split(dims, dim=1)
+                self.restart_dead_codes([p.permute(0, 2, 1).reshape(-1, p.shape[1])
+                                         for p in parts])
 
     @torch.no_grad()
-    def restart_dead_codes(self, latents: torch.Tensor) -> list[int]:
+    def restart_dead_codes(self, latents: torch.Tensor | list[torch.Tensor]) -> list[int]:
         """Replace dead codes by candidate latents; returns the number replaced per stage.
 
-        latents: [K, N, d] projected latents of this rank's batch, per stage. The replaced
+        latents: [K, N, d] projected latents of this rank's batch, per stage (or a list of
+        K [N, d_k] when the stages' code dims differ). The replaced
         rows and their new values are the same on every rank (see the module docstring).
         Usage counters restart at zero.
         """
@@ -482,7 +517,11 @@ class ResidualQuantizer(nn.Module):
         usage = torch.stack([s.usage for s in self.stages])  # [K, codebook_size]
         if _distributed():
             dist.all_reduce(usage, op=dist.ReduceOp.SUM)
-        pool = self._shared_pool(latents, step, salt=0xCA4D)  # [K, world * candidates, d]
+        if isinstance(latents, torch.Tensor):
+            pool = self._shared_pool(latents, step, salt=0xCA4D)  # [K, world * candidates, d]
+        else:
+            pool = [self._shared_pool(x[None], step, salt=0xCA4D + k)[0]
+                    for k, x in enumerate(latents)]
         gen = torch.Generator().manual_seed(_mix(self.seed, step, 0xDEAD))
         replaced = []
         for stage, stage_usage, stage_pool in zip(self.stages, usage, pool, strict=True):

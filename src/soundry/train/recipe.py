@@ -30,10 +30,15 @@ class RecipeBase(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
 
+    def declared_terms(self) -> LossTerms:
+        """The terms this recipe's step computes: `loss_terms`, plus any a recipe declares
+        from its own content (a semantic codec's `distill_<teacher>`)."""
+        return self.loss_terms
+
     @model_validator(mode="after")
     def _phase_weights_name_terms(self) -> RecipeBase:
         schedule = getattr(self, "schedule", None)
         if isinstance(schedule, GanScheduleConfig):
             for phase in schedule.phases:
-                self.loss_terms.check(phase.weights, f"schedule phase '{phase.name}'")
+                self.declared_terms().check(phase.weights, f"schedule phase '{phase.name}'")
         return self

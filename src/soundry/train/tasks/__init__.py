@@ -4,6 +4,13 @@ schema) in `soundry.train.registry`."""
 from __future__ import annotations
 
 from soundry.train.registry import TASKS, register_task
-from soundry.train.tasks import codec, lm, toy, transform, vae  # noqa: F401  (each registers)
+from soundry.train.tasks import (  # noqa: F401  (each registers)
+    codec,
+    lm,
+    semantic_codec,
+    toy,
+    transform,
+    vae,
+)
 
 __all__ = ["TASKS", "register_task"]
