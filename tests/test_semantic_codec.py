@@ -34,7 +34,7 @@ SR = 16000
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("teachers")
-    return {k: make_tiny_teacher(k, root / k) for k in ("wavlm", "hubert", "gpt2")}
+    return {k: make_tiny_teacher(k, root / k) for k in ("wavlm", "hubert", "w2v-bert", "gpt2")}
 
 
 def _speechy(seconds: float, seed: int) -> np.ndarray:
@@ -60,6 +60,15 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         sf.write(root / "wavs" / f"u{i}.wav", _speechy(1.0 + 0.137 * i, i), SR)
         rows.append(f"u{i}|{text}|{text}")
     (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def speech_valid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three clips never trained on (other seeds, so other contours)."""
+    root = tmp_path_factory.mktemp("speech_valid")
+    for i in range(3):
+        sf.write(root / f"v{i}.wav", _speechy(1.2, 100 + i), SR)
     return root
 
 
@@ -135,7 +144,7 @@ def test_align_frames_lengths_and_pooling() -> None:
     assert lin.flatten().tolist() == pytest.approx([0.0, 0.5, 1.5, 2.0])
 
 
-@pytest.mark.parametrize("kind", ["wavlm", "hubert"])
+@pytest.mark.parametrize("kind", ["wavlm", "hubert", "w2v-bert"])
 @pytest.mark.parametrize(("rate", "hop", "seconds"), [(16000, 320, 1.0), (24000, 480, 0.73),
                                                      (16000, 160, 0.5)])
 def test_ssl_features_align_to_codec_frames(teachers: dict[str, Path], kind: str, rate: int,
@@ -393,3 +402,102 @@ def test_plain_and_split_level0() -> None:
         assert torch.equal(codes[:, 2], s2.codes)
         latents = q.decode_codes(codes)
         assert torch.allclose(latents, s0.out + s1.out + s2.out, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the probe
+
+
+def test_cer_and_greedy_ctc() -> None:
+    from soundry.eval.probe import cer, edit_distance, greedy_ctc, normalise_text
+
+    assert edit_distance("kitten", "sitting") == 3
+    assert cer(["abc", "de"], ["abc", ""]) == pytest.approx(2 / 5)
+    logits = torch.full((6, 4), -5.0)
+    for f, k in enumerate([1, 1, 0, 1, 2, 0]):  # a a _ a b _ -> "aab"
+        logits[f, k] = 5.0
+    assert greedy_ctc(logits, "abc") == "aab"
+    assert normalise_text("Hello,  World! It's") == "hello world it's"
+
+
+def test_linear_probe_reads_informative_codes_not_constant_ones() -> None:
+    from soundry.eval.probe import cer, greedy_ctc, train_probe
+
+    rng = np.random.default_rng(0)
+    alphabet = "abcdefgh"
+    texts = ["".join(rng.choice(list(alphabet), size=int(rng.integers(4, 9))))
+             for _ in range(40)]
+
+    def codes_of(text: str, informative: bool) -> torch.Tensor:
+        # three frames a character, a silence code (0) between characters
+        seq = []
+        for ch in text:
+            seq += [1 + alphabet.index(ch) if informative else 1] * 3 + [0]
+        return torch.tensor(seq)
+
+    for informative, bound in ((True, 0.1), (False, None)):
+        codes = [codes_of(t, informative) for t in texts]
+        probe = train_probe(codes[:30], texts[:30], alphabet, 16, steps=300, seed=0)
+        with torch.no_grad():
+            hyps = [greedy_ctc(probe(c), alphabet) for c in codes[30:]]
+        score = cer(texts[30:], hyps)
+        if bound is not None:
+            assert score < bound
+        else:
+            assert score > 0.6  # one code for every character: nothing to read
+
+
+def test_probe_command_on_two_codecs(speech_dir: Path, tmp_path: Path) -> None:
+    from soundry.cli import main
+    from soundry.models.codec import codec_from_preset
+    from soundry.models.export import export_codec
+
+    for name in ("a", "b"):
+        export_codec(codec_from_preset("tiny", decoder_dim=64), tmp_path / name)
+    out = tmp_path / "probe.json"
+    assert main(["probe", str(tmp_path / "a"), str(speech_dir), "--against",
+                 str(tmp_path / "b"), "--steps", "20", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for key in ("model", "against"):
+        r = result[key]
+        assert r["utterances"] == 8 and r["test"] == 2 and r["train"] == 6
+        assert r["cer"] >= 0 and math.isfinite(r["mel_level0"]) and math.isfinite(r["mel_all"])
+
+
+def test_report_reads_distillation_cosine_as_higher_is_better() -> None:
+    from soundry.eval.directions import direction
+
+    assert direction("valid/distill/ssl/cosine") == "higher"
+    assert direction("loss/distill_ssl") == "lower"
+    assert direction("valid/distill/ssl/cosine_const") is None  # a reference, not a score
+
+
+@pytest.mark.slow
+def test_level0_learns_the_teachers_features(teachers: dict[str, Path], speech_dir: Path,
+                                             speech_valid: Path, tmp_path: Path) -> None:
+    """A few hundred steps: on held-out clips the head's cosine with a (learnable) random
+    w2v-BERT rises from ~0 to above the best constant predictor's, and reconstruction
+    improves."""
+    from soundry.train.engine import run_training
+    from soundry.train.recipes import recipe_from_dict
+
+    raw = _recipe(teachers, speech_dir)
+    raw["teachers"] = {"ssl": {"kind": "ssl", "path": str(teachers["w2v-bert"]),
+                               "weight": 10.0}}
+    raw["data"].update(batch_size=4, valid_count=3, valid_seconds=1.0, valid=str(speech_valid))
+    raw["model"]["quantizer"] = {"type": "fsq", "levels": [16, 16], "n_codebooks": 3,
+                                 "bypass": 0.5}
+    raw["optim"] = {"generator": {"lr": 1e-3, "clip": 1000.0}}
+    raw["schedule"] = {"phases": [{"name": "warm", "discriminator": False,
+                                   "adversarial": False}]}
+    raw["train"] = {"max_steps": 250, "log_every": 50, "valid_every": 250,
+                    "valid_at_start": True, "checkpoint_every": 250, "best_metric": None}
+    run = tmp_path / "run"
+    run_training(recipe_from_dict(raw), run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in rows if r.get("kind") == "valid"]
+    start, end = valid[0], valid[-1]
+    cos = "valid/distill/ssl/cosine"
+    const = end["valid/distill/ssl/cosine_const"]
+    assert start[cos] < const
+    assert end[cos] > const + 0.05, (start[cos], end[cos], const)
+    assert end["valid/mel_distance"] < start["valid/mel_distance"] - 1.0

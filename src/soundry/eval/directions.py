@@ -19,9 +19,11 @@ HIGHER_IS_BETTER = (
     "usage",
     "perplexity",
     "accuracy",
+    "cosine",  # a distillation head's agreement with its teacher
 )
 # Logged values that are settings or bookkeeping rather than scores: no "best".
-NEUTRAL = ("bitrate", "kbps", "lr", "time", "seconds", "minutes")
+# ("_const": a reference score, e.g. the best constant predictor's distillation cosine.)
+NEUTRAL = ("bitrate", "kbps", "lr", "time", "seconds", "minutes", "_const")
 
 
 def higher_is_better(metric: str) -> bool:
