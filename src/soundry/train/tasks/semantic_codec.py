@@ -218,6 +218,17 @@ class SemanticCodecTask(CodecTask):
                                                         ).cpu()
         return self._text_cache[key]
 
+    def _text_window(self, teacher: Teacher, path: str, file_frames: int, offset: int,
+                     frames: int) -> tuple[torch.Tensor, int]:
+        """A text teacher's features of the crop at `offset` (samples) of `frames` frames:
+        ([H, frames], how many lie inside the file; the rest are zeros)."""
+        full = self._text_frames(teacher, path, file_frames)
+        start = offset // self.hop
+        got = full[:, start:start + frames]
+        piece = torch.zeros(full.shape[0], frames)
+        piece[:, : got.shape[-1]] = got
+        return piece, got.shape[-1]
+
     def targets(self, batch: dict[str, Any], x: torch.Tensor
                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Teacher features of a training batch at its frames: name -> ([B, H, F], mask
@@ -242,12 +253,10 @@ class SemanticCodecTask(CodecTask):
             elif teacher.cfg.kind == "text_lm":
                 rows = []
                 for i, meta in enumerate(metas):
-                    full = self._text_frames(teacher, meta["path"], int(batch["file_frames"][i]))
-                    start = int(batch["offset"][i]) // self.hop
-                    piece = torch.zeros(full.shape[0], frames)
-                    got = full[:, start:start + frames]
-                    piece[:, : got.shape[-1]] = got
-                    mask[i, got.shape[-1]:] = 0
+                    piece, n = self._text_window(teacher, meta["path"],
+                                                 int(batch["file_frames"][i]),
+                                                 int(batch["offset"][i]), frames)
+                    mask[i, n:] = 0
                     rows.append(piece)
                 target = torch.stack(rows)
             else:
@@ -324,13 +333,9 @@ class SemanticCodecTask(CodecTask):
                     if teacher.cfg.kind == "text_lm":
                         from soundry.data.datasets import target_frames
 
-                        full = self._text_frames(teacher, item.path,
-                                                 target_frames(item, self.recipe.data.sample_rate))
-                        start = offset // self.hop
-                        piece = torch.zeros(full.shape[0], frames)
-                        got = full[:, start:start + frames]
-                        piece[:, : got.shape[-1]] = got
-                        out[name].append(piece)
+                        total = target_frames(item, self.recipe.data.sample_rate)
+                        out[name].append(self._text_window(teacher, item.path, total, offset,
+                                                           frames)[0])
                     else:
                         out[name].append(teacher.item_frames(clip, self.sample_rate, self.hop))
             self._valid_targets = out
