@@ -115,6 +115,23 @@ def test_ljspeech_metadata(tmp_path):
         assert len(index.skipped) == 1 and "LJ001-0003" in index.skipped[0]["path"]
 
 
+def test_ljspeech_metadata_beside_the_wavs(tmp_path):
+    """metadata.csv next to its WAVs (no wavs/ folder) is read too, transcripts included;
+    a folder of WAVs with an unrelated metadata.csv is scanned as a plain folder."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for name in ("u0", "u1"):
+        sf.write(root / f"{name}.wav", np.zeros(800, dtype=np.float32) + 0.1, 8000)
+    (root / "metadata.csv").write_text("u0|first words|\nu1|second words|\n")
+    assert [(Path(i.path).name, i.text) for i in scan(root).items] == [
+        ("u0.wav", "first words"), ("u1.wav", "second words")]
+    other = tmp_path / "other"
+    other.mkdir()
+    sf.write(other / "a.wav", np.zeros(800, dtype=np.float32) + 0.1, 8000)
+    (other / "metadata.csv").write_text("title|artist\nsong|someone\n")
+    assert [(Path(i.path).name, i.text) for i in scan(other).items] == [("a.wav", None)]
+
+
 def test_pairs_are_matched_by_name(tmp_path, data_tone_dir):
     clean = data_tone_dir(3, name="clean")
     noisy = data_tone_dir(2, name="noisy")

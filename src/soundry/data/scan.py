@@ -8,7 +8,8 @@
   absolute) and optional `text`, `speaker`, `tags` (a mapping; a list is kept under the key
   `keywords`); other keys become tags;
 - a CSV manifest with a header row and a `path` column (same optional columns);
-- an LJSpeech `metadata.csv` (`id|text|normalized text`, audio in `wavs/<id>.wav`).
+- an LJSpeech `metadata.csv` (`id|text|normalized text`, audio in `wavs/<id>.wav`, or
+  `<id>.wav` beside it).
 
 Each file is probed cheaply: the header, a WAV data-chunk size check, and decoding a little
 audio at its start and end (which catches truncated and corrupt files without decoding
@@ -274,7 +275,17 @@ def _has_manifest(folder: Path) -> bool:
 
 
 def _is_ljspeech(folder: Path) -> bool:
-    return (folder / "metadata.csv").is_file() and (folder / "wavs").is_dir()
+    """LJSpeech's layout (metadata.csv + wavs/), or its metadata.csv beside the WAVs."""
+    meta = folder / "metadata.csv"
+    if not meta.is_file():
+        return False
+    return (folder / "wavs").is_dir() or (
+        _looks_like_ljspeech(meta) and _first_id_wav(meta, folder).is_file())
+
+
+def _first_id_wav(meta: Path, folder: Path) -> Path:
+    with meta.open(encoding="utf-8") as handle:
+        return folder / f"{handle.readline().split('|')[0]}.wav"
 
 
 def _entries(src: Path) -> tuple[list[_Entry], Path, list[Path]]:
@@ -387,12 +398,14 @@ def _looks_like_ljspeech(path: Path) -> bool:
 
 
 def _read_ljspeech(path: Path) -> list[_Entry]:
-    """LJSpeech: `id|text|normalized text`; the normalised text is used when present."""
+    """LJSpeech: `id|text|normalized text`; the normalised text is used when present. Audio
+    is `wavs/<id>.wav`, or `<id>.wav` beside metadata.csv when there is no wavs/ folder."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read '{path}': {exc}") from None
     entries = []
+    audio = path.parent / "wavs" if (path.parent / "wavs").is_dir() else path.parent
     for line in lines:
         if not line.strip():
             continue
@@ -400,7 +413,7 @@ def _read_ljspeech(path: Path) -> list[_Entry]:
         normalized = parts[2] if len(parts) > 2 else ""
         text = normalized if normalized.strip() else (parts[1] if len(parts) > 1 else "")
         entries.append(
-            _Entry(path=path.parent / "wavs" / f"{parts[0]}.wav", text=text.strip() or None)
+            _Entry(path=audio / f"{parts[0]}.wav", text=text.strip() or None)
         )
     return entries
 
