@@ -153,7 +153,8 @@ def main() -> None:
                 continue
             out = args.out / f"probe-s{seed}.json"
             if sh([*SOUNDRY, "probe", sem["model"], str(args.data / "test"), "--against",
-                   plain["model"], "--out", str(out)], log) == 0:
+                   plain["model"], "--fit", str(args.data / "train"), "--out", str(out)],
+                  log) == 0:
                 print(json.dumps({"probe": json.loads(out.read_text()), "seed": seed}),
                       flush=True)
     ok = [r for r in rows if "cosine_end" in r]

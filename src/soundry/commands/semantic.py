@@ -24,6 +24,8 @@ def register(sub: Any) -> None:
         "OUT and training slices each crop's features out of the store instead of running "
         "the teachers every step.")
     p.add_argument("recipe", type=Path)
+    p.add_argument("--device", default=None,
+                   help="where the teachers run (default: cuda when available, else cpu)")
     p.add_argument("paths", nargs="+", metavar="DATA... OUT [key=value ...]",
                    help="data folders or manifests (transcripts for a text-LM teacher come "
                    "from the manifest's text column), then the store folder (what the "
@@ -53,7 +55,10 @@ def register(sub: Any) -> None:
     p.add_argument("data", help="a folder or manifest with transcripts")
     p.add_argument("--against", type=Path, default=None, help="a second codec to compare")
     p.add_argument("--steps", type=int, default=1500, help="probe training steps")
-    p.add_argument("--held-out", type=float, default=0.25, help="fraction scored")
+    p.add_argument("--held-out", type=float, default=0.25,
+                   help="fraction of DATA scored when --fit is not given")
+    p.add_argument("--fit", default=None, help="transcribed files to fit the probe on (e.g. "
+                   "the training set); DATA is then scored whole")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write probe.json here")
     p.set_defaults(func=_probe)
@@ -86,16 +91,22 @@ def _teacher_features(args: argparse.Namespace) -> int:
         index.require_usable()
         items += index.items
     files = [(it.path, target_frames(it, sr)) for it in items]
+    import torch
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     teachers = load_teachers(recipe.teachers)
     for name, teacher in teachers.items():
+        teacher.aux.prepare(device)
         def features(teacher: Any = teacher) -> Any:
             for i, it in enumerate(items):
                 yield it.path, files[i][1], _item_features(teacher, it, sr, hop)
                 if (i + 1) % 50 == 0 or i + 1 == len(items):
                     print(f"  {teacher.name}: {i + 1}/{len(items)} files", flush=True)
 
+        texts = ({it.path: it.text for it in items} if teacher.cfg.kind == "text_lm"
+                 else None)
         folder = write_store(out, name, teacher.key(recipe.model.sample_rate, hop),
-                             features(), files)
+                             features(), files, texts)
         print(f"teacher '{name}': features of {len(items)} files in {folder}")
     return 0
 
@@ -111,8 +122,12 @@ def _item_features(teacher: Any, item: Any, sample_rate: int, hop: int) -> Any:
     if teacher.cfg.kind == "text_lm":
         return teacher.item_frames(audio, sample_rate, hop, text=item.text)
     chunk = max(hop, int(CHUNK_SECONDS * sample_rate) // hop * hop)
-    parts = [teacher.item_frames(audio[:, s:s + chunk], sample_rate, hop)
-             for s in range(0, audio.shape[-1], chunk)]
+    starts = list(range(0, audio.shape[-1], chunk))
+    if len(starts) > 1 and audio.shape[-1] - starts[-1] < sample_rate:
+        starts.pop()  # a short tail joins the chunk before it (a teacher needs some audio)
+    ends = [*starts[1:], audio.shape[-1]]
+    parts = [teacher.item_frames(audio[:, s:e], sample_rate, hop)
+             for s, e in zip(starts, ends, strict=True)]
     out = torch.cat(parts, dim=-1)
     assert out.shape[-1] == math.ceil(audio.shape[-1] / hop)
     return out
@@ -131,14 +146,13 @@ def _probe(args: argparse.Namespace) -> int:
 
     from soundry.eval.probe import probe_codec
 
-    results = {"model": probe_codec(args.model, args.data, steps=args.steps,
-                                    held_out=args.held_out, seed=args.seed)}
+    opts = {"steps": args.steps, "held_out": args.held_out, "seed": args.seed, "fit": args.fit}
+    results = {"model": probe_codec(args.model, args.data, **opts)}
     if args.against is not None:
-        results["against"] = probe_codec(args.against, args.data, steps=args.steps,
-                                         held_out=args.held_out, seed=args.seed)
+        results["against"] = probe_codec(args.against, args.data, **opts)
     for name, r in results.items():
         print(f"{name:8s} {r['path']}: level-0 character probe CER {r['cer']:.3f} "
-              f"(chance {r['cer_blank']:.3f}); mel distance level 0 alone "
+              f"(an empty transcript: {r['cer_blank']:.3f}); mel distance level 0 alone "
               f"{r['mel_level0']:.3f}, all {r['levels']} levels {r['mel_all']:.3f}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

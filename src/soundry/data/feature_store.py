@@ -44,6 +44,11 @@ def data_hash(files: Iterable[tuple[str, int]]) -> str:
     return h.hexdigest()
 
 
+def text_digest(text: str | None) -> str | None:
+    """A short hash of a transcript (a text teacher's features depend on it)."""
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _file_size(path: str) -> int:
     try:
         return os.path.getsize(path)
@@ -52,11 +57,13 @@ def _file_size(path: str) -> int:
 
 
 def write_store(root: str | Path, name: str, key: dict[str, Any],
-                items: Iterable[tuple[str, int, torch.Tensor]], files: list[tuple[str, int]]
-                ) -> Path:
+                items: Iterable[tuple[str, int, torch.Tensor]], files: list[tuple[str, int]],
+                texts: dict[str, str | None] | None = None) -> Path:
     """Write the features `items` yields, (path, frames at the data rate, features [dim, F]),
-    as a store for `files` [(path, frames)]; returns its folder. An existing complete store
-    of the same key and data is replaced only once the new one is complete."""
+    as a store for `files` [(path, frames)]; returns its folder. `texts`: the transcripts a
+    text teacher read, by path (their hashes are kept, so an edited transcript is not
+    served stale features). An existing complete store of the same key and data is
+    replaced only once the new one is complete."""
     from safetensors.torch import save_file
 
     root = Path(root)
@@ -84,7 +91,8 @@ def write_store(root: str | Path, name: str, key: dict[str, Any],
         shard[tensor] = feats
         index["items"][path] = {"shard": n_shard, "tensor": tensor, "codec_frames":
                                 int(feats.shape[-1]), "frames": int(frames),
-                                "size": _file_size(path)}
+                                "size": _file_size(path),
+                                "text": text_digest((texts or {}).get(path))}
         size += feats.numel() * 4
         if size >= SHARD_BYTES:
             flush()
@@ -109,12 +117,16 @@ class FeatureStore:
         self.items: dict[str, dict[str, Any]] = self.index["items"]
         self._handles: dict[int, Any] = {}
 
-    def covers(self, files: Iterable[tuple[str, int]]) -> list[str]:
-        """The files [(path, frames)] this store lacks or holds for a different length."""
+    def covers(self, files: Iterable[tuple[str, int]],
+               texts: dict[str, str | None] | None = None) -> list[str]:
+        """The files [(path, frames)] this store lacks, or holds for another length, size or
+        (with `texts`) another transcript."""
         missing = []
         for path, frames in files:
             entry = self.items.get(path)
-            if entry is None or int(entry["frames"]) != int(frames):
+            if (entry is None or int(entry["frames"]) != int(frames)
+                    or entry.get("size", -1) != _file_size(path)
+                    or (texts is not None and entry.get("text") != text_digest(texts.get(path)))):
                 missing.append(path)
         return missing
 
@@ -151,9 +163,10 @@ class FeatureStore:
         return out, max(0, stop - start)
 
 
-def find_store(root: str | Path, key: dict[str, Any], files: list[tuple[str, int]]
-               ) -> tuple[FeatureStore | None, str]:
-    """The store under `root` with this key that covers `files`, or (None, why not)."""
+def find_store(root: str | Path, key: dict[str, Any], files: list[tuple[str, int]],
+               texts: dict[str, str | None] | None = None) -> tuple[FeatureStore | None, str]:
+    """The store under `root` with this key that covers `files` (and `texts`, see
+    `covers`), or (None, why not)."""
     root = Path(root)
     want = key_hash(key)
     seen = []
@@ -167,7 +180,7 @@ def find_store(root: str | Path, key: dict[str, Any], files: list[tuple[str, int
         if meta.get("key_hash") != want:
             continue
         store = FeatureStore(index.parent)
-        missing = store.covers(files)
+        missing = store.covers(files, texts)
         if not missing:
             return store, ""
         seen.append(f"{index.parent.name} lacks {len(missing)} file(s), e.g. {missing[0]}")

@@ -82,43 +82,63 @@ def train_probe(codes: list[torch.Tensor], texts: list[str], alphabet: str, voca
     return probe
 
 
-@torch.no_grad()
-def probe_codec(model: str | Path, data: str | Path, steps: int = 1500,
-                held_out: float = 0.25, seed: int = 0) -> dict[str, Any]:
-    """Probe and reconstruction figures of one codec export on transcribed `data`."""
+def _encode_items(codec: Any, data: str | Path) -> dict[str, list]:
+    """Level-0 codes, normalised transcripts and level-0 / all-level mel distances of the
+    transcribed files of `data`."""
     from soundry.audio.io import read_audio
     from soundry.data.scan import scan
     from soundry.eval.metrics import mel_distance
-    from soundry.models.codec_io import load_codec
 
-    codec = load_codec(model).eval()
-    index = scan(data)
-    items = [it for it in index.items if it.text and normalise_text(it.text)]
-    if len(items) < 4:
-        raise DataError(f"{data}: the probe needs at least 4 transcribed files, found "
-                        f"{len(items)}")
-    codes, texts, mel0, mel_all = [], [], [], []
+    items = [it for it in scan(data).items if it.text and normalise_text(it.text)]
+    out: dict[str, list] = {"codes": [], "texts": [], "mel0": [], "mel_all": []}
     for it in items:
         audio, _ = read_audio(it.path, sample_rate=codec.sample_rate, channels=codec.channels)
         x = torch.from_numpy(audio)[None]
         c = codec.encode(x)
         n = x.shape[-1]
-        mel0.append(mel_distance(x[0], codec.decode_codes(c[:, :1])[0, :, :n],
-                                 codec.sample_rate))
-        mel_all.append(mel_distance(x[0], codec.decode_codes(c)[0, :, :n], codec.sample_rate))
-        codes.append(c[0, 0])
-        texts.append(normalise_text(it.text))
-    alphabet = "".join(sorted(set("".join(texts))))
-    order = np.random.default_rng(seed).permutation(len(items))
-    n_test = max(1, round(held_out * len(items)))
-    test, train = order[:n_test], order[n_test:]
+        sr = codec.sample_rate
+        out["mel0"].append(mel_distance(x[0], codec.decode_codes(c[:, :1])[0, :, :n], sr))
+        out["mel_all"].append(mel_distance(x[0], codec.decode_codes(c)[0, :, :n], sr))
+        out["codes"].append(c[0, 0])
+        out["texts"].append(normalise_text(it.text))
+    return out
+
+
+@torch.no_grad()
+def probe_codec(model: str | Path, data: str | Path, steps: int = 1500,
+                held_out: float = 0.25, seed: int = 0, fit: str | Path | None = None
+                ) -> dict[str, Any]:
+    """Probe and reconstruction figures of one codec export on transcribed `data`.
+
+    `fit`: transcribed files to fit the probe on (e.g. the codec's training set); it is then
+    scored on all of `data`. Without it, a `held_out` fraction of `data` is scored and the
+    rest fits the probe."""
+    from soundry.models.codec_io import load_codec
+
+    codec = load_codec(model).eval()
+    scored = _encode_items(codec, data)
+    n = len(scored["texts"])
+    if fit is not None:
+        fitted = _encode_items(codec, fit)
+        test = list(range(n))
+        train_codes, train_texts = fitted["codes"], fitted["texts"]
+    else:
+        order = np.random.default_rng(seed).permutation(n)
+        n_test = max(1, round(held_out * n))
+        test = [int(i) for i in order[:n_test]]
+        train_codes = [scored["codes"][i] for i in order[n_test:]]
+        train_texts = [scored["texts"][i] for i in order[n_test:]]
+    if len(train_texts) < 3 or not test:
+        raise DataError(f"{data}: the probe needs transcribed files to fit (at least 3) and "
+                        f"to score; found {len(train_texts)} and {len(test)}")
+    alphabet = "".join(sorted(set("".join(train_texts + [scored["texts"][i] for i in test]))))
     with torch.enable_grad():
-        probe = train_probe([codes[i] for i in train], [texts[i] for i in train], alphabet,
-                            codec.codebook_size, steps, seed)
-    hyps = [greedy_ctc(probe(codes[i]), alphabet) for i in test]
-    refs = [texts[i] for i in test]
-    return {"path": str(model), "utterances": len(items), "train": len(train),
+        probe = train_probe(train_codes, train_texts, alphabet, codec.codebook_size, steps,
+                            seed)
+    hyps = [greedy_ctc(probe(scored["codes"][i]), alphabet) for i in test]
+    refs = [scored["texts"][i] for i in test]
+    return {"path": str(model), "utterances": n, "train": len(train_texts),
             "test": len(test), "cer": cer(refs, hyps), "cer_blank": 1.0,
             "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps, strict=True))[:3]],
-            "mel_level0": float(np.mean(mel0)), "mel_all": float(np.mean(mel_all)),
-            "levels": int(codec.n_codebooks)}
+            "mel_level0": float(np.mean(scored["mel0"])),
+            "mel_all": float(np.mean(scored["mel_all"])), "levels": int(codec.n_codebooks)}

@@ -23,7 +23,9 @@ repeated, which for text is the uniform stretch) or linear interpolation (`inter
 `soundry.train.teachers.load_teacher` loads one. Features of a whole file (`item_frames`)
 are what `soundry teacher-features` stores and what training slices a crop out of;
 `batch_frames` runs an SSL teacher on training crops on-line. Both go through the same
-code, so on the same audio they agree.
+code, so on the same audio they agree; on a crop they do not quite: a teacher run on the
+whole file attends across all of it, and a feature extractor that normalises per clip
+(WavLM-large, w2v-BERT) normalises over the whole file, not over the crop.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from soundry.errors import ConfigError, SoundryError
 SSL_TYPES = ("wavlm", "hubert", "wav2vec2", "wav2vec2-conformer", "wav2vec2-bert",
              "data2vec-audio", "unispeech", "unispeech-sat", "sew", "sew-d")
 DEFAULT_SSL_RATE = 16000
+#: clips shorter than this are zero-padded for an SSL teacher (its conv stack's minimum)
+MIN_SECONDS = 0.1
 
 
 class TeacherConfig(Strict):
@@ -98,8 +102,9 @@ def read_teacher_meta(name: str, cfg: TeacherConfig) -> dict[str, Any]:
 def align_frames(x: torch.Tensor, frames: int, pooling: str = "avg") -> torch.Tensor:
     """Teacher features [B, H, L] over the same span as `frames` codec frames -> [B, H, frames].
 
-    avg: adaptive average pooling when L >= frames, else each teacher frame is repeated
-    over the codec frames it covers (uniform stretch); interp: linear interpolation."""
+    avg: adaptive average pooling when L >= frames; else each codec frame f shows teacher
+    frame floor((f + 1/2) L / frames), the one whose span holds f's centre (the uniform
+    stretch); interp: linear interpolation."""
     if frames < 1:
         raise ValueError("frames must be >= 1")
     x = x.float()
@@ -131,7 +136,8 @@ class Teacher:
         self.tokenizer = tokenizer
         self.extractor = extractor
         self.sample_rate = sample_rate
-        self.dim = int(meta.get("hidden_size", meta.get("n_embd", 0)))
+        text = meta.get("text_config") or {}  # multimodal configs nest the LM's
+        self.dim = int(meta.get("hidden_size", meta.get("n_embd", text.get("hidden_size", 0))))
         if self.dim < 1:
             raise ConfigError(f"teachers.{name}: config.json gives no hidden_size")
 
@@ -157,12 +163,15 @@ class Teacher:
         """Equal-length mono clips [T] at the teacher's rate -> hidden states [B, H, L]."""
         if self.extractor is not None:
             inputs = self.extractor(audio, sampling_rate=self.sample_rate, return_tensors="pt")
-            inputs = {k: v for k, v in inputs.items() if k in ("input_values", "input_features")}
+            inputs = {k: v for k, v in inputs.items()
+                      if k in ("input_values", "input_features", "attention_mask")}
         else:
             inputs = {"input_values": torch.from_numpy(np.stack(audio)).float()}
         dev = self._device()
-        out = self.module(**{k: v.to(dev) for k, v in inputs.items()},
-                          output_hidden_states=True)
+        # the teacher runs in its own precision, whatever autocast the caller is under
+        with torch.autocast(dev.type, enabled=False):
+            out = self.module(**{k: v.to(dev) for k, v in inputs.items()},
+                              output_hidden_states=True)
         return _layer(out.hidden_states, self.cfg.layer)
 
     def _to_teacher_rate(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -175,24 +184,40 @@ class Teacher:
 
     def batch_frames(self, audio: torch.Tensor, sample_rate: int, hop: int) -> torch.Tensor:
         """SSL features of clips [B, 1, T] at `sample_rate`, aligned to ceil(T / hop) frames
-        [B, H, F] (on-line extraction, e.g. of training crops)."""
+        [B, H, F] (on-line extraction, e.g. of training crops). Clips shorter than
+        `MIN_SECONDS` (a teacher's conv stack needs ~25 ms) are zero-padded for the teacher
+        and their frames trimmed back."""
         if self.cfg.kind != "ssl":
             raise SoundryError(f"teacher '{self.name}' reads text, not audio")
-        frames = math.ceil(audio.shape[-1] / hop)
-        clips = [self._to_teacher_rate(a, sample_rate) for a in audio.float().cpu().numpy()]
+        n = audio.shape[-1]
+        frames = math.ceil(n / hop)
+        short = max(0, math.ceil(MIN_SECONDS * sample_rate / hop) * hop - n)
+        x = audio.float().cpu()
+        if short:
+            x = F.pad(x, (0, short))
+        clips = [self._to_teacher_rate(a, sample_rate) for a in x.numpy()]
         feats = self.ssl_features(clips)
-        return align_frames(feats, frames, self.cfg.pooling)
+        return align_frames(feats, math.ceil(x.shape[-1] / hop), self.cfg.pooling)[..., :frames]
 
     # -- text ------------------------------------------------------------------------------
 
     @torch.no_grad()
     def text_features(self, text: str) -> torch.Tensor:
-        """Hidden states of the transcript's tokens [H, L]."""
+        """Hidden states of the transcript's tokens [H, L] (float32). A transcript longer
+        than the model's positions runs in consecutive windows of that many tokens."""
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         if ids.shape[-1] == 0:
             raise SoundryError(f"teacher '{self.name}': the transcript {text!r} has no tokens")
-        out = self.module(input_ids=ids.to(self._device()), output_hidden_states=True)
-        return _layer(out.hidden_states, self.cfg.layer)[0]
+        dev = self._device()
+        window = int(self.meta.get("max_position_embeddings", self.meta.get("n_positions", 0))
+                     or ids.shape[-1])
+        parts = []
+        with torch.autocast(dev.type, enabled=False):
+            for start in range(0, ids.shape[-1], window):
+                out = self.module(input_ids=ids[:, start:start + window].to(dev),
+                                  output_hidden_states=True)
+                parts.append(_layer(out.hidden_states, self.cfg.layer)[0])
+        return torch.cat(parts, dim=-1)
 
     def text_frames(self, text: str, frames: int) -> torch.Tensor:
         """Transcript features stretched uniformly over `frames` frames: [H, frames]."""

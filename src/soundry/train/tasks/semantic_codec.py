@@ -10,8 +10,10 @@ join the codec's in one generator loss, so phases can reweight them like any oth
 Teacher features come from a store `soundry teacher-features` wrote (`teacher_features:`
 names its folder; the crop's frames are sliced out of the whole file's features) or are
 computed on-line from each training crop (an SSL teacher) or from the file's transcript (a
-text LM, cached per file). The two differ only at crop edges, where a teacher run on a
-whole file sees context a crop lacks.
+text LM; its token states are cached per file). Stored SSL features differ from a crop's
+on-line ones: the teacher attended across the whole file, an extractor that normalises per
+clip normalised over it, and the crop's gain augmentation is not in them. Validation
+targets come from the store when it holds the validation file, else on-line.
 
 Logged: `loss/distill_<name>`, and `distill/<name>/cosine`, the per-frame cosine similarity of
 the head's prediction and the teacher's features (training batches and validation clips).
@@ -104,15 +106,17 @@ class SemanticCodecRecipe(CodecRecipe):
                 raise ValueError(f"optim.{net}.clip: both networks are clipped in a semantic "
                                  "codec (an unclipped discriminator destabilises the "
                                  "adversarial-only phase)")
-        if self.teacher_features is not None:
+        text = any(t.kind == "text_lm" for t in self.teachers.values())
+        if self.teacher_features is not None or text:
             if not self.data.snap_to_hop:
-                raise ValueError("teacher_features needs data.snap_to_hop: true (crops must "
-                                 "start on a frame to slice a file's stored features)")
+                raise ValueError("teacher_features and text_lm teachers need "
+                                 "data.snap_to_hop: true (crops must start on a frame to "
+                                 "slice a file's features)")
             pitch = self.data.augment.pitch
             if pitch.prob > 0:
-                raise ValueError("data.augment.pitch changes timing, so stored teacher "
-                                 "features no longer line up; turn it off or drop "
-                                 "teacher_features (on-line teachers)")
+                raise ValueError("data.augment.pitch changes timing, so a file's stored or "
+                                 "transcript features no longer line up with the crop; "
+                                 "turn it off")
         return self
 
 
@@ -139,10 +143,11 @@ class SemanticCodecTask(CodecTask):
         self.sample_rate = recipe.model.sample_rate
         self._stores: dict[str, Any] = {}
         self._texts: dict[str, str | None] | None = None
-        self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._token_cache: dict[tuple[str, str], torch.Tensor] = {}
         self._valid_targets: dict[str, list[torch.Tensor]] | None = None
         if recipe.teacher_features is not None:
             self._open_stores()
+        self._check_transcripts()
 
     # -- Task interface --------------------------------------------------------------------
 
@@ -158,6 +163,9 @@ class SemanticCodecTask(CodecTask):
             build_spec("generator", optim.generator,
                        {"generator": self.generator, "heads": self.heads}, steps),
         ]
+
+    def ema_networks(self) -> list[str]:
+        return ["generator", "heads"]  # validation pairs the generator with its heads
 
     def auxiliary_networks(self) -> dict[str, Any]:
         return {f"teacher_{n}": t.aux for n, t in self.teachers.items()}
@@ -185,9 +193,11 @@ class SemanticCodecTask(CodecTask):
         sources = load_sources(self.recipe.data)
         sr = self.recipe.data.sample_rate
         files = [(it.path, target_frames(it, sr)) for items in sources.train for it in items]
+        texts = {it.path: it.text for items in sources.train for it in items}
         for name, teacher in self.teachers.items():
             store, why = find_store(self.recipe.teacher_features,
-                                    teacher.key(self.sample_rate, self.hop), files)
+                                    teacher.key(self.sample_rate, self.hop), files,
+                                    texts if teacher.cfg.kind == "text_lm" else None)
             if store is None:
                 raise SoundryError(
                     f"teacher_features {self.recipe.teacher_features}: no stored features "
@@ -206,17 +216,37 @@ class SemanticCodecTask(CodecTask):
             self._texts = {it.path: it.text for it in items}
         return self._texts.get(path)
 
+    def _check_transcripts(self) -> None:
+        """Every file an on-line text teacher reads has a transcript (checked before
+        training, not when the file first comes up)."""
+        online = [n for n, t in self.teachers.items()
+                  if t.cfg.kind == "text_lm" and n not in self._stores]
+        if not online:
+            return
+        self._text_of("")  # builds the path -> text map
+        assert self._texts is not None
+        missing = [p for p, text in self._texts.items() if not text]
+        if missing:
+            raise SoundryError(
+                f"teacher '{online[0]}' reads transcripts, but {len(missing)} file(s) have "
+                f"none (e.g. {missing[0]}); give every file a `text` (a manifest column or "
+                "LJSpeech's metadata.csv)")
+
     def _text_frames(self, teacher: Teacher, path: str, file_frames: int) -> torch.Tensor:
-        """A text teacher's features of a whole file at its codec frames [H, F] (cached)."""
+        """A text teacher's features of a whole file at its codec frames [H, F]. The token
+        states [H, L] are cached per file (far smaller than [H, F]); the stretch is redone."""
+        from soundry.models.teachers import align_frames
+
         key = (teacher.name, path)
-        if key not in self._text_cache:
+        if key not in self._token_cache:
             text = self._text_of(path)
             if not text:
                 raise SoundryError(f"teacher '{teacher.name}' needs a transcript of {path} "
                                    "(a manifest `text` column or LJSpeech metadata.csv)")
-            self._text_cache[key] = teacher.text_frames(text, math.ceil(file_frames / self.hop)
-                                                        ).cpu()
-        return self._text_cache[key]
+            self._token_cache[key] = teacher.text_features(text).cpu()
+        tokens = self._token_cache[key]
+        return align_frames(tokens[None], math.ceil(file_frames / self.hop),
+                            teacher.cfg.pooling)[0]
 
     def _text_window(self, teacher: Teacher, path: str, file_frames: int, offset: int,
                      frames: int) -> tuple[torch.Tensor, int]:
@@ -235,18 +265,19 @@ class SemanticCodecTask(CodecTask):
         [B, F])."""
         frames = math.ceil(x.shape[-1] / self.hop)
         lengths = batch.get("lengths")
-        mask = torch.ones(x.shape[0], frames)
-        if lengths is not None:
-            valid = torch.div(lengths + self.hop - 1, self.hop, rounding_mode="floor")
-            mask = (torch.arange(frames)[None] < valid[:, None]).float()
+        base = torch.ones(x.shape[0], frames)
+        if lengths is not None:  # frames past a short file's end are padding
+            valid = torch.div(lengths.cpu() + self.hop - 1, self.hop, rounding_mode="floor")
+            base = (torch.arange(frames)[None] < valid[:, None]).float()
         metas = batch.get("meta") or []
         out = {}
         for name, teacher in self.teachers.items():
+            mask = base.clone()
             if name in self._stores:
                 rows = []
                 for i, meta in enumerate(metas):
-                    feats, n = self._stores[name].get(meta["path"],
-                                                      int(batch["offset"][i]) // self.hop, frames)
+                    feats, n = self._stores[name].get(
+                        meta["path"], int(batch["offset"][i]) // self.hop, frames)
                     mask[i, n:] = 0
                     rows.append(feats)
                 target = torch.stack(rows)
@@ -330,7 +361,11 @@ class SemanticCodecTask(CodecTask):
             for _, clip, item, offset in self._windows:
                 frames = math.ceil(clip.shape[-1] / self.hop)
                 for name, teacher in self.teachers.items():
-                    if teacher.cfg.kind == "text_lm":
+                    store = self._stores.get(name)
+                    if store is not None and item.path in store.items:
+                        # the training targets' source, so the score measures the same thing
+                        out[name].append(store.get(item.path, offset // self.hop, frames)[0])
+                    elif teacher.cfg.kind == "text_lm":
                         from soundry.data.datasets import target_frames
 
                         total = target_frames(item, self.recipe.data.sample_rate)
