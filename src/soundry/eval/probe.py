@@ -60,22 +60,24 @@ def greedy_ctc(logits: torch.Tensor, alphabet: str) -> str:
 
 
 def train_probe(codes: list[torch.Tensor], texts: list[str], alphabet: str, vocab: int,
-                steps: int, seed: int) -> torch.nn.Embedding:
-    """A linear CTC probe (one-hot code -> character logits) fitted on (codes [F], text)."""
+                steps: int, seed: int, batch: int = 32) -> torch.nn.Embedding:
+    """A linear CTC probe (one-hot code -> character logits) fitted on (codes [F], text),
+    `batch` random utterances a step (Adam)."""
     gen = torch.Generator().manual_seed(seed)
     probe = torch.nn.Embedding(vocab, len(alphabet) + 1)
     with torch.no_grad():
         probe.weight.normal_(0, 0.01, generator=gen)
     opt = torch.optim.Adam(probe.parameters(), lr=0.05)
     index = {c: i + 1 for i, c in enumerate(alphabet)}
-    lengths = torch.tensor([c.shape[0] for c in codes])
-    padded = torch.nn.utils.rnn.pad_sequence(codes, batch_first=True)  # [N, F]
     targets = [torch.tensor([index[c] for c in t]) for t in texts]
-    target_lengths = torch.tensor([t.shape[0] for t in targets])
-    flat = torch.cat(targets)
     for _ in range(steps):
+        pick = torch.randperm(len(codes), generator=gen)[:batch].tolist()
+        lengths = torch.tensor([codes[i].shape[0] for i in pick])
+        padded = torch.nn.utils.rnn.pad_sequence([codes[i] for i in pick], batch_first=True)
         logp = F.log_softmax(probe(padded), dim=-1).transpose(0, 1)  # [F, N, C]
-        loss = F.ctc_loss(logp, flat, lengths, target_lengths, zero_infinity=True)
+        loss = F.ctc_loss(logp, torch.cat([targets[i] for i in pick]), lengths,
+                          torch.tensor([targets[i].shape[0] for i in pick]),
+                          zero_infinity=True)
         opt.zero_grad()
         loss.backward()
         opt.step()
