@@ -13,8 +13,10 @@ DATA/test (unseen voices and sentences) from step 0 (`train.valid_at_start`), so
 distillation cosine's start, the best constant predictor's score on the same clips
 (`cosine_const`) and the reconstruction at every validation are in metrics.jsonl.
 
-Printed per run: the distillation cosine at the start, at the end of the warm-up and at the
-end (after the adversarial-only phase), the constant predictor's, the mel distance (all
+Printed per run: the in-run validation curve (distillation cosine against on-line or stored
+teacher features of 1 s clips), the constant predictor's, and `held_out_start/end`: the
+cosine of the untrained and the final networks on the whole held-out files against their
+stored features (what training aimed at), beside the best constant's; also the mel distance (all
 levels and level 0 alone) at each validation, and the number of error-level health
 findings. With `--plain`, a plain codec (`recipes/codec/tiny.yaml`, same steps) is trained
 too and `soundry probe` compares the linear character probe on both codecs' level 0.
@@ -57,6 +59,43 @@ def health_errors(run: Path) -> list[str]:
             if f.get("level") == "error"]
 
 
+def held_out_scores(run: Path, features: Path, test: Path, step: int | None = None
+                    ) -> dict[str, float]:
+    """Distillation cosine of a run's checkpoint (or of its untrained networks, `step=0`) on
+    the whole held-out files, against their stored teacher features (the kind of target
+    training aimed at), beside the best constant predictor's score on the same frames."""
+    import torch
+    from safetensors.torch import load_file
+
+    from soundry.audio.io import read_audio
+    from soundry.data.scan import scan
+    from soundry.losses.distill import best_constant_cosine, frame_cosine
+    from soundry.train.recipes import load_recipe
+    from soundry.train.task import TaskContext
+    from soundry.train.tasks.semantic_codec import SemanticCodecTask
+
+    recipe = load_recipe(run / "config.yaml", [f"teacher_features={features}"])
+    task = SemanticCodecTask(recipe, TaskContext())
+    if step != 0:
+        ckpts = sorted((run / "checkpoints").glob("step_*"))
+        ckpt = ckpts[-1] if step is None else run / "checkpoints" / f"step_{step:08d}"
+        for net in ("generator", "heads"):
+            getattr(task, net).load_state_dict(load_file(str(ckpt / f"{net}.safetensors")))
+    task.generator.eval()
+    store = task._stores["ssl"]
+    cos, targets = [], []
+    with torch.no_grad():
+        for item in scan(test).items:
+            audio, _ = read_audio(item.path, sample_rate=recipe.data.sample_rate, channels=1)
+            out = task.generator(torch.from_numpy(audio)[None])
+            target = store.full(item.path)[None]
+            pred = task.predictions(out.info.level_outputs)["ssl"][..., : target.shape[-1]]
+            cos.append(frame_cosine(pred, target)[0])
+            targets.append(target)
+    return {"cosine": float(torch.cat(cos).mean()),
+            "cosine_const": float(best_constant_cosine(torch.cat(targets, dim=-1)))}
+
+
 def one_run(name: str, overrides: list[str], seed: int, args: argparse.Namespace,
             features: Path, teacher: Path) -> dict[str, Any]:
     work = args.out / f"{name}-s{seed}-t{args.threads}"
@@ -88,6 +127,8 @@ def one_run(name: str, overrides: list[str], seed: int, args: argparse.Namespace
     row["mel_start"], row["mel_end"] = valid[0]["valid/mel_distance"], valid[-1][
         "valid/mel_distance"]
     row["health_errors"] = health_errors(work / "run")
+    row["held_out_start"] = held_out_scores(work / "run", features, args.data / "test", 0)
+    row["held_out_end"] = held_out_scores(work / "run", features, args.data / "test")
     if sh([*SOUNDRY, "export", str(work / "run"), str(work / "model")], log) == 0:
         row["model"] = str(work / "model")
     return row
@@ -119,7 +160,16 @@ def main() -> None:
     p.add_argument("--plain", action="store_true", help="also train a plain codec and probe")
     p.add_argument("--variant", action="append", default=[],
                    help="NAME='key=value key=value' recipe overrides (repeatable)")
+    p.add_argument("--rescore", type=Path, nargs="+", default=None,
+                   help="only score these finished run directories on DATA/test (features "
+                   "from OUT/features)")
     args = p.parse_args()
+    if args.rescore:
+        for run in args.rescore:
+            print(json.dumps({"run": str(run), "start": held_out_scores(
+                run, args.out / "features", args.data / "test", 0), "end": held_out_scores(
+                run, args.out / "features", args.data / "test")}), flush=True)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     if not (args.data / "test" / "metadata.csv").is_file():
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speech_corpus.py"),
