@@ -84,9 +84,9 @@ def train_probe(codes: list[torch.Tensor], texts: list[str], alphabet: str, voca
     return probe
 
 
-def _encode_items(codec: Any, data: str | Path) -> dict[str, list]:
-    """Level-0 codes, normalised transcripts and level-0 / all-level mel distances of the
-    transcribed files of `data`."""
+def _encode_items(codec: Any, data: str | Path, mel: bool = True) -> dict[str, list]:
+    """Level-0 codes, normalised transcripts and (`mel`) level-0 / all-level mel distances
+    of the transcribed files of `data`."""
     from soundry.audio.io import read_audio
     from soundry.data.scan import scan
     from soundry.eval.metrics import mel_distance
@@ -99,8 +99,9 @@ def _encode_items(codec: Any, data: str | Path) -> dict[str, list]:
         c = codec.encode(x)
         n = x.shape[-1]
         sr = codec.sample_rate
-        out["mel0"].append(mel_distance(x[0], codec.decode_codes(c[:, :1])[0, :, :n], sr))
-        out["mel_all"].append(mel_distance(x[0], codec.decode_codes(c)[0, :, :n], sr))
+        if mel:
+            out["mel0"].append(mel_distance(x[0], codec.decode_codes(c[:, :1])[0, :, :n], sr))
+            out["mel_all"].append(mel_distance(x[0], codec.decode_codes(c)[0, :, :n], sr))
         out["codes"].append(c[0, 0])
         out["texts"].append(normalise_text(it.text))
     return out
@@ -121,7 +122,7 @@ def probe_codec(model: str | Path, data: str | Path, steps: int = 1500,
     scored = _encode_items(codec, data)
     n = len(scored["texts"])
     if fit is not None:
-        fitted = _encode_items(codec, fit)
+        fitted = _encode_items(codec, fit, mel=False)
         test = list(range(n))
         train_codes, train_texts = fitted["codes"], fitted["texts"]
     else:
