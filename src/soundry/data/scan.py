@@ -398,7 +398,8 @@ def _looks_like_ljspeech(path: Path) -> bool:
 
 
 def _read_ljspeech(path: Path) -> list[_Entry]:
-    """LJSpeech: `id|text|normalized text`; the normalised text is used when present. Audio
+    """LJSpeech: `id|text|normalized text[|speaker]`; the normalised text is used when
+    present, and the optional 4th column is the speaker id. Audio
     is `wavs/<id>.wav`, or `<id>.wav` beside metadata.csv when there is no wavs/ folder."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -412,8 +413,10 @@ def _read_ljspeech(path: Path) -> list[_Entry]:
         parts = line.split("|")
         normalized = parts[2] if len(parts) > 2 else ""
         text = normalized if normalized.strip() else (parts[1] if len(parts) > 1 else "")
+        speaker = parts[3].strip() if len(parts) > 3 else ""
         entries.append(
-            _Entry(path=audio / f"{parts[0]}.wav", text=text.strip() or None)
+            _Entry(path=audio / f"{parts[0]}.wav", text=text.strip() or None,
+                   speaker=speaker or None)
         )
     return entries
 

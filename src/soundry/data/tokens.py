@@ -367,8 +367,10 @@ class TokenLoader:
     """
 
     def __init__(self, dataset: TokenDataset, sampler: EpochBatchSampler,
-                 num_workers: int = 0, seed: int | None = None) -> None:
+                 num_workers: int = 0, seed: int | None = None,
+                 collate: Any = None) -> None:
         self.dataset = dataset
+        self.collate = collate or collate_tokens
         self.sampler = sampler
         self.num_workers = int(num_workers)
         self.seed = int(dataset.seed if seed is None else seed)
@@ -386,7 +388,7 @@ class TokenLoader:
                 self.dataset,
                 batch_sampler=self.sampler,
                 num_workers=self.num_workers,
-                collate_fn=collate_tokens,
+                collate_fn=self.collate,
                 prefetch_factor=2 if self.num_workers > 0 else None,
                 generator=torch.Generator().manual_seed(self.seed),
             )

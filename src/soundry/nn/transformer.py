@@ -286,10 +286,13 @@ class Transformer(nn.Module):
         x: torch.Tensor,
         valid: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        attend: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [B, L, dim], valid [B, L] bool (False = padding) -> [B, L, dim].
 
         With a cache, x continues the cached sequence: its positions follow the filled ones.
+        attend: optional [B or 1, L, L] bool, False where query i may not see key j (on top
+        of padding and causality; e.g. a prefix that must not see what follows it).
         Outputs at padded positions are meaningless.
         """
         batch, length, _ = x.shape
@@ -314,7 +317,9 @@ class Transformer(nn.Module):
         # padded queries never have an empty (NaN) softmax row.
         mask = None
         is_causal = False
-        if padded or (self.cfg.causal and start > 0 and length > 1):
+        if attend is not None and cache is not None:
+            raise ValueError("an extra attention mask is not supported with a KV cache")
+        if padded or attend is not None or (self.cfg.causal and start > 0 and length > 1):
             keys_valid = torch.ones(batch, end, dtype=torch.bool, device=x.device)
             if cache is not None:
                 if valid is not None:
@@ -328,6 +333,8 @@ class Transformer(nn.Module):
             allowed = keys_valid[:, None, :] | (k_pos == q_pos)[None]
             if self.cfg.causal:
                 allowed = allowed & (k_pos <= q_pos)[None]
+            if attend is not None:
+                allowed = allowed & (attend.to(allowed.device) | (k_pos == q_pos)[None])
             mask = allowed[:, None]  # [B, 1, L, end]
         elif self.cfg.causal and length > 1:
             is_causal = True  # start == 0: SDPA's own causal kernel

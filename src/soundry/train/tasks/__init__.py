@@ -10,6 +10,7 @@ from soundry.train.tasks import (  # noqa: F401  (each registers)
     semantic_codec,
     toy,
     transform,
+    tts,
     vae,
 )
 

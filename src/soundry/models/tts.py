@@ -1,0 +1,627 @@
+"""Codec-token text-to-speech over every codebook level at once (`task: tts`).
+
+One transformer reads, left to right (one position each)::
+
+    [text tokens ...] [prompt frames ...] [SEP] [target frames or pattern steps ...]
+
+- Text: UTF-8 bytes of the text (or of its phonemes, `text.frontend: phonemes`), through
+  `ByteTokenizer`; left-padded in a batch.
+- Prompt: codes [B, K, P] of another clip of the target voice, embedded one frame per
+  position by the `AudioEncoder`; left-padded. The null condition of classifier-free
+  guidance is the empty text and no prompt.
+- SEP: one learned vector. The duration head reads the transformer's output here: the
+  frame count of the target, from text and prompt only (in `nar` mode the prefix never
+  attends to the target, so the count cannot be read off the sequence length).
+- Target, `mode: nar`: the target's frames with masked cells replaced by MASK,
+  bidirectional attention; `mode: ar`: the target's pattern steps (parallel: one frame of
+  every level per step; or delay), causal attention, EOS ends the utterance.
+- Each segment adds its own learned type vector; rotary positions run over the valid
+  positions of the whole sequence.
+
+AudioEncoder: per-level embeddings plus a level-position vector, a small residual MLP per
+level vector, then learned softmax weights over levels sum them into one vector per frame.
+AudioDecoder: a pre-norm residual MLP, then one head per level, or one shared head fed the
+hidden state plus a learned per-level query.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from soundry.config import Strict
+from soundry.errors import ConfigError, SoundryError
+from soundry.models.lm import ByteTokenizer, Conditioning
+from soundry.models.patterns import (
+    ParallelPatternConfig,
+    Pattern,
+    PatternConfig,
+    SpecialTokens,
+    build_pattern,
+)
+from soundry.nn.transformer import KVCache, RMSNorm, Transformer, TransformerConfig
+
+log = logging.getLogger(__name__)
+
+SEGMENT_TEXT, SEGMENT_PROMPT, SEGMENT_SEP, SEGMENT_TARGET = 0, 1, 2, 3
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+class TTSTextConfig(Strict):
+    """Text front end: `bytes` (UTF-8 of the text) or `phonemes` (espeak-ng phonemes through
+    the `phonemizer` package, in `language`), at most `max_bytes` bytes."""
+
+    frontend: Literal["bytes", "phonemes"] = "bytes"
+    language: str = "en-us"
+    max_bytes: int = Field(256, ge=1)
+
+
+class DurationConfig(Strict):
+    """The duration head: `regression` on log-frames (L1) or `digits` (the frame count as
+    `digits` decimal digits, one 10-way classification each). Trained with `weight` from
+    step `start_step` on, in parallel with the token loss."""
+
+    kind: Literal["regression", "digits"] = "regression"
+    digits: int = Field(4, ge=1, le=6)
+    weight: float = Field(1.0, ge=0)
+    start_step: int = Field(0, ge=0)
+
+
+class NARConfig(Strict):
+    """Masked (`mode: nar`) training and demasking.
+
+    mask_unit: in training, mask whole frames (all levels) or each level's cells
+      independently. Inference: `steps` demasking steps on the cosine schedule, keeping the
+      most confident units (`confidence: frame` sums the log-probabilities over levels;
+      `cell` ranks cells); sampling temperature annealed linearly to 0 over the steps, with
+      `confidence_noise` x temperature Gumbel noise on the confidences; guidance rescale
+      `cfg_rescale` (0: plain guidance).
+    """
+
+    mask_unit: Literal["frame", "cell"] = "frame"
+    steps: int = Field(25, ge=1)
+    confidence: Literal["frame", "cell"] = "frame"
+    temperature: float = Field(1.0, ge=0)
+    confidence_noise: float = Field(1.0, ge=0)
+    cfg_scale: float = Field(2.0, ge=0)
+    cfg_rescale: float = Field(0.7, ge=0, le=1)
+
+
+class TTSConfig(Strict):
+    """A TTS model over `levels` codebooks of `card` codes.
+
+    loss_weights: `uniform`, `decreasing` (level k weighs K - k) or one weight per level.
+    uncond_frac: fraction of training items whose text and prompt are both dropped (the
+      null condition classifier-free guidance compares against).
+    max_duration_factor: an AR generation that emits no EOS stops at this multiple of the
+      predicted duration, with a warning.
+    """
+
+    mode: Literal["ar", "nar"] = "nar"
+    levels: int = Field(4, ge=1)
+    card: int = Field(1024, ge=2)
+    transformer: TransformerConfig = Field(
+        default_factory=lambda: TransformerConfig(causal=False))
+    pattern: PatternConfig = Field(default_factory=ParallelPatternConfig)
+    shared_head: bool = False
+    mlp_hidden: int | None = Field(None, ge=1)
+    loss_weights: Literal["uniform", "decreasing"] | list[float] = "uniform"
+    text: TTSTextConfig = Field(default_factory=TTSTextConfig)
+    duration: DurationConfig = Field(default_factory=DurationConfig)
+    nar: NARConfig = Field(default_factory=NARConfig)
+    uncond_frac: float = Field(0.1, ge=0.0, le=1.0)
+    max_duration_factor: float = Field(2.0, gt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TTSConfig:
+        if self.mode == "ar" and not self.transformer.causal:
+            raise ValueError("model.mode: ar predicts the next step and needs "
+                             "model.transformer.causal: true")
+        if self.mode == "nar" and self.transformer.causal:
+            raise ValueError("model.mode: nar demasks with bidirectional attention and needs "
+                             "model.transformer.causal: false")
+        if isinstance(self.loss_weights, list):
+            if len(self.loss_weights) != self.levels:
+                raise ValueError(f"model.loss_weights has {len(self.loss_weights)} entries "
+                                 f"for {self.levels} levels")
+            if min(self.loss_weights) < 0 or sum(self.loss_weights) <= 0:
+                raise ValueError("model.loss_weights must be >= 0 with a positive sum")
+        return self
+
+
+def level_weights(spec: str | Sequence[float], levels: int) -> torch.Tensor:
+    """Per-level loss weights [K], summing to 1: uniform, decreasing (K - k) or a list."""
+    if spec == "uniform":
+        w = torch.ones(levels)
+    elif spec == "decreasing":
+        w = torch.arange(levels, 0, -1, dtype=torch.float32)
+    else:
+        w = torch.tensor(list(spec), dtype=torch.float32)
+    return w / w.sum()
+
+
+# ----------------------------------------------------------------------------- text
+
+
+class TextFrontend:
+    """Text -> byte-tokenizer ids, through phonemes when configured (cached per text)."""
+
+    def __init__(self, cfg: TTSTextConfig) -> None:
+        self.cfg = cfg
+        self.tokenizer = ByteTokenizer(cfg.max_bytes)
+        self._backend = None
+        self._cache: dict[str, str] = {}
+
+    def _phonemes(self, text: str) -> str:
+        if text in self._cache:
+            return self._cache[text]
+        if self._backend is None:
+            try:
+                from phonemizer.backend import EspeakBackend
+            except ImportError:
+                raise ConfigError("model.text.frontend: phonemes needs the `phonemizer` "
+                                  "package (pip install phonemizer) and espeak-ng "
+                                  "(apt-get install espeak-ng)") from None
+            try:
+                self._backend = EspeakBackend(self.cfg.language, preserve_punctuation=True,
+                                              with_stress=True)
+            except RuntimeError as exc:
+                raise ConfigError(f"model.text.frontend: phonemes: espeak-ng backend for "
+                                  f"'{self.cfg.language}' failed: {exc}") from None
+        out = self._backend.phonemize([text], strip=True)[0]
+        if len(self._cache) < 100_000:
+            self._cache[text] = out
+        return out
+
+    def string(self, text: str) -> str:
+        """What the model reads for `text` (the text itself, or its phonemes)."""
+        text = (text or "").strip()
+        if not text or self.cfg.frontend == "bytes":
+            return text
+        return self._phonemes(text)
+
+    def batch(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts -> (ids [B, L] left-padded, valid [B, L])."""
+        return self.tokenizer.batch([self.string(t) for t in texts])
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class AudioEncoder(nn.Module):
+    """Token ids [B, K, T] (codes, EOS, PAD, BOS, MASK) -> one vector per frame [B, T, dim].
+
+    Each level has its own embedding rows and a level-position vector; a residual MLP shared
+    by the levels refines each level vector; learned softmax weights sum the levels."""
+
+    def __init__(self, levels: int, n_input: int, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(levels * n_input, dim)
+        self.level_position = nn.Parameter(torch.zeros(levels, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.level_logits = nn.Parameter(torch.zeros(levels))
+        self.register_buffer("offsets", torch.arange(levels).view(1, levels, 1) * n_input,
+                             persistent=False)
+        nn.init.normal_(self.embed.weight, 0.0, 0.02)
+        nn.init.normal_(self.level_position, 0.0, 0.02)
+
+    def level_weights(self) -> torch.Tensor:
+        """[K] softmax weights of the levels."""
+        return torch.softmax(self.level_logits, dim=0)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        v = self.embed(ids + self.offsets) + self.level_position[None, :, None, :]
+        v = v + self.mlp(v)  # [B, K, T, D]
+        return torch.einsum("bktd,k->btd", v, self.level_weights().to(v.dtype))
+
+
+class AudioDecoder(nn.Module):
+    """Hidden states [B, S, dim] -> logits [B, K, S, V]: a pre-norm residual MLP, then one
+    head per level, or one shared head reading hidden + a learned per-level query."""
+
+    def __init__(self, levels: int, n_output: int, dim: int, hidden: int, shared: bool) -> None:
+        super().__init__()
+        self.levels, self.n_output, self.shared = levels, n_output, shared
+        self.norm = RMSNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        if shared:
+            self.level_query = nn.Parameter(torch.zeros(levels, dim))
+            nn.init.normal_(self.level_query, 0.0, 0.02)
+            self.head = nn.Linear(dim, n_output)
+        else:
+            self.head = nn.Linear(dim, levels * n_output)
+        nn.init.normal_(self.head.weight, 0.0, 0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        batch, steps, _ = hidden.shape
+        if self.shared:
+            x = hidden[:, None] + self.level_query[None, :, None, :]  # [B, K, S, D]
+            return self.head(x + self.mlp(self.norm(x)))
+        x = hidden + self.mlp(self.norm(hidden))
+        logits = self.head(x).view(batch, steps, self.levels, self.n_output)
+        return logits.transpose(1, 2)
+
+
+class DurationHead(nn.Module):
+    """SEP hidden [B, dim] -> log-frames [B] (regression) or digit logits [B, D, 10]."""
+
+    def __init__(self, cfg: DurationConfig, dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        out = 1 if cfg.kind == "regression" else cfg.digits * 10
+        self.net = nn.Sequential(RMSNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, out))
+
+    def forward(self, sep: torch.Tensor) -> torch.Tensor:
+        out = self.net(sep)
+        if self.cfg.kind == "regression":
+            return out[:, 0]
+        return out.view(-1, self.cfg.digits, 10)
+
+    def digits_of(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frame counts [B] -> their decimal digits [B, D], most significant first
+        (counts above 10^D - 1 are clamped)."""
+        d = self.cfg.digits
+        frames = frames.long().clamp(0, 10**d - 1)
+        powers = 10 ** torch.arange(d - 1, -1, -1, device=frames.device)
+        return (frames[:, None] // powers) % 10
+
+    def loss(self, out: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Mean loss against true frame counts [B]."""
+        if self.cfg.kind == "regression":
+            return (out - torch.log(frames.float().clamp(min=1.0))).abs().mean()
+        target = self.digits_of(frames)
+        return F.cross_entropy(out.reshape(-1, 10).float(), target.reshape(-1))
+
+    def frames(self, out: torch.Tensor) -> torch.Tensor:
+        """Predicted frame counts [B] (float; at least 1)."""
+        if self.cfg.kind == "regression":
+            return out.float().exp().clamp(min=1.0)
+        digits = out.argmax(-1)
+        powers = 10 ** torch.arange(self.cfg.digits - 1, -1, -1, device=out.device)
+        return (digits * powers).sum(-1).float().clamp(min=1.0)
+
+
+@dataclass
+class TTSLoss:
+    """loss: weighted token loss (+ duration); per-level tensors [K] carry no gradient."""
+
+    loss: torch.Tensor
+    token_loss: torch.Tensor
+    level_loss: torch.Tensor
+    level_accuracy: torch.Tensor
+    level_count: torch.Tensor
+    duration_loss: torch.Tensor
+    duration_error: torch.Tensor  # mean |predicted - true| / true frames
+    mask_ratio: torch.Tensor | None = None
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        out = {f"{prefix}loss": float(self.token_loss),
+               f"{prefix}duration_loss": float(self.duration_loss),
+               f"{prefix}duration_error": float(self.duration_error)}
+        for k in range(len(self.level_loss)):
+            out[f"{prefix}loss/level_{k}"] = float(self.level_loss[k])
+            out[f"{prefix}accuracy/level_{k}"] = float(self.level_accuracy[k])
+        return out
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class TTSModel(nn.Module):
+    """Text + voice prompt -> codec codes of every level (see the module docstring).
+
+    For `mode: ar` it offers the interface `soundry.generate.sampling.generate` drives
+    (`pattern`, `tokens`, `forward`, `prefill`, `decode`, `new_cache`,
+    `null_conditioning`), so AR decoding shares the token LM's KV cache and batched CFG.
+    """
+
+    def __init__(self, cfg: TTSConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokens = SpecialTokens(cfg.card)
+        self.pattern: Pattern = build_pattern(cfg.pattern, cfg.levels, cfg.card)
+        self.frontend = TextFrontend(cfg.text)
+        dim = cfg.transformer.dim
+        hidden = cfg.mlp_hidden or 2 * dim
+        self.audio_in = AudioEncoder(cfg.levels, self.tokens.n_input, dim, hidden)
+        self.audio_out = AudioDecoder(cfg.levels, self.tokens.n_output, dim, hidden,
+                                      cfg.shared_head)
+        self.text_embed = nn.Embedding(ByteTokenizer.VOCAB, dim)
+        self.segment = nn.Embedding(4, dim)
+        self.transformer = Transformer(cfg.transformer)
+        self.duration = DurationHead(cfg.duration, dim)
+        self.register_buffer("loss_weights", level_weights(cfg.loss_weights, cfg.levels),
+                             persistent=False)
+        nn.init.normal_(self.text_embed.weight, 0.0, 0.02)
+        nn.init.normal_(self.segment.weight, 0.0, 0.02)
+
+    # -- conditioning ----------------------------------------------------------------------
+
+    def make_conditioning(
+        self,
+        texts: Sequence[str | None],
+        prompt: torch.Tensor | None = None,
+        prompt_valid: torch.Tensor | None = None,
+        seeds: Sequence[int] | None = None,
+        train: bool = False,
+    ) -> Conditioning:
+        """Texts [B] and prompt codes [B, K, P] (left-padded; `prompt_valid` [B, P]).
+
+        With `train`, an item's text and prompt are both dropped with probability
+        `uncond_frac`, drawn from `random.Random(seed)`.
+        """
+        strings = [t or "" for t in texts]
+        keep = torch.ones(len(strings), dtype=torch.bool)
+        if train and self.cfg.uncond_frac > 0:
+            if seeds is None or len(seeds) < len(strings):
+                raise ValueError("training conditioning needs one seed per item")
+            for i, seed in enumerate(seeds):
+                if random.Random(int(seed) + 7).random() < self.cfg.uncond_frac:
+                    keep[i] = False
+                    strings[i] = ""
+        ids, valid = self.frontend.batch(strings)
+        if prompt is not None:
+            if prompt_valid is None:
+                prompt_valid = torch.ones(prompt.shape[0], prompt.shape[2], dtype=torch.bool)
+            prompt_valid = prompt_valid & keep.to(prompt_valid.device)[:, None]
+        return Conditioning(ids, valid, prompt, prompt_valid)
+
+    def null_conditioning(self, batch: int, like: Conditioning | None = None) -> Conditioning:
+        """The unconditional input of guidance: empty text, no prompt (all positions
+        padding, so rows batch together with `like`'s)."""
+        ids, valid = self.frontend.batch([""] * batch)
+        if like is None:
+            return Conditioning(ids, valid)
+        device = like.text.device
+        ids, valid = ids.to(device), valid.to(device)
+        if like.prompt is None:
+            return Conditioning(ids, valid)
+        prompt = torch.zeros_like(like.prompt)
+        return Conditioning(ids, valid, prompt, torch.zeros(prompt.shape[0], prompt.shape[2],
+                                                            dtype=torch.bool, device=device))
+
+    # -- sequence --------------------------------------------------------------------------
+
+    def embed_prefix(self, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        """[text | prompt | SEP] -> (vectors [B, P, dim], valid [B, P])."""
+        seg = self.segment.weight
+        x = self.text_embed(cond.text) + seg[SEGMENT_TEXT]
+        valid = cond.text_valid
+        if cond.prompt is not None:
+            px = self.audio_in(cond.prompt) + seg[SEGMENT_PROMPT]
+            pvalid = cond.prompt_valid
+            if pvalid is None:
+                pvalid = torch.ones(px.shape[:2], dtype=torch.bool, device=px.device)
+            x = torch.cat([x, px.to(x.dtype)], dim=1)
+            valid = torch.cat([valid, pvalid.to(valid.device)], dim=1)
+        sep = seg[SEGMENT_SEP].expand(x.shape[0], 1, -1)
+        x = torch.cat([x, sep.to(x.dtype)], dim=1)
+        valid = torch.cat([valid, valid.new_ones(x.shape[0], 1)], dim=1)
+        return x, valid
+
+    def embed_target(self, ids: torch.Tensor) -> torch.Tensor:
+        """Target ids [B, K, S] -> [B, S, dim]."""
+        return self.audio_in(ids) + self.segment.weight[SEGMENT_TARGET]
+
+    def _run(self, cond: Conditioning, ids: torch.Tensor,
+             target_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix + target ids [B, K, S] -> (target hidden [B, S, dim], SEP hidden [B, dim])."""
+        px, pvalid = self.embed_prefix(cond)
+        tx = self.embed_target(ids)
+        x = torch.cat([px, tx.to(px.dtype)], dim=1)
+        if target_valid is None:
+            target_valid = pvalid.new_ones(ids.shape[0], ids.shape[2])
+        valid = torch.cat([pvalid, target_valid.to(pvalid.device)], dim=1)
+        attend = None
+        if not self.cfg.transformer.causal:
+            # the prefix never sees the target: the duration read at SEP depends on text and
+            # prompt only (not on the target's length), and prefix states do not change
+            # while demasking
+            n_prefix, total = px.shape[1], x.shape[1]
+            q = torch.arange(total, device=x.device)[:, None]
+            k = torch.arange(total, device=x.device)[None, :]
+            attend = ~((q < n_prefix) & (k >= n_prefix))[None]
+        hidden = self.transformer(x, valid=valid, attend=attend)
+        n_prefix = px.shape[1]
+        return hidden[:, n_prefix:], hidden[:, n_prefix - 1]
+
+    # -- AR interface (soundry.generate.sampling.generate) ---------------------------------
+
+    def forward(self, seq: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """AR: input steps [B, K, S] -> logits [B, K, S, V] predicting each next step."""
+        hidden, _ = self._run(cond, seq)
+        return self.audio_out(hidden)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return self.transformer.new_cache(batch, max_len)
+
+    def prefill(self, cond: Conditioning, first: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run the prefix and the first step(s) [B, K, n] into `cache`; logits [B, K, V]."""
+        px, pvalid = self.embed_prefix(cond)
+        x = torch.cat([px, self.embed_target(first).to(px.dtype)], dim=1)
+        valid = torch.cat([pvalid, pvalid.new_ones(first.shape[0], first.shape[2])], dim=1)
+        hidden = self.transformer(x, valid=valid, cache=cache)
+        return self.audio_out(hidden[:, -1:])[:, :, 0]
+
+    def decode(self, step: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One step of ids [B, K, 1] after the cached ones -> logits [B, K, V]."""
+        hidden = self.transformer(self.embed_target(step), cache=cache)
+        return self.audio_out(hidden)[:, :, 0]
+
+    @property
+    def max_len(self) -> int:
+        return self.cfg.transformer.max_len
+
+    # -- duration --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_frames(self, cond: Conditioning) -> torch.Tensor:
+        """Predicted target frame counts [B] (float) from text and prompt alone."""
+        px, pvalid = self.embed_prefix(cond)
+        hidden = self.transformer(px, valid=pvalid)
+        return self.duration.frames(self.duration(hidden[:, -1]))
+
+    # -- losses ----------------------------------------------------------------------------
+
+    def token_loss(self, logits: torch.Tensor, target: torch.Tensor, counted: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cross-entropy of logits [B, K, S, V] against ids [B, K, S] on `counted` cells.
+
+        Returns (loss: per-level means combined by the level weights over levels with any
+        counted cell, level_loss [K], level_accuracy [K], level_count [K])."""
+        logp = F.log_softmax(logits.float(), dim=-1)
+        safe = torch.where(counted, target, torch.zeros_like(target)).clamp(max=logp.shape[-1] - 1)
+        nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        mask = counted.float()
+        count = mask.sum(dim=(0, 2))
+        level_loss = (nll * mask).sum(dim=(0, 2)) / count.clamp(min=1.0)
+        weights = self.loss_weights.to(level_loss.device) * (count > 0).float()
+        loss = (weights * level_loss).sum() / weights.sum().clamp(min=1e-8)
+        with torch.no_grad():
+            acc = ((logits.argmax(-1) == target).float() * mask).sum(dim=(0, 2))
+            acc = acc / count.clamp(min=1.0)
+        return loss, level_loss.detach(), acc, count
+
+    def _duration_terms(self, sep: torch.Tensor, frames: torch.Tensor, use: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.duration(sep)
+        loss = self.duration.loss(out, frames)
+        with torch.no_grad():
+            pred = self.duration.frames(out.detach())
+            err = ((pred - frames.float()).abs() / frames.float().clamp(min=1.0)).mean()
+        return (loss if use else loss.detach() * 0.0), err
+
+    def ar_loss(self, codes: torch.Tensor, lengths: torch.Tensor, cond: Conditioning,
+                level_mask: torch.Tensor | None = None, duration: bool = True) -> TTSLoss:
+        """Teacher-forced AR loss of whole utterances codes [B, K, T] (`lengths` [B]).
+
+        level_mask: [B, K] bool, the levels each item's loss counts (None: all)."""
+        seq = self.pattern.build(codes, lengths=lengths, ends=True)
+        hidden, sep = self._run(cond, seq[:, :, :-1])
+        logits = self.audio_out(hidden)
+        target = seq[:, :, 1:]
+        counted = target < self.tokens.n_output  # codes and EOS
+        if level_mask is not None:
+            counted = counted & level_mask[:, :, None].to(counted.device)
+        loss, level_loss, acc, count = self.token_loss(logits, target, counted)
+        dur_loss, dur_err = self._duration_terms(sep, lengths, duration)
+        total = loss + self.cfg.duration.weight * dur_loss
+        return TTSLoss(total, loss.detach(), level_loss, acc, count, dur_loss.detach(), dur_err)
+
+    def mask_cells(self, lengths: torch.Tensor, frames: int, seeds: Sequence[int],
+                   unit: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training masks: per item u ~ U(0, 1) from its seed, ratio r = cos(u pi / 2), and
+        ceil(r x n) of its n valid frames masked (at least one) at random: all levels of a
+        frame (`unit: frame`), or each level's frames drawn independently (`cell`).
+
+        Returns (masked [B, K, T] bool, ratios [B])."""
+        unit = unit or self.cfg.nar.mask_unit
+        levels = self.cfg.levels
+        masked = torch.zeros(len(seeds), levels, frames, dtype=torch.bool)
+        ratios = torch.zeros(len(seeds))
+        for b, seed in enumerate(seeds):
+            rng = np.random.default_rng([int(seed), 11])
+            n = int(lengths[b])
+            r = math.cos(float(rng.random()) * math.pi / 2)
+            ratios[b] = r
+            count = min(n, max(1, math.ceil(r * n)))
+            if unit == "frame":
+                chosen = rng.permutation(n)[:count]
+                masked[b, :, chosen] = True
+            else:
+                for k in range(levels):
+                    masked[b, k, rng.permutation(n)[:count]] = True
+        return masked, ratios
+
+    def nar_logits(self, ids: torch.Tensor, target_valid: torch.Tensor, cond: Conditioning
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked target ids [B, K, T] (MASK where unknown, valid [B, T]) -> (logits
+        [B, K, T, V], SEP hidden [B, dim])."""
+        hidden, sep = self._run(cond, ids, target_valid)
+        return self.audio_out(hidden), sep
+
+    def nar_loss(self, codes: torch.Tensor, lengths: torch.Tensor, cond: Conditioning,
+                 seeds: Sequence[int], level_mask: torch.Tensor | None = None,
+                 duration: bool = True) -> TTSLoss:
+        """Masked-token loss of codes [B, K, T]: only masked, valid cells count."""
+        batch, _, frames = codes.shape
+        device = codes.device
+        masked, ratios = self.mask_cells(lengths, frames, seeds)
+        masked = masked.to(device)
+        valid = torch.arange(frames, device=device)[None, :] < lengths.to(device)[:, None]
+        ids = torch.where(masked, torch.full_like(codes, self.tokens.mask), codes)
+        ids = torch.where(valid[:, None, :], ids, torch.full_like(codes, self.tokens.pad))
+        logits, sep = self.nar_logits(ids, valid, cond)
+        counted = masked & valid[:, None, :]
+        if level_mask is not None:
+            counted = counted & level_mask[:, :, None].to(device)
+        loss, level_loss, acc, count = self.token_loss(logits[..., : self.cfg.card], codes,
+                                                       counted)
+        dur_loss, dur_err = self._duration_terms(sep, lengths.to(device), duration)
+        total = loss + self.cfg.duration.weight * dur_loss
+        return TTSLoss(total, loss.detach(), level_loss, acc, count, dur_loss.detach(),
+                       dur_err, ratios.mean())
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def tts_export_config(cfg: TTSConfig, codec: dict | None = None, **meta: object) -> dict:
+    """config.json body (without kind/version) of a TTS export."""
+    from soundry.config import to_dict
+
+    return {"model": to_dict(cfg), "codec": dict(codec or {}), **meta}
+
+
+def export_tts(model: TTSModel, out_dir: str | Path, codec: dict | None = None,
+               **meta: object) -> Path:
+    """Write a TTS export (safetensors + config.json)."""
+    from soundry.models.export import save_export
+
+    out_dir = Path(out_dir)
+    save_export(out_dir, "tts", tts_export_config(model.cfg, codec, **meta), model.state_dict())
+    return out_dir
+
+
+def load_tts(config: dict, state: dict[str, torch.Tensor]) -> TTSModel:
+    """Loader of kind 'tts' exports: the model in eval mode, with `codec_record` (how to
+    open its codec) and `export_meta` (frame and sample rate, voices)."""
+    from soundry.config import validate
+
+    if "model" not in config:
+        raise SoundryError("tts export config.json has no 'model' section")
+    cfg = validate(TTSConfig, config["model"], source="export config.json: model")
+    model = TTSModel(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SoundryError(
+            "the export's weights do not match its config: "
+            + (f"missing {', '.join(missing[:4])} " if missing else "")
+            + (f"unexpected {', '.join(unexpected[:4])}" if unexpected else ""))
+    model.codec_record = dict(config.get("codec", {}))
+    model.export_meta = {k: v for k, v in config.items() if k not in ("model", "codec")}
+    return model.eval()
+
+
+def _register_export_kind() -> None:
+    from soundry.models.export import EXPORT_KINDS
+
+    if "tts" not in EXPORT_KINDS:
+        EXPORT_KINDS.register("tts")(load_tts)
+
+
+_register_export_kind()
