@@ -56,7 +56,7 @@ def health_errors(run: Path) -> list[str]:
         return []
     found = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     return [f"{f.get('monitor')}: {f.get('message')}" for f in found
-            if f.get("level") == "error"]
+            if f.get("severity") == "error"]
 
 
 def held_out_scores(run: Path, features: Path, test: Path, step: int | None = None

@@ -17,7 +17,7 @@ from soundry.errors import SoundryError
 
 # Order here is the order in `soundry --help`.
 COMMAND_MODULES = ["demo", "data", "train", "profile", "doctor", "codec", "vae", "transform",
-                   "eval", "lm", "semantic"]
+                   "eval", "lm", "tts", "semantic"]
 
 
 def build_parser() -> argparse.ArgumentParser:

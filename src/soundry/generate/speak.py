@@ -70,16 +70,17 @@ def demask(
     history: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Fill `frames` [B] frames per row by iterative demasking -> codes [B, K, max(frames)]
-    (0 past a row's length). Unset options come from `model.cfg.nar`.
+    (0 past a row's length). Unset options come from `model.cfg.nar` and
+    `model.cfg.sampling`.
 
     history: when a list, the codes after each step are appended to it (MASK where still
     masked), for tests and inspection.
     """
-    nar = model.cfg.nar
+    nar, sampling = model.cfg.nar, model.cfg.sampling
     steps = nar.steps if steps is None else steps
-    temperature = nar.temperature if temperature is None else temperature
-    cfg_scale = nar.cfg_scale if cfg_scale is None else cfg_scale
-    cfg_rescale = nar.cfg_rescale if cfg_rescale is None else cfg_rescale
+    temperature = sampling.temperature if temperature is None else temperature
+    cfg_scale = sampling.cfg_scale if cfg_scale is None else cfg_scale
+    cfg_rescale = sampling.cfg_rescale if cfg_rescale is None else cfg_rescale
     confidence = confidence or nar.confidence
     noise = nar.confidence_noise if noise is None else noise
     if steps < 1:
@@ -157,13 +158,15 @@ def speak(
     temperature: float | None = None,
     cfg_scale: float | None = None,
     steps: int | None = None,
-    top_k: int | None = 50,
+    top_k: int | None = None,
     seed: int = 0,
 ) -> Speech:
     """Codes for each row of `cond` (text + prompt), in the model's mode.
 
     frames: target lengths to use instead of the duration head's (NAR; AR: the guard).
+    Unset sampling options come from `model.cfg.sampling`.
     """
+    sampling = model.cfg.sampling
     device = next(model.parameters()).device
     cond = cond.to(device)
     predicted = model.predict_frames(cond).cpu()
@@ -184,10 +187,15 @@ def speak(
     guard = (target.float() * model.cfg.max_duration_factor).ceil().long()
     room = model.max_len - cond.length - 1
     max_frames = max(1, min(int(guard.max()), model.pattern.n_frames(room) if room > 1 else 1))
-    scale = model.cfg.nar.cfg_scale if cfg_scale is None else cfg_scale
-    gen = generate(model, cond, max_frames=max_frames,
-                   temperature=1.0 if temperature is None else temperature,
-                   top_k=top_k, cfg_scale=scale, seed=seed)
+    scale = sampling.cfg_scale if cfg_scale is None else cfg_scale
+    model.plan(target)
+    try:
+        gen = generate(model, cond, max_frames=max_frames,
+                       temperature=sampling.temperature if temperature is None else temperature,
+                       top_k=sampling.top_k if top_k is None else top_k, cfg_scale=scale,
+                       seed=seed)
+    finally:
+        model.plan(None)
     guard = guard.clamp(max=max_frames)
     ended = gen.lengths < max_frames  # level 0 emitted EOS
     stopped = ~ended | (gen.lengths > guard)

@@ -15,8 +15,12 @@ One transformer reads, left to right (one position each)::
 - Target, `mode: nar`: the target's frames with masked cells replaced by MASK,
   bidirectional attention; `mode: ar`: the target's pattern steps (parallel: one frame of
   every level per step; or delay), causal attention, EOS ends the utterance.
-- Each segment adds its own learned type vector; rotary positions run over the valid
-  positions of the whole sequence.
+- Each segment adds its own learned type vector and a position within the segment: its
+  fraction (i + 1/2) / n of the segment's n valid positions, as sinusoids at geometric
+  frequencies through a linear map. Text and target fractions make the monotonic, roughly
+  proportional alignment of speech to text easy to express. Rotary positions run over the
+  valid positions of the whole sequence. A target's n is its true length in training and
+  the planned length (duration head x scale) in generation.
 
 AudioEncoder: per-level embeddings plus a level-position vector, a small residual MLP per
 level vector, then learned softmax weights over levels sum them into one vector per frame.
@@ -86,16 +90,24 @@ class NARConfig(Strict):
     mask_unit: in training, mask whole frames (all levels) or each level's cells
       independently. Inference: `steps` demasking steps on the cosine schedule, keeping the
       most confident units (`confidence: frame` sums the log-probabilities over levels;
-      `cell` ranks cells); sampling temperature annealed linearly to 0 over the steps, with
-      `confidence_noise` x temperature Gumbel noise on the confidences; guidance rescale
-      `cfg_rescale` (0: plain guidance).
+      `cell` ranks cells), with `confidence_noise` x temperature Gumbel noise on the
+      confidences.
     """
 
     mask_unit: Literal["frame", "cell"] = "frame"
     steps: int = Field(25, ge=1)
     confidence: Literal["frame", "cell"] = "frame"
-    temperature: float = Field(1.0, ge=0)
     confidence_noise: float = Field(1.0, ge=0)
+
+
+class SamplingConfig(Strict):
+    """Default generation settings of both modes: `temperature` (NAR: annealed linearly to
+    0 over the demasking steps; AR: constant, with `top_k`), guidance scale `cfg_scale`
+    against the null text and prompt (1: off) and guidance rescale `cfg_rescale` (NAR;
+    0: plain guidance)."""
+
+    temperature: float = Field(1.0, ge=0)
+    top_k: int | None = Field(50, ge=1)
     cfg_scale: float = Field(2.0, ge=0)
     cfg_rescale: float = Field(0.7, ge=0, le=1)
 
@@ -122,6 +134,7 @@ class TTSConfig(Strict):
     text: TTSTextConfig = Field(default_factory=TTSTextConfig)
     duration: DurationConfig = Field(default_factory=DurationConfig)
     nar: NARConfig = Field(default_factory=NARConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     uncond_frac: float = Field(0.1, ge=0.0, le=1.0)
     max_duration_factor: float = Field(2.0, gt=1.0)
 
@@ -295,6 +308,37 @@ class DurationHead(nn.Module):
         return (digits * powers).sum(-1).float().clamp(min=1.0)
 
 
+class SegmentPosition(nn.Module):
+    """Fractions [B, L] in [0, 1] -> vectors [B, L, dim]: sin/cos at `n_freq` geometric
+    frequencies from 1/2 to 64 cycles per segment, through a linear map."""
+
+    def __init__(self, dim: int, n_freq: int = 16) -> None:
+        super().__init__()
+        freqs = math.pi * torch.logspace(math.log10(0.5), math.log10(64.0), n_freq)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.proj = nn.Linear(2 * n_freq, dim, bias=False)
+        nn.init.normal_(self.proj.weight, 0.0, 0.02)
+
+    def forward(self, frac: torch.Tensor) -> torch.Tensor:
+        angles = frac.float()[..., None] * self.freqs
+        return self.proj(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+
+def fractions(valid: torch.Tensor) -> torch.Tensor:
+    """valid [B, L] bool -> [B, L]: (i + 1/2) / n of each valid position (i its rank among
+    the row's n valid ones); 0 at padding."""
+    rank = valid.long().cumsum(1) - 1
+    count = valid.long().sum(1, keepdim=True).clamp(min=1)
+    return torch.where(valid, (rank.float() + 0.5) / count.float(), torch.zeros_like(rank,
+                                                                              dtype=torch.float))
+
+
+def step_fractions(start: int, length: int, totals: torch.Tensor) -> torch.Tensor:
+    """Fractions [B, length] of target positions start..start+length-1 out of `totals` [B]."""
+    idx = torch.arange(start, start + length, device=totals.device, dtype=torch.float)
+    return ((idx[None, :] + 0.5) / totals.float().clamp(min=1)[:, None]).clamp(max=1.5)
+
+
 @dataclass
 class TTSLoss:
     """loss: weighted token loss (+ duration); per-level tensors [K] carry no gradient."""
@@ -342,12 +386,14 @@ class TTSModel(nn.Module):
                                       cfg.shared_head)
         self.text_embed = nn.Embedding(ByteTokenizer.VOCAB, dim)
         self.segment = nn.Embedding(4, dim)
+        self.position = SegmentPosition(dim)
         self.transformer = Transformer(cfg.transformer)
         self.duration = DurationHead(cfg.duration, dim)
         self.register_buffer("loss_weights", level_weights(cfg.loss_weights, cfg.levels),
                              persistent=False)
         nn.init.normal_(self.text_embed.weight, 0.0, 0.02)
         nn.init.normal_(self.segment.weight, 0.0, 0.02)
+        self._plan: torch.Tensor | None = None
 
     # -- conditioning ----------------------------------------------------------------------
 
@@ -399,13 +445,15 @@ class TTSModel(nn.Module):
     def embed_prefix(self, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
         """[text | prompt | SEP] -> (vectors [B, P, dim], valid [B, P])."""
         seg = self.segment.weight
-        x = self.text_embed(cond.text) + seg[SEGMENT_TEXT]
         valid = cond.text_valid
+        x = self.text_embed(cond.text) + seg[SEGMENT_TEXT] + self.position(fractions(valid))
         if cond.prompt is not None:
-            px = self.audio_in(cond.prompt) + seg[SEGMENT_PROMPT]
             pvalid = cond.prompt_valid
             if pvalid is None:
-                pvalid = torch.ones(px.shape[:2], dtype=torch.bool, device=px.device)
+                pvalid = torch.ones(cond.prompt.shape[0], cond.prompt.shape[2],
+                                    dtype=torch.bool, device=cond.prompt.device)
+            px = (self.audio_in(cond.prompt) + seg[SEGMENT_PROMPT]
+                  + self.position(fractions(pvalid)))
             x = torch.cat([x, px.to(x.dtype)], dim=1)
             valid = torch.cat([valid, pvalid.to(valid.device)], dim=1)
         sep = seg[SEGMENT_SEP].expand(x.shape[0], 1, -1)
@@ -413,15 +461,18 @@ class TTSModel(nn.Module):
         valid = torch.cat([valid, valid.new_ones(x.shape[0], 1)], dim=1)
         return x, valid
 
-    def embed_target(self, ids: torch.Tensor) -> torch.Tensor:
-        """Target ids [B, K, S] -> [B, S, dim]."""
-        return self.audio_in(ids) + self.segment.weight[SEGMENT_TARGET]
+    def embed_target(self, ids: torch.Tensor, totals: torch.Tensor, start: int = 0
+                     ) -> torch.Tensor:
+        """Target ids [B, K, S] at positions start.. of `totals` [B] -> [B, S, dim]."""
+        frac = step_fractions(start, ids.shape[2], totals.to(ids.device))
+        return self.audio_in(ids) + self.segment.weight[SEGMENT_TARGET] + self.position(frac)
 
-    def _run(self, cond: Conditioning, ids: torch.Tensor,
+    def _run(self, cond: Conditioning, ids: torch.Tensor, totals: torch.Tensor,
              target_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prefix + target ids [B, K, S] -> (target hidden [B, S, dim], SEP hidden [B, dim])."""
+        """Prefix + target ids [B, K, S] (of `totals` [B] positions each) -> (target hidden
+        [B, S, dim], SEP hidden [B, dim])."""
         px, pvalid = self.embed_prefix(cond)
-        tx = self.embed_target(ids)
+        tx = self.embed_target(ids, totals)
         x = torch.cat([px, tx.to(px.dtype)], dim=1)
         if target_valid is None:
             target_valid = pvalid.new_ones(ids.shape[0], ids.shape[2])
@@ -441,9 +492,28 @@ class TTSModel(nn.Module):
 
     # -- AR interface (soundry.generate.sampling.generate) ---------------------------------
 
+    def plan(self, frames: torch.Tensor | None) -> None:
+        """Set the planned target lengths [B] (frames) that AR generation's positions are
+        fractions of (None: the duration head's prediction). Rows of a guided batch (2B)
+        reuse the B plans."""
+        self._plan = None if frames is None else frames.detach().long().cpu()
+
+    def _step_totals(self, cond: Conditioning) -> torch.Tensor:
+        """Pattern steps of each row's planned length [rows]."""
+        rows = cond.batch
+        frames = self._plan
+        if frames is None:
+            frames = self.predict_frames(cond).round().long().cpu()
+        if len(frames) != rows:
+            if rows % len(frames):
+                raise ValueError(f"{len(frames)} planned lengths for {rows} rows")
+            frames = frames.repeat(rows // len(frames))
+        steps = [self.pattern.n_steps(int(n)) for n in frames.tolist()]
+        return torch.tensor(steps, device=cond.text.device)
+
     def forward(self, seq: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """AR: input steps [B, K, S] -> logits [B, K, S, V] predicting each next step."""
-        hidden, _ = self._run(cond, seq)
+        hidden, _ = self._run(cond, seq, self._step_totals(cond))
         return self.audio_out(hidden)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
@@ -452,14 +522,19 @@ class TTSModel(nn.Module):
     def prefill(self, cond: Conditioning, first: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run the prefix and the first step(s) [B, K, n] into `cache`; logits [B, K, V]."""
         px, pvalid = self.embed_prefix(cond)
-        x = torch.cat([px, self.embed_target(first).to(px.dtype)], dim=1)
+        totals = self._step_totals(cond)
+        x = torch.cat([px, self.embed_target(first, totals).to(px.dtype)], dim=1)
         valid = torch.cat([pvalid, pvalid.new_ones(first.shape[0], first.shape[2])], dim=1)
         hidden = self.transformer(x, valid=valid, cache=cache)
+        cache.tts_start = px.shape[1]  # type: ignore[attr-defined]
+        cache.tts_totals = totals  # type: ignore[attr-defined]
         return self.audio_out(hidden[:, -1:])[:, :, 0]
 
     def decode(self, step: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One step of ids [B, K, 1] after the cached ones -> logits [B, K, V]."""
-        hidden = self.transformer(self.embed_target(step), cache=cache)
+        start = cache.length - cache.tts_start  # type: ignore[attr-defined]
+        x = self.embed_target(step, cache.tts_totals, start)  # type: ignore[attr-defined]
+        hidden = self.transformer(x, cache=cache)
         return self.audio_out(hidden)[:, :, 0]
 
     @property
@@ -511,7 +586,9 @@ class TTSModel(nn.Module):
 
         level_mask: [B, K] bool, the levels each item's loss counts (None: all)."""
         seq = self.pattern.build(codes, lengths=lengths, ends=True)
-        hidden, sep = self._run(cond, seq[:, :, :-1])
+        totals = torch.tensor([self.pattern.n_steps(int(n)) for n in lengths.tolist()],
+                              device=codes.device)
+        hidden, sep = self._run(cond, seq[:, :, :-1], totals)
         logits = self.audio_out(hidden)
         target = seq[:, :, 1:]
         counted = target < self.tokens.n_output  # codes and EOS
@@ -551,7 +628,8 @@ class TTSModel(nn.Module):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked target ids [B, K, T] (MASK where unknown, valid [B, T]) -> (logits
         [B, K, T, V], SEP hidden [B, dim])."""
-        hidden, sep = self._run(cond, ids, target_valid)
+        totals = target_valid.long().sum(1)
+        hidden, sep = self._run(cond, ids, totals, target_valid)
         return self.audio_out(hidden), sep
 
     def nar_loss(self, codes: torch.Tensor, lengths: torch.Tensor, cond: Conditioning,

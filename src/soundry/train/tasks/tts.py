@@ -69,14 +69,14 @@ class LevelPhase(Strict):
 
 
 class TTSValidConfig(Strict):
-    """Validation: held-out losses and `demo_count` demos (temperature 0 and
-    `temperature`; NAR `steps` demasking steps; guidance `cfg_scale`)."""
+    """Validation: held-out losses and `demo_count` demos at temperature 0 and at
+    `temperature`; unset sampling settings are the model's (`model.sampling`, NAR steps)."""
 
     demo_count: int = Field(4, ge=0)
-    temperature: float = Field(0.7, ge=0)
+    temperature: float | None = Field(None, ge=0)
     steps: int | None = Field(None, ge=1)
     cfg_scale: float | None = Field(None, ge=0)
-    top_k: int | None = Field(50, ge=1)
+    top_k: int | None = Field(None, ge=1)
     decode: bool = True
 
 
@@ -292,7 +292,8 @@ class TTSTask(Task):
         demo = {k: (v[:n] if isinstance(v, list | torch.Tensor) else v) for k, v in batch.items()}
         cond = model.make_conditioning(demo["text"], demo["prompt"], demo["prompt_valid"])
         true = demo["lengths"].float()
-        for temperature in sorted({0.0, cfg.temperature}):
+        sampled = model.cfg.sampling.temperature if cfg.temperature is None else cfg.temperature
+        for temperature in sorted({0.0, sampled}):
             tag = f"t{temperature:g}"
             speech = speak(model, cond, temperature=temperature, cfg_scale=cfg.cfg_scale,
                            steps=cfg.steps, top_k=cfg.top_k, seed=self.recipe.seed + step)

@@ -1,0 +1,45 @@
+"""The TTS text front end: bytes by default, espeak-ng phonemes through phonemizer."""
+
+from __future__ import annotations
+
+import builtins
+import shutil
+
+import pytest
+
+from soundry.errors import ConfigError
+from soundry.models.lm import ByteTokenizer
+from soundry.models.tts import TextFrontend, TTSTextConfig
+
+
+def test_bytes_frontend_reads_the_text_itself() -> None:
+    front = TextFrontend(TTSTextConfig())
+    ids, valid = front.batch(["hi", "héllo"])
+    assert ids[0, -3:].tolist() == [ord("h"), ord("i"), ByteTokenizer.EOS]
+    assert valid[1].sum() == len("héllo".encode()) + 2  # BOS, UTF-8 bytes, EOS
+    assert not valid[0, 0]  # left-padded
+
+
+def test_phonemes_without_phonemizer_name_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = builtins.__import__
+
+    def no_phonemizer(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("phonemizer"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_phonemizer)
+    front = TextFrontend(TTSTextConfig(frontend="phonemes"))
+    with pytest.raises(ConfigError, match="pip install phonemizer"):
+        front.batch(["hello"])
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_phonemes_frontend_reads_espeak_phonemes() -> None:
+    pytest.importorskip("phonemizer", reason="the phonemizer package is not installed")
+    front = TextFrontend(TTSTextConfig(frontend="phonemes", language="en-us"))
+    said = front.string("The cat sat.")
+    assert said != "The cat sat." and "æ" in said  # IPA, not the spelling
+    assert front.string("") == ""  # the null text stays empty
+    ids, valid = front.batch(["The cat sat."])
+    assert int(valid.sum()) == len(said.encode()) + 2
