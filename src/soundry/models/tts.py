@@ -427,8 +427,9 @@ class TTSModel(nn.Module):
         return Conditioning(ids, valid, prompt, prompt_valid)
 
     def null_conditioning(self, batch: int, like: Conditioning | None = None) -> Conditioning:
-        """The unconditional input of guidance: empty text, no prompt (all positions
-        padding, so rows batch together with `like`'s)."""
+        """The unconditional input of guidance: the empty text ([BOS, EOS], as a dropped
+        training text reads) and no prompt (`like`'s prompt positions all padding, so the
+        rows batch together with `like`'s)."""
         ids, valid = self.frontend.batch([""] * batch)
         if like is None:
             return Conditioning(ids, valid)
@@ -572,13 +573,15 @@ class TTSModel(nn.Module):
         return loss, level_loss.detach(), acc, count
 
     def _duration_terms(self, sep: torch.Tensor, frames: torch.Tensor, use: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss to add: the duration loss, or 0 before it is trained; its value; mean
+        relative error of the predicted frame counts)."""
         out = self.duration(sep)
         loss = self.duration.loss(out, frames)
         with torch.no_grad():
             pred = self.duration.frames(out.detach())
             err = ((pred - frames.float()).abs() / frames.float().clamp(min=1.0)).mean()
-        return (loss if use else loss.detach() * 0.0), err
+        return (loss if use else loss * 0.0), loss.detach(), err
 
     def ar_loss(self, codes: torch.Tensor, lengths: torch.Tensor, cond: Conditioning,
                 level_mask: torch.Tensor | None = None, duration: bool = True) -> TTSLoss:
@@ -595,9 +598,9 @@ class TTSModel(nn.Module):
         if level_mask is not None:
             counted = counted & level_mask[:, :, None].to(counted.device)
         loss, level_loss, acc, count = self.token_loss(logits, target, counted)
-        dur_loss, dur_err = self._duration_terms(sep, lengths, duration)
+        dur_loss, dur_value, dur_err = self._duration_terms(sep, lengths, duration)
         total = loss + self.cfg.duration.weight * dur_loss
-        return TTSLoss(total, loss.detach(), level_loss, acc, count, dur_loss.detach(), dur_err)
+        return TTSLoss(total, loss.detach(), level_loss, acc, count, dur_value, dur_err)
 
     def mask_cells(self, lengths: torch.Tensor, frames: int, seeds: Sequence[int],
                    unit: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -649,10 +652,10 @@ class TTSModel(nn.Module):
             counted = counted & level_mask[:, :, None].to(device)
         loss, level_loss, acc, count = self.token_loss(logits[..., : self.cfg.card], codes,
                                                        counted)
-        dur_loss, dur_err = self._duration_terms(sep, lengths.to(device), duration)
+        dur_loss, dur_value, dur_err = self._duration_terms(sep, lengths.to(device), duration)
         total = loss + self.cfg.duration.weight * dur_loss
-        return TTSLoss(total, loss.detach(), level_loss, acc, count, dur_loss.detach(),
-                       dur_err, ratios.mean())
+        return TTSLoss(total, loss.detach(), level_loss, acc, count, dur_value, dur_err,
+                       ratios.mean())
 
 
 # ----------------------------------------------------------------------------- export

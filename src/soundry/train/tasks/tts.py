@@ -206,7 +206,8 @@ class TTSTask(Task):
         codes, lengths = batch["codes"].to(device), batch["lengths"].to(device)
         cond = model.make_conditioning(batch["text"], batch["prompt"], batch["prompt_valid"],
                                        seeds=batch["seed"], train=train).to(device)
-        mode = self.recipe.level_mode(step) if train else "all"
+        # the engine numbers steps from 1; phases count completed steps from 0
+        mode = self.recipe.level_mode(step - 1) if train else "all"
         level_mask = self.level_mask(batch["seed"], mode)
         use_duration = step >= self.recipe.model.duration.start_step
         if model.cfg.mode == "nar":
