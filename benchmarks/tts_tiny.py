@@ -14,8 +14,10 @@ greedy (temperature 0).
 
 Scores (`soundry.eval.tts_eval`): median duration error; content (DTW-MCD to the reference
 rendering of the right sentence below that to a wrong sentence in the same voice); voice
-(output's mean cepstrum nearest the prompted voice's among the training voices). The codec
-floor is the same scoring of the codec's own resynthesis of each reference. Prints one JSON
+(output's mean cepstrum nearest the prompted voice's among the training voices; voices'
+signatures are taken from the codec's resynthesis of their training clips, the domain the
+outputs live in). The codec floor is the same scoring of the codec's own resynthesis of
+each reference. Prints one JSON
 line per run and per setting, and writes OUT/summary.json and sample WAVs.
 """
 
@@ -71,17 +73,32 @@ def load_mono(path: str, sample_rate: int) -> np.ndarray:
     return audio[0]
 
 
-def build_cases(corpus: Path, sample_rate: int) -> tuple[list[Any], dict[str, np.ndarray],
-                                                         dict[str, str]]:
-    """(cases, voice signatures from training clips, voice -> prompt clip path)."""
+def resynthesis(codec: Any) -> Any:
+    """mono [T] -> the codec's decoding of its codes, [T]."""
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        codes = torch.from_numpy(codec.encode(x[None].astype(np.float32))[0])
+        return codec.decode(codes)[0][: len(x)]
+
+    return run
+
+
+def build_cases(corpus: Path, codec: Any) -> tuple[list[Any], dict[str, np.ndarray],
+                                                   dict[str, str]]:
+    """(cases, voice signatures, voice -> prompt clip path). A voice's signature is the mean
+    cepstrum of the codec's resynthesis of its training clips: outputs are heard through
+    the codec, so the voices they are compared with are too."""
     from soundry.eval.tts_eval import SpeakCase, voice_signatures
 
+    sample_rate = codec.sample_rate
+    through = resynthesis(codec)
     train = read_metadata(corpus / "train")
     test = read_metadata(corpus / "test")
     clips: dict[str, list[np.ndarray]] = {}
     prompts: dict[str, str] = {}
     for row in train:
-        clips.setdefault(row["voice"], []).append(load_mono(row["path"], sample_rate))
+        clips.setdefault(row["voice"], []).append(through(load_mono(row["path"], sample_rate)))
         prompts.setdefault(row["voice"], row["path"])
     signatures = voice_signatures(clips, sample_rate)
     by_voice: dict[str, list[dict[str, str]]] = {}
@@ -112,7 +129,7 @@ def evaluate(export: Path, corpus: Path, out: Path, settings: dict[str, dict[str
     model = load_export(export)
     codec = open_recorded_codec(model.codec_record, base=export)
     sr, hop = codec.sample_rate, round(codec.sample_rate / codec.frame_rate)
-    cases, signatures, prompts = build_cases(corpus, sr)
+    cases, signatures, prompts = build_cases(corpus, codec)
     result: dict[str, Any] = {"export": str(export), "cases": len(cases)}
     out.mkdir(parents=True, exist_ok=True)
     for name, kw in settings.items():
@@ -147,14 +164,9 @@ def codec_floor(codec_path: Path, corpus: Path, levels: int) -> dict[str, Any]:
 
     codec = open_codec(codec_path, levels)
     sr, hop = codec.sample_rate, round(codec.sample_rate / codec.frame_rate)
-    cases, signatures, _ = build_cases(corpus, sr)
-    rows = []
-    import torch
-
-    for case in cases:
-        codes = torch.from_numpy(codec.encode(case.reference[None])[0])
-        wave = codec.decode(codes)[0][: len(case.reference)]
-        rows.append(score(wave, case, signatures, sr, hop))
+    cases, signatures, _ = build_cases(corpus, codec)
+    through = resynthesis(codec)
+    rows = [score(through(case.reference), case, signatures, sr, hop) for case in cases]
     return {"levels": levels, **summarize(rows)}
 
 
