@@ -27,6 +27,19 @@ def register(sub: Any) -> None:
     p.add_argument("data", type=Path, help="audio folder, manifest, or a single audio file")
     p.add_argument("--target", type=Path, default=None,
                    help="transform models: the folder of clean targets of DATA")
+    p.add_argument("--prompts", type=Path, default=None,
+                   help="TTS models: an LJSpeech folder of the training voices' clips "
+                        "(voice prompts and signatures); DATA holds the held-out sentences "
+                        "rendered by those voices (id|text|text|speaker)")
+    p.add_argument("--asr", type=Path, default=None,
+                   help="TTS models: a local transformers CTC or Whisper directory; adds the "
+                        "character error rate")
+    p.add_argument("--speaker-model", type=Path, default=None,
+                   help="TTS models: a local transformers x-vector directory; adds the "
+                        "speaker similarity to the prompt")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="TTS models: the sampled setting's temperature (default the "
+                        "model's); a greedy (0) setting is always scored too")
     p.add_argument("--levels", type=int, default=None, help="codebook levels to use (default: all)")
     p.add_argument(
         "--baseline",
@@ -96,6 +109,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from soundry.eval.runner import format_table, run_eval
 
     console = Console()
+    if _export_kind(args.model) == "tts":
+        return _eval_tts(args, console)
     baselines = parse_baselines(args.baseline)
     out = args.out or Path("eval") / (args.model.resolve().name or "model")
     result = run_eval(
@@ -118,6 +133,48 @@ def run_eval_command(args: argparse.Namespace) -> int:
         console.print(f"[yellow]note[/]: {escape(str(note))}", highlight=False)
     console.print(f"per-file scores  {result.out_dir / 'per_file.csv'}")
     console.print(f"summary          {result.out_dir / 'summary.json'}")
+    return 0
+
+
+def _export_kind(path: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((path / "config.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _eval_tts(args: argparse.Namespace, console: Any) -> int:
+    """`soundry eval TTS_EXPORT TEST_DIR --prompts TRAIN_DIR`: soundry.eval.tts_run."""
+    import json
+
+    from soundry.errors import SoundryError
+    from soundry.eval.tts_run import LocalASR, SpeakerEmbedder, evaluate_tts
+    from soundry.generate.tokenize import open_recorded_codec
+    from soundry.models.export import load_export
+
+    if args.prompts is None:
+        raise SoundryError("a TTS export is scored on held-out sentences in its training "
+                           "voices: give --prompts TRAIN_DIR (clips of those voices)")
+    model = load_export(args.model)
+    codec = open_recorded_codec(model.codec_record, base=args.model)
+    out = args.out or Path("eval") / (args.model.resolve().name or "model")
+    settings = {"greedy": {"temperature": 0.0}, "sampled": {"temperature": args.temperature}}
+    result = evaluate_tts(model, codec, args.data, args.prompts, settings, out_dir=out,
+                          asr=LocalASR(args.asr) if args.asr else None,
+                          speaker=SpeakerEmbedder(args.speaker_model)
+                          if args.speaker_model else None, seed=args.seed)
+    (out / "summary.json").write_text(json.dumps(result, indent=1))
+    for name in ("floor", "greedy", "sampled"):
+        row = result[name]
+        extra = "".join(f"  {k} {row[k]:.3f}" for k in ("cer", "cer_reference",
+                                                        "speaker_similarity") if k in row)
+        console.print(f"{name:8s} duration error (median) {row['duration_error_median']:.3f}"
+                      f"  content {row['content_rate']:.0%}  voice {row['voice_rate']:.0%}"
+                      f"  MCD {row['mcd_median']:.2f} (wrong sentence "
+                      f"{row['mcd_wrong_median']:.2f}){extra}", highlight=False)
+    console.print(f"summary  {out / 'summary.json'}")
     return 0
 
 
