@@ -37,6 +37,8 @@ def register(sub: Any) -> None:
     p.add_argument("--speaker-model", type=Path, default=None,
                    help="TTS models: a local transformers x-vector directory; adds the "
                         "speaker similarity to the prompt")
+    p.add_argument("--prompt-seconds", type=float, default=3.0,
+                   help="TTS models: seconds of each voice's first clip used as its prompt")
     p.add_argument("--temperature", type=float, default=None,
                    help="TTS models: the sampled setting's temperature (default the "
                         "model's); a greedy (0) setting is always scored too")
@@ -164,7 +166,8 @@ def _eval_tts(args: argparse.Namespace, console: Any) -> int:
     result = evaluate_tts(model, codec, args.data, args.prompts, settings, out_dir=out,
                           asr=LocalASR(args.asr) if args.asr else None,
                           speaker=SpeakerEmbedder(args.speaker_model)
-                          if args.speaker_model else None, seed=args.seed)
+                          if args.speaker_model else None, seed=args.seed,
+                          prompt_seconds=args.prompt_seconds)
     (out / "summary.json").write_text(json.dumps(result, indent=1))
     for name in ("floor", "greedy", "sampled"):
         row = result[name]

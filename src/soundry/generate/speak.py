@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from soundry.errors import SoundryError
 from soundry.models.lm import Conditioning
 from soundry.models.tts import TTSModel
 
@@ -169,6 +170,10 @@ def speak(
     sampling = model.cfg.sampling
     device = next(model.parameters()).device
     cond = cond.to(device)
+    if cond.length + 2 > model.max_len:
+        raise SoundryError(f"text and prompt take {cond.length} positions, leaving no room "
+                           f"for speech in the model's {model.max_len} "
+                           "(model.transformer.max_len): use a shorter prompt or text")
     predicted = model.predict_frames(cond).cpu()
     target = frames.float().cpu() if frames is not None else predicted * duration_scale
     target = target.round().clamp(min=1).long()
