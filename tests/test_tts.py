@@ -772,3 +772,28 @@ def test_ljspeech_speaker_column(tmp_path: Path) -> None:
     direct = {Path(it.path).stem: it.speaker for it in scan(folder / "metadata.csv",
                                                             cache=False).items}
     assert direct == {k: it.speaker for k, it in items.items()}
+
+
+def test_digit_heads_factorise_code_logits() -> None:
+    from soundry.models.tts import AudioDecoder, digit_matrix
+
+    m = digit_matrix([4, 3])  # 12 codes, code = d0 + 4 * d1
+    assert m.shape == (7, 12)
+    for code in range(12):
+        assert m[:, code].nonzero().flatten().tolist() == [code % 4, 4 + code // 4]
+    torch.manual_seed(0)
+    dec = AudioDecoder(levels=2, n_output=13, dim=8, hidden=16, shared=False, card=12,
+                       digits=[4, 3])
+    hidden = torch.randn(1, 5, 8)
+    logits = dec(hidden)  # [1, 2, 5, 13]: 12 codes and EOS
+    assert logits.shape == (1, 2, 5, 13)
+    raw = dec.head(hidden + dec.mlp(dec.norm(hidden))).view(1, 5, 2, 8).transpose(1, 2)
+    code = 7  # digits (3, 1)
+    torch.testing.assert_close(logits[..., code], raw[..., 3] + raw[..., 4 + 1])
+    torch.testing.assert_close(logits[..., 12], raw[..., 7])  # EOS keeps its own logit
+    # the code distribution is the product of the digit distributions
+    p = torch.softmax(logits[0, 0, 0, :12], -1)
+    p0, p1 = torch.softmax(raw[0, 0, 0, :4], -1), torch.softmax(raw[0, 0, 0, 4:7], -1)
+    torch.testing.assert_close(p[code], p0[3] * p1[1])
+    with pytest.raises(ValueError, match="code_digits"):
+        TTSConfig(levels=2, card=16, code_digits=[4, 3])

@@ -120,6 +120,8 @@ class TTSConfig(Strict):
       null condition classifier-free guidance compares against).
     max_duration_factor: an AR generation that emits no EOS stops at this multiple of the
       predicted duration, with a warning.
+    code_digits: the codes are mixed-radix numbers with these digit sizes (an FSQ codec's
+      levels, e.g. [16, 16] for 256 codes): the heads predict digits (see AudioDecoder).
     """
 
     mode: Literal["ar", "nar"] = "nar"
@@ -129,6 +131,7 @@ class TTSConfig(Strict):
         default_factory=lambda: TransformerConfig(causal=False))
     pattern: PatternConfig = Field(default_factory=ParallelPatternConfig)
     shared_head: bool = False
+    code_digits: list[int] | None = None
     mlp_hidden: int | None = Field(None, ge=1)
     loss_weights: Literal["uniform", "decreasing"] | list[float] = "uniform"
     text: TTSTextConfig = Field(default_factory=TTSTextConfig)
@@ -146,6 +149,10 @@ class TTSConfig(Strict):
         if self.mode == "nar" and self.transformer.causal:
             raise ValueError("model.mode: nar demasks with bidirectional attention and needs "
                              "model.transformer.causal: false")
+        if self.code_digits is not None and (
+                min(self.code_digits, default=0) < 2 or math.prod(self.code_digits) != self.card):
+            raise ValueError(f"model.code_digits {self.code_digits} must be sizes >= 2 whose "
+                             f"product is model.card ({self.card})")
         if isinstance(self.loss_weights, list):
             if len(self.loss_weights) != self.levels:
                 raise ValueError(f"model.loss_weights has {len(self.loss_weights)} entries "
@@ -241,32 +248,65 @@ class AudioEncoder(nn.Module):
         return torch.einsum("bktd,k->btd", v, self.level_weights().to(v.dtype))
 
 
+def digit_matrix(digits: Sequence[int]) -> torch.Tensor:
+    """[sum(digits), prod(digits)] float one-hot: row (j, v) is 1 for the codes whose digit j
+    is v, codes being mixed-radix numbers with the first digit least significant (the way
+    FSQ numbers its grid)."""
+    codes = torch.arange(math.prod(digits))
+    rows, base = [], 1
+    for n in digits:
+        rows.append(F.one_hot((codes // base) % n, n).T)
+        base *= n
+    return torch.cat(rows).float()
+
+
 class AudioDecoder(nn.Module):
     """Hidden states [B, S, dim] -> logits [B, K, S, V]: a pre-norm residual MLP, then one
-    head per level, or one shared head reading hidden + a learned per-level query."""
+    head per level, or one shared head reading hidden + a learned per-level query.
 
-    def __init__(self, levels: int, n_output: int, dim: int, hidden: int, shared: bool) -> None:
+    digits: for codes that are mixed-radix numbers (FSQ grids), the heads predict each
+    digit and a code's logit is the sum of its digits' logits (a factorised distribution:
+    classes sharing a digit share evidence). Classes past the codes (EOS) keep their own
+    logits."""
+
+    def __init__(self, levels: int, n_output: int, dim: int, hidden: int, shared: bool,
+                 card: int | None = None, digits: Sequence[int] | None = None) -> None:
         super().__init__()
         self.levels, self.n_output, self.shared = levels, n_output, shared
         self.norm = RMSNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.card = card if card is not None else n_output
+        width = n_output
+        if digits:
+            self.register_buffer("digits", digit_matrix(digits), persistent=False)
+            width = sum(digits) + n_output - self.card
+        else:
+            self.digits = None
+        self.width = width
         if shared:
             self.level_query = nn.Parameter(torch.zeros(levels, dim))
             nn.init.normal_(self.level_query, 0.0, 0.02)
-            self.head = nn.Linear(dim, n_output)
+            self.head = nn.Linear(dim, width)
         else:
-            self.head = nn.Linear(dim, levels * n_output)
+            self.head = nn.Linear(dim, levels * width)
         nn.init.normal_(self.head.weight, 0.0, 0.02)
         nn.init.zeros_(self.head.bias)
+
+    def _expand(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.digits is None:
+            return raw
+        n_digit = self.digits.shape[0]
+        codes = raw[..., :n_digit] @ self.digits.to(raw.dtype)
+        return torch.cat([codes, raw[..., n_digit:]], dim=-1)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, steps, _ = hidden.shape
         if self.shared:
             x = hidden[:, None] + self.level_query[None, :, None, :]  # [B, K, S, D]
-            return self.head(x + self.mlp(self.norm(x)))
+            return self._expand(self.head(x + self.mlp(self.norm(x))))
         x = hidden + self.mlp(self.norm(hidden))
-        logits = self.head(x).view(batch, steps, self.levels, self.n_output)
-        return logits.transpose(1, 2)
+        raw = self.head(x).view(batch, steps, self.levels, self.width)
+        return self._expand(raw).transpose(1, 2)
 
 
 class DurationHead(nn.Module):
@@ -383,7 +423,7 @@ class TTSModel(nn.Module):
         hidden = cfg.mlp_hidden or 2 * dim
         self.audio_in = AudioEncoder(cfg.levels, self.tokens.n_input, dim, hidden)
         self.audio_out = AudioDecoder(cfg.levels, self.tokens.n_output, dim, hidden,
-                                      cfg.shared_head)
+                                      cfg.shared_head, cfg.card, cfg.code_digits)
         self.text_embed = nn.Embedding(ByteTokenizer.VOCAB, dim)
         self.segment = nn.Embedding(4, dim)
         self.position = SegmentPosition(dim)
