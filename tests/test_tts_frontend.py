@@ -43,3 +43,21 @@ def test_phonemes_frontend_reads_espeak_phonemes() -> None:
     assert front.string("") == ""  # the null text stays empty
     ids, valid = front.batch(["The cat sat."])
     assert int(valid.sum()) == len(said.encode()) + 2
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_a_phoneme_model_copies_after_use() -> None:
+    import copy
+    import pickle
+
+    pytest.importorskip("phonemizer", reason="the phonemizer package is not installed")
+    from soundry.models.tts import TTSConfig, TTSModel
+    from soundry.nn.transformer import TransformerConfig
+
+    model = TTSModel(TTSConfig(levels=2, card=16, text=TTSTextConfig(frontend="phonemes"),
+                               transformer=TransformerConfig(dim=16, layers=1, heads=2,
+                                                             causal=False)))
+    said = model.frontend.string("hello there")  # loads the espeak backend
+    twin = copy.deepcopy(model)  # as the EMA copy is made
+    assert twin.frontend.string("hello there") == said
+    assert pickle.loads(pickle.dumps(model.frontend)).string("hello there") == said

@@ -185,6 +185,12 @@ class TextFrontend:
         self._backend = None
         self._cache: dict[str, str] = {}
 
+    def __getstate__(self) -> dict:
+        # the espeak backend holds a loaded C library: copies (EMA, pickling) open their own
+        state = dict(self.__dict__)
+        state["_backend"] = None
+        return state
+
     def _phonemes(self, text: str) -> str:
         if text in self._cache:
             return self._cache[text]
