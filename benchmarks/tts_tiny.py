@@ -1,7 +1,7 @@
 """Train the tiny TTS recipes on multi-speaker espeak-ng speech and score what they say.
 
     python benchmarks/tts_tiny.py --codec CODEC_EXPORT --out runs/tts-check \
-        [--modes nar ar] [--seeds 0] [--minutes 30] [--threads 2] [--levels 4]
+        [--modes nar ar] [--seeds 0] [--minutes 30] [--threads 2] [--levels 4] [--parallel]
     python benchmarks/tts_tiny.py --codec CODEC_EXPORT --out runs/tts-check \
         --evaluate runs/tts-check/nar-s0-export ...     # score existing exports only
 
@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +78,8 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--levels", type=int, default=4)
+    p.add_argument("--parallel", action="store_true",
+                   help="train all runs at once, splitting --threads between them")
     p.add_argument("--evaluate", nargs="*", type=Path, default=None,
                    help="only score these exports")
     args = p.parse_args()
@@ -89,7 +90,6 @@ def main() -> None:
     corpus = args.corpus or out / "corpus"
     if not (corpus / "train" / "metadata.csv").is_file():
         sh([sys.executable, str(ROOT / "benchmarks" / "tts_corpus.py"), str(corpus)], log)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     settings = {"sampled": {}, "greedy": {"temperature": 0.0}}
     summary: dict[str, Any] = {}
 
@@ -101,20 +101,35 @@ def main() -> None:
         if not (tokens / "index.json").is_file():
             sh(SOUNDRY + ["tokenize", str(args.codec), str(corpus / "train"), str(tokens),
                           "--levels", str(args.levels)], log)
-        for mode in args.modes:
-            for seed in args.seeds:
-                run = out / f"{mode}-s{seed}"
-                recipe = ROOT / "recipes" / "tts" / f"tiny-{mode}.yaml"
-                t0 = time.perf_counter()
-                sh(SOUNDRY + ["train", str(recipe), "--data", str(tokens), "--out", str(run),
-                              f"seed={seed}", f"train.budget_minutes={args.minutes}",
-                              f"model.levels={args.levels}"], log, env)
-                minutes = (time.perf_counter() - t0) / 60
-                export = out / f"{mode}-s{seed}-export"
-                sh(SOUNDRY + ["export", str(run), str(export)], log)
-                summary[f"{mode}-s{seed}"] = {"train_minutes": round(minutes, 1),
-                                              "health_errors": health_errors(run)}
-                exports.append(export)
+        jobs = [(mode, seed) for mode in args.modes for seed in args.seeds]
+        # --parallel: every run at once, the threads split between them (each still gets
+        # --minutes of wall clock, on a share of the machine)
+        threads = max(1, args.threads // len(jobs)) if args.parallel else args.threads
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        running = []
+        for mode, seed in jobs:
+            run = out / f"{mode}-s{seed}"
+            recipe = ROOT / "recipes" / "tts" / f"tiny-{mode}.yaml"
+            cmd = SOUNDRY + ["train", str(recipe), "--data", str(tokens), "--out", str(run),
+                             "--threads", str(threads), f"seed={seed}",
+                             f"train.budget_minutes={args.minutes}",
+                             f"model.levels={args.levels}"]
+            if args.parallel:
+                handle = open(out / f"{mode}-s{seed}.log", "w")  # noqa: SIM115
+                running.append((mode, seed, subprocess.Popen(
+                    cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)))
+            else:
+                sh(cmd, log, env)
+                running.append((mode, seed, None))
+        for mode, seed, proc in running:
+            if proc is not None and proc.wait():
+                sys.exit(f"training {mode}-s{seed} failed, see {out}/{mode}-s{seed}.log")
+            run = out / f"{mode}-s{seed}"
+            export = out / f"{mode}-s{seed}-export"
+            sh(SOUNDRY + ["export", str(run), str(export)], log)
+            summary[f"{mode}-s{seed}"] = {"threads": threads, "parallel": args.parallel,
+                                          "health_errors": health_errors(run)}
+            exports.append(export)
     for export in exports:
         name = export.name.removesuffix("-export")
         scores = evaluate(export, corpus, out / f"{name}-samples", settings)

@@ -202,8 +202,11 @@ class TextFrontend:
                                   "package (pip install phonemizer) and espeak-ng "
                                   "(apt-get install espeak-ng)") from None
             try:
+                # its word-count check warns on every punctuated line: log errors only
+                quiet = logging.getLogger("soundry.phonemizer")
+                quiet.setLevel(logging.ERROR)
                 self._backend = EspeakBackend(self.cfg.language, preserve_punctuation=True,
-                                              with_stress=True)
+                                              with_stress=True, logger=quiet)
             except RuntimeError as exc:
                 raise ConfigError(f"model.text.frontend: phonemes: espeak-ng backend for "
                                   f"'{self.cfg.language}' failed: {exc}") from None
