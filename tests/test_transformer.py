@@ -111,3 +111,18 @@ def test_rotary_scores_depend_on_relative_position_only():
     assert not torch.allclose(score(3, 1), score(3, 2))
     rotated = apply_rotary(q, tables.cos[9], tables.sin[9])
     torch.testing.assert_close(rotated.norm(), q.norm())
+
+
+def test_attention_dropout_can_be_set_apart_from_the_residual_dropout() -> None:
+    from soundry.nn.transformer import Transformer, TransformerConfig
+
+    both = Transformer(TransformerConfig(dim=16, layers=1, heads=2, dropout=0.2))
+    apart = Transformer(TransformerConfig(dim=16, layers=1, heads=2, dropout=0.2,
+                                          attention_dropout=0.0))
+    assert both.blocks[0].attn.dropout == 0.2
+    assert apart.blocks[0].attn.dropout == 0.0
+    assert apart.blocks[0].drop.p == 0.2
+    # no dropout anywhere in eval mode, with either setting
+    apart.load_state_dict(both.state_dict())
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(both.eval()(x), apart.eval()(x))

@@ -122,6 +122,10 @@ class TTSConfig(Strict):
       predicted duration, with a warning.
     code_digits: the codes are mixed-radix numbers with these digit sizes (an FSQ codec's
       levels, e.g. [16, 16] for 256 codes): the heads predict digits (see AudioDecoder).
+    text_stretch: each target position also reads the text token at its own fraction of
+      the text (the text stretched uniformly over the target, as E2/F5-TTS fill the text
+      to the audio's length): a prior of monotonic, even-paced alignment that attention
+      then corrects, which small models on little data need to learn to read at all.
     """
 
     mode: Literal["ar", "nar"] = "nar"
@@ -132,6 +136,7 @@ class TTSConfig(Strict):
     pattern: PatternConfig = Field(default_factory=ParallelPatternConfig)
     shared_head: bool = False
     code_digits: list[int] | None = None
+    text_stretch: bool = False
     mlp_hidden: int | None = Field(None, ge=1)
     loss_weights: Literal["uniform", "decreasing"] | list[float] = "uniform"
     text: TTSTextConfig = Field(default_factory=TTSTextConfig)
@@ -382,6 +387,17 @@ def fractions(valid: torch.Tensor) -> torch.Tensor:
                                                                               dtype=torch.float))
 
 
+def stretch_text(text: torch.Tensor, valid: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+    """Text vectors [B, L, D] (left-padded, `valid` [B, L]) read at fractions [B, S] of each
+    row's valid tokens -> [B, S, D]: position s gets token floor(frac x n) of the n (a
+    uniform stretch of the text over the target)."""
+    n = valid.long().sum(1, keepdim=True).clamp(min=1)
+    first = valid.long().argmax(1, keepdim=True)  # left padding: the first valid position
+    rank = (frac.clamp(0, 1 - 1e-6) * n).floor().long().clamp(max=n - 1)
+    index = (first + rank).clamp(max=text.shape[1] - 1)
+    return text.gather(1, index[..., None].expand(-1, -1, text.shape[2]))
+
+
 def step_fractions(start: int, length: int, totals: torch.Tensor) -> torch.Tensor:
     """Fractions [B, length] of target positions start..start+length-1 out of `totals` [B]."""
     idx = torch.arange(start, start + length, device=totals.device, dtype=torch.float)
@@ -436,6 +452,9 @@ class TTSModel(nn.Module):
         self.text_embed = nn.Embedding(ByteTokenizer.VOCAB, dim)
         self.segment = nn.Embedding(4, dim)
         self.position = SegmentPosition(dim)
+        self.text_stretch = nn.Linear(dim, dim, bias=False) if cfg.text_stretch else None
+        if self.text_stretch is not None:
+            nn.init.normal_(self.text_stretch.weight, 0.0, 0.02)
         self.transformer = Transformer(cfg.transformer)
         self.duration = DurationHead(cfg.duration, dim)
         self.register_buffer("loss_weights", level_weights(cfg.loss_weights, cfg.levels),
@@ -511,18 +530,24 @@ class TTSModel(nn.Module):
         valid = torch.cat([valid, valid.new_ones(x.shape[0], 1)], dim=1)
         return x, valid
 
-    def embed_target(self, ids: torch.Tensor, totals: torch.Tensor, start: int = 0
-                     ) -> torch.Tensor:
-        """Target ids [B, K, S] at positions start.. of `totals` [B] -> [B, S, dim]."""
+    def embed_target(self, ids: torch.Tensor, totals: torch.Tensor, start: int = 0,
+                     cond: Conditioning | None = None) -> torch.Tensor:
+        """Target ids [B, K, S] at positions start.. of `totals` [B] -> [B, S, dim]
+        (with `text_stretch`, plus the projected embedding of the text token at the same
+        fraction of the text as each position's fraction of the target)."""
         frac = step_fractions(start, ids.shape[2], totals.to(ids.device))
-        return self.audio_in(ids) + self.segment.weight[SEGMENT_TARGET] + self.position(frac)
+        x = self.audio_in(ids) + self.segment.weight[SEGMENT_TARGET] + self.position(frac)
+        if self.text_stretch is not None and cond is not None:
+            x = x + self.text_stretch(stretch_text(self.text_embed(cond.text), cond.text_valid,
+                                                   frac))
+        return x
 
     def _run(self, cond: Conditioning, ids: torch.Tensor, totals: torch.Tensor,
              target_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefix + target ids [B, K, S] (of `totals` [B] positions each) -> (target hidden
         [B, S, dim], SEP hidden [B, dim])."""
         px, pvalid = self.embed_prefix(cond)
-        tx = self.embed_target(ids, totals)
+        tx = self.embed_target(ids, totals, cond=cond)
         x = torch.cat([px, tx.to(px.dtype)], dim=1)
         if target_valid is None:
             target_valid = pvalid.new_ones(ids.shape[0], ids.shape[2])
@@ -573,17 +598,19 @@ class TTSModel(nn.Module):
         """Run the prefix and the first step(s) [B, K, n] into `cache`; logits [B, K, V]."""
         px, pvalid = self.embed_prefix(cond)
         totals = self._step_totals(cond)
-        x = torch.cat([px, self.embed_target(first, totals).to(px.dtype)], dim=1)
+        x = torch.cat([px, self.embed_target(first, totals, cond=cond).to(px.dtype)], dim=1)
         valid = torch.cat([pvalid, pvalid.new_ones(first.shape[0], first.shape[2])], dim=1)
         hidden = self.transformer(x, valid=valid, cache=cache)
         cache.tts_start = px.shape[1]  # type: ignore[attr-defined]
         cache.tts_totals = totals  # type: ignore[attr-defined]
+        cache.tts_cond = cond  # type: ignore[attr-defined]
         return self.audio_out(hidden[:, -1:])[:, :, 0]
 
     def decode(self, step: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One step of ids [B, K, 1] after the cached ones -> logits [B, K, V]."""
         start = cache.length - cache.tts_start  # type: ignore[attr-defined]
-        x = self.embed_target(step, cache.tts_totals, start)  # type: ignore[attr-defined]
+        x = self.embed_target(step, cache.tts_totals, start,  # type: ignore[attr-defined]
+                              cond=cache.tts_cond)  # type: ignore[attr-defined]
         hidden = self.transformer(x, cache=cache)
         return self.audio_out(hidden)[:, :, 0]
 
