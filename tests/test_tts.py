@@ -797,3 +797,42 @@ def test_digit_heads_factorise_code_logits() -> None:
     torch.testing.assert_close(p[code], p0[3] * p1[1])
     with pytest.raises(ValueError, match="code_digits"):
         TTSConfig(levels=2, card=16, code_digits=[4, 3])
+
+
+def test_text_stretch_reads_the_text_at_the_targets_fraction() -> None:
+    from soundry.models.tts import stretch_text
+
+    text = torch.arange(5, dtype=torch.float32)[None, :, None].repeat(2, 1, 1)
+    valid = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    frac = ((torch.arange(6) + 0.5) / 6)[None].repeat(2, 1)
+    got = stretch_text(text, valid, frac)[..., 0]
+    assert got[0].tolist() == [2, 2, 3, 3, 4, 4]  # 3 valid tokens over 6 frames
+    assert got[1].tolist() == [0, 1, 2, 2, 3, 4]
+    assert stretch_text(text, valid, torch.full((2, 1), 1.3))[..., 0].tolist() == [[4], [4]]
+
+
+@pytest.mark.parametrize("mode", ["ar", "nar"])
+def test_text_stretch_keeps_cached_decoding_and_prefix_independence(mode: str) -> None:
+    torch.manual_seed(0)
+    model = TTSModel(TTSConfig(mode=mode, levels=3, card=16, text_stretch=True,
+                               transformer=TransformerConfig(dim=32, layers=2, heads=2,
+                                                             causal=mode == "ar",
+                                                             max_len=256))).eval()
+    prompt = torch.randint(0, 16, (2, 3, 5))
+    cond = model.make_conditioning(["hello", "hi there"], prompt)
+    if mode == "ar":
+        model.plan(torch.tensor([6, 9]))
+        a = generate(model, cond, max_frames=10, temperature=0.0, cfg_scale=2.0)
+        b = generate(model, cond, max_frames=10, temperature=0.0, cfg_scale=2.0,
+                     use_cache=False)
+        model.plan(None)
+        assert torch.equal(a.codes, b.codes) and torch.equal(a.lengths, b.lengths)
+    else:
+        ids = torch.randint(0, 16, (2, 3, 7))
+        valid = torch.ones(2, 7, dtype=torch.bool)
+        logits, sep = model.nar_logits(ids, valid, cond)
+        other = model.make_conditioning(["goodbye", "hi there"], prompt)
+        logits2, _ = model.nar_logits(ids, valid, other)
+        # the stretched text reaches the target: a different text changes row 0 only
+        assert not torch.allclose(logits[0], logits2[0])
+        torch.testing.assert_close(logits[1], logits2[1])
