@@ -9,8 +9,9 @@ One transformer reads, left to right (one position each)::
 - Prompt: codes [B, K, P] of another clip of the target voice, embedded one frame per
   position by the `AudioEncoder`; left-padded. The null condition of classifier-free
   guidance is the empty text and no prompt.
-- SEP: one learned vector. The duration head reads the transformer's output here: the
-  frame count of the target, from text and prompt only (in `nar` mode the prefix never
+- SEP: one learned vector. The duration head reads the transformer's output here (and,
+  with `duration.kind: tokens`, at every text token): the frame count of the target, from
+  text and prompt only (in `nar` mode the prefix never
   attends to the target, so the count cannot be read off the sequence length).
 - Target, `mode: nar`: the target's frames with masked cells replaced by MASK,
   bidirectional attention; `mode: ar`: the target's pattern steps (parallel: one frame of
@@ -74,11 +75,13 @@ class TTSTextConfig(Strict):
 
 
 class DurationConfig(Strict):
-    """The duration head: `regression` on log-frames (L1) or `digits` (the frame count as
-    `digits` decimal digits, one 10-way classification each). Trained with `weight` from
-    step `start_step` on, in parallel with the token loss."""
+    """The duration head: `regression` on log-frames (L1) read at SEP; `tokens`, the same
+    L1 on log-frames of a sum: every text token's own frame count (from its output state)
+    times a rate read at SEP (the voice's pace, from the prompt); or `digits` (the frame
+    count as `digits` decimal digits, one 10-way classification each, at SEP). Trained with
+    `weight` from step `start_step` on, in parallel with the token loss."""
 
-    kind: Literal["regression", "digits"] = "regression"
+    kind: Literal["regression", "tokens", "digits"] = "regression"
     digits: int = Field(4, ge=1, le=6)
     weight: float = Field(1.0, ge=0)
     start_step: int = Field(0, ge=0)
@@ -324,18 +327,37 @@ class AudioDecoder(nn.Module):
 
 
 class DurationHead(nn.Module):
-    """SEP hidden [B, dim] -> log-frames [B] (regression) or digit logits [B, D, 10]."""
+    """Duration from the prefix's output states: SEP hidden [B, dim] (and, for `tokens`,
+    the text's hidden [B, L, dim] with its valid mask [B, L]) -> log-frames [B]
+    (`regression`, `tokens`) or digit logits [B, D, 10] (`digits`).
+
+    `tokens` sums a non-negative frame count per valid text token (softplus of a linear
+    read-out) and adds a log-rate from SEP: the total then grows with the text by
+    construction, where a single read-out at SEP has to count the text's tokens through
+    attention (its rotary distance to the text mixes text and prompt lengths).
+    """
 
     def __init__(self, cfg: DurationConfig, dim: int) -> None:
         super().__init__()
         self.cfg = cfg
-        out = 1 if cfg.kind == "regression" else cfg.digits * 10
+        out = cfg.digits * 10 if cfg.kind == "digits" else 1
         self.net = nn.Sequential(RMSNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, out))
+        self.per_token = None
+        if cfg.kind == "tokens":
+            self.per_token = nn.Sequential(RMSNorm(dim), nn.Linear(dim, dim), nn.GELU(),
+                                           nn.Linear(dim, 1))
 
-    def forward(self, sep: torch.Tensor) -> torch.Tensor:
+    def forward(self, sep: torch.Tensor, text: torch.Tensor | None = None,
+                text_valid: torch.Tensor | None = None) -> torch.Tensor:
         out = self.net(sep)
         if self.cfg.kind == "regression":
             return out[:, 0]
+        if self.per_token is not None:
+            if text is None or text_valid is None:
+                raise ValueError("duration kind 'tokens' needs the text's hidden states")
+            each = F.softplus(self.per_token(text)[..., 0].float())  # frames per token [B, L]
+            total = (each * text_valid.to(each.dtype)).sum(-1)
+            return torch.log(total + 1e-3) + out[:, 0].float()
         return out.view(-1, self.cfg.digits, 10)
 
     def digits_of(self, frames: torch.Tensor) -> torch.Tensor:
@@ -348,14 +370,14 @@ class DurationHead(nn.Module):
 
     def loss(self, out: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Mean loss against true frame counts [B]."""
-        if self.cfg.kind == "regression":
+        if self.cfg.kind != "digits":
             return (out - torch.log(frames.float().clamp(min=1.0))).abs().mean()
         target = self.digits_of(frames)
         return F.cross_entropy(out.reshape(-1, 10).float(), target.reshape(-1))
 
     def frames(self, out: torch.Tensor) -> torch.Tensor:
         """Predicted frame counts [B] (float; at least 1)."""
-        if self.cfg.kind == "regression":
+        if self.cfg.kind != "digits":
             return out.float().exp().clamp(min=1.0)
         digits = out.argmax(-1)
         powers = 10 ** torch.arange(self.cfg.digits - 1, -1, -1, device=out.device)
@@ -545,7 +567,7 @@ class TTSModel(nn.Module):
     def _run(self, cond: Conditioning, ids: torch.Tensor, totals: torch.Tensor,
              target_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefix + target ids [B, K, S] (of `totals` [B] positions each) -> (target hidden
-        [B, S, dim], SEP hidden [B, dim])."""
+        [B, S, dim], prefix hidden [B, P, dim]: text, prompt, SEP; see `duration_out`)."""
         px, pvalid = self.embed_prefix(cond)
         tx = self.embed_target(ids, totals, cond=cond)
         x = torch.cat([px, tx.to(px.dtype)], dim=1)
@@ -563,7 +585,7 @@ class TTSModel(nn.Module):
             attend = ~((q < n_prefix) & (k >= n_prefix))[None]
         hidden = self.transformer(x, valid=valid, attend=attend)
         n_prefix = px.shape[1]
-        return hidden[:, n_prefix:], hidden[:, n_prefix - 1]
+        return hidden[:, n_prefix:], hidden[:, :n_prefix]
 
     # -- AR interface (soundry.generate.sampling.generate) ---------------------------------
 
@@ -625,7 +647,13 @@ class TTSModel(nn.Module):
         """Predicted target frame counts [B] (float) from text and prompt alone."""
         px, pvalid = self.embed_prefix(cond)
         hidden = self.transformer(px, valid=pvalid)
-        return self.duration.frames(self.duration(hidden[:, -1]))
+        return self.duration.frames(self.duration_out(hidden, cond))
+
+    def duration_out(self, prefix: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The duration head's output from the prefix's hidden states [B, P, dim] (text
+        first, SEP last) of `cond`."""
+        n_text = cond.text.shape[1]
+        return self.duration(prefix[:, -1], prefix[:, :n_text], cond.text_valid)
 
     # -- losses ----------------------------------------------------------------------------
 
@@ -648,11 +676,11 @@ class TTSModel(nn.Module):
             acc = acc / count.clamp(min=1.0)
         return loss, level_loss.detach(), acc, count
 
-    def _duration_terms(self, sep: torch.Tensor, frames: torch.Tensor, use: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _duration_terms(self, prefix: torch.Tensor, cond: Conditioning, frames: torch.Tensor,
+                        use: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss to add: the duration loss, or 0 before it is trained; its value; mean
         relative error of the predicted frame counts)."""
-        out = self.duration(sep)
+        out = self.duration_out(prefix, cond)
         loss = self.duration.loss(out, frames)
         with torch.no_grad():
             pred = self.duration.frames(out.detach())
@@ -667,14 +695,14 @@ class TTSModel(nn.Module):
         seq = self.pattern.build(codes, lengths=lengths, ends=True)
         totals = torch.tensor([self.pattern.n_steps(int(n)) for n in lengths.tolist()],
                               device=codes.device)
-        hidden, sep = self._run(cond, seq[:, :, :-1], totals)
+        hidden, prefix = self._run(cond, seq[:, :, :-1], totals)
         logits = self.audio_out(hidden)
         target = seq[:, :, 1:]
         counted = target < self.tokens.n_output  # codes and EOS
         if level_mask is not None:
             counted = counted & level_mask[:, :, None].to(counted.device)
         loss, level_loss, acc, count = self.token_loss(logits, target, counted)
-        dur_loss, dur_value, dur_err = self._duration_terms(sep, lengths, duration)
+        dur_loss, dur_value, dur_err = self._duration_terms(prefix, cond, lengths, duration)
         total = loss + self.cfg.duration.weight * dur_loss
         return TTSLoss(total, loss.detach(), level_loss, acc, count, dur_value, dur_err)
 
@@ -706,10 +734,10 @@ class TTSModel(nn.Module):
     def nar_logits(self, ids: torch.Tensor, target_valid: torch.Tensor, cond: Conditioning
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked target ids [B, K, T] (MASK where unknown, valid [B, T]) -> (logits
-        [B, K, T, V], SEP hidden [B, dim])."""
+        [B, K, T, V], prefix hidden [B, P, dim]: `duration_out` reads it)."""
         totals = target_valid.long().sum(1)
-        hidden, sep = self._run(cond, ids, totals, target_valid)
-        return self.audio_out(hidden), sep
+        hidden, prefix = self._run(cond, ids, totals, target_valid)
+        return self.audio_out(hidden), prefix
 
     def nar_loss(self, codes: torch.Tensor, lengths: torch.Tensor, cond: Conditioning,
                  seeds: Sequence[int], level_mask: torch.Tensor | None = None,
@@ -722,13 +750,14 @@ class TTSModel(nn.Module):
         valid = torch.arange(frames, device=device)[None, :] < lengths.to(device)[:, None]
         ids = torch.where(masked, torch.full_like(codes, self.tokens.mask), codes)
         ids = torch.where(valid[:, None, :], ids, torch.full_like(codes, self.tokens.pad))
-        logits, sep = self.nar_logits(ids, valid, cond)
+        logits, prefix = self.nar_logits(ids, valid, cond)
         counted = masked & valid[:, None, :]
         if level_mask is not None:
             counted = counted & level_mask[:, :, None].to(device)
         loss, level_loss, acc, count = self.token_loss(logits[..., : self.cfg.card], codes,
                                                        counted)
-        dur_loss, dur_value, dur_err = self._duration_terms(sep, lengths.to(device), duration)
+        dur_loss, dur_value, dur_err = self._duration_terms(prefix, cond, lengths.to(device),
+                                                            duration)
         total = loss + self.cfg.duration.weight * dur_loss
         return TTSLoss(total, loss.detach(), level_loss, acc, count, dur_value, dur_err,
                        ratios.mean())
