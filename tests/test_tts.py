@@ -43,7 +43,8 @@ def _one_thread() -> Iterator[None]:
 
 def tiny(mode: str = "nar", **kw: object) -> TTSModel:
     """A random tiny model with decisive logits (head weights of std 1) and a duration head
-    whose prediction varies with its input around 10 frames."""
+    whose prediction varies with its input (around 10 frames; with `duration.kind: tokens`
+    around 7 frames per text token)."""
     torch.manual_seed(0)
     cfg = TTSConfig(mode=mode, levels=LEVELS, card=CARD,
                     transformer=TransformerConfig(dim=32, layers=2, heads=2,
@@ -263,9 +264,10 @@ def test_nar_separator_sees_text_and_prompt_only(kind: str) -> None:
         assert len(set(model.predict_frames(cond).tolist())) == 2, "predictions should vary"
 
 
+@pytest.mark.parametrize("kind", ["regression", "tokens"])
 @pytest.mark.parametrize("mode", ["ar", "nar"])
-def test_duration_loss_reads_the_prefix_prediction(mode: str) -> None:
-    model = tiny(mode)
+def test_duration_loss_reads_the_prefix_prediction(mode: str, kind: str) -> None:
+    model = tiny(mode, duration={"kind": kind})
     cond = conditioning(model, TEXTS[:2], [5, 0])
     predicted = model.predict_frames(cond)
     g = torch.Generator().manual_seed(0)
@@ -362,8 +364,9 @@ def test_duration_loss_trains_through_the_separator() -> None:
 # ----------------------------------------------------------------------------- 5. CFG rows
 
 
-def test_nar_guidance_rows_equal_separate_passes() -> None:
-    model = tiny()
+@pytest.mark.parametrize("kind", ["regression", "tokens"])
+def test_nar_guidance_rows_equal_separate_passes(kind: str) -> None:
+    model = tiny(duration={"kind": kind})
     cond = conditioning(model, TEXTS, [6, 2, 0])
     null = model.null_conditioning(3, like=cond)
     both = Conditioning.concat([cond, null])
@@ -378,6 +381,13 @@ def test_nar_guidance_rows_equal_separate_passes() -> None:
     torch.testing.assert_close(joint[3:][cells], empty[cells], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(joint_sep[:3, -1], alone_sep[:, -1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(joint_sep[3:, -1], empty_sep[:, -1], atol=1e-5, rtol=1e-5)
+    # the duration read from a guided (concatenated, re-padded) batch equals the separate ones
+    with torch.no_grad():
+        joint_d = model.duration_out(joint_sep, both)
+        torch.testing.assert_close(joint_d[:3], model.duration_out(alone_sep, cond),
+                                   atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(joint_d[3:], model.duration_out(empty_sep, null),
+                                   atol=1e-4, rtol=1e-5)
     assert not torch.allclose(alone[cells], empty[cells], atol=1e-3)
 
 

@@ -77,7 +77,7 @@ class TTSTextConfig(Strict):
 class DurationConfig(Strict):
     """The duration head: `regression` on log-frames (L1) read at SEP; `tokens`, the same
     L1 on log-frames of a sum: every text token's own frame count (from its output state)
-    times a rate read at SEP (the voice's pace, from the prompt); or `digits` (the frame
+    times a rate read at SEP (which sees text and prompt: the voice's pace); or `digits` (the frame
     count as `digits` decimal digits, one 10-way classification each, at SEP). Trained with
     `weight` from step `start_step` on, in parallel with the token loss."""
 
@@ -331,7 +331,7 @@ class DurationHead(nn.Module):
     the text's hidden [B, L, dim] with its valid mask [B, L]) -> log-frames [B]
     (`regression`, `tokens`) or digit logits [B, D, 10] (`digits`).
 
-    `tokens` sums a non-negative frame count per valid text token (softplus of a linear
+    `tokens` sums a non-negative frame count per valid text token (softplus of a small MLP
     read-out) and adds a log-rate from SEP: the total then grows with the text by
     construction, where a single read-out at SEP has to count the text's tokens through
     attention (its rotary distance to the text mixes text and prompt lengths).
@@ -356,7 +356,8 @@ class DurationHead(nn.Module):
             if text is None or text_valid is None:
                 raise ValueError("duration kind 'tokens' needs the text's hidden states")
             each = F.softplus(self.per_token(text)[..., 0].float())  # frames per token [B, L]
-            total = (each * text_valid.to(each.dtype)).sum(-1)
+            # masked_fill, not a product: a padded position's output may be anything
+            total = each.masked_fill(~text_valid.to(each.device), 0.0).sum(-1)
             return torch.log(total + 1e-3) + out[:, 0].float()
         return out.view(-1, self.cfg.digits, 10)
 
