@@ -11,8 +11,8 @@ One transformer reads, left to right (one position each)::
   guidance is the empty text and no prompt.
 - SEP: one learned vector. The duration head reads the transformer's output here (and,
   with `duration.kind: tokens`, at every text token): the frame count of the target, from
-  text and prompt only (in `nar` mode the prefix never
-  attends to the target, so the count cannot be read off the sequence length).
+  text and prompt only (in `nar` mode the prefix never attends to the target, so the count
+  cannot be read off the sequence length).
 - Target, `mode: nar`: the target's frames with masked cells replaced by MASK,
   bidirectional attention; `mode: ar`: the target's pattern steps (parallel: one frame of
   every level per step; or delay), causal attention, EOS ends the utterance.
@@ -77,9 +77,9 @@ class TTSTextConfig(Strict):
 class DurationConfig(Strict):
     """The duration head: `regression` on log-frames (L1) read at SEP; `tokens`, the same
     L1 on log-frames of a sum: every text token's own frame count (from its output state)
-    times a rate read at SEP (which sees text and prompt: the voice's pace); or `digits` (the frame
-    count as `digits` decimal digits, one 10-way classification each, at SEP). Trained with
-    `weight` from step `start_step` on, in parallel with the token loss."""
+    times a rate read at SEP (which sees text and prompt: the voice's pace); or `digits`
+    (the frame count as `digits` decimal digits, one 10-way classification each, at SEP).
+    Trained with `weight` from step `start_step` on, in parallel with the token loss."""
 
     kind: Literal["regression", "tokens", "digits"] = "regression"
     digits: int = Field(4, ge=1, le=6)
@@ -357,7 +357,7 @@ class DurationHead(nn.Module):
                 raise ValueError("duration kind 'tokens' needs the text's hidden states")
             each = F.softplus(self.per_token(text)[..., 0].float())  # frames per token [B, L]
             # masked_fill, not a product: a padded position's output may be anything
-            total = each.masked_fill(~text_valid.to(each.device), 0.0).sum(-1)
+            total = each.masked_fill(~text_valid, 0.0).sum(-1)
             return torch.log(total + 1e-3) + out[:, 0].float()
         return out.view(-1, self.cfg.digits, 10)
 
