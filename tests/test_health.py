@@ -338,20 +338,6 @@ def test_valid_vs_generation_flags_overfitting_with_moving_demos(tmp_path):
 # ----------------------------------------------------------------------------- clean runs
 
 
-def test_clean_tiny_codec_run_has_no_error_finding(tmp_path):
-    """The real tiny recipe (its first 150 steps); the slow learning test checks whole runs."""
-    write_files(tmp_path / "train")
-    write_files(tmp_path / "valid", count=2, seed=99)
-    recipe = load_recipe(recipes_dir() / "codec/tiny.yaml", [
-        f"data.sources=[{{path: '{tmp_path / 'train'}'}}]", f"data.valid='{tmp_path / 'valid'}'",
-        "train.max_steps=150", "train.valid_every=75", "train.checkpoint_every=150",
-        "train.progress=false", "data.valid_count=2", "data.num_workers=2"])
-    run_training(recipe, tmp_path / "run")
-    assert not errors(tmp_path / "run"), findings(tmp_path / "run")
-    assert not flagged(tmp_path / "run", "crop_coverage")
-    assert not flagged(tmp_path / "run", "sample_rate")
-
-
 def test_clean_toy_run_is_quiet(tmp_path):
     recipe = load_recipe(recipes_dir() / "toy.yaml", ["train.progress=false"])
     run_training(recipe, tmp_path / "run")

@@ -303,6 +303,41 @@ def test_ar_steps_do_not_see_later_steps() -> None:
     torch.testing.assert_close(model.predict_frames(cond), before)
 
 
+@pytest.mark.parametrize("pattern", [{"type": "parallel"}, {"type": "delay"}])
+def test_ar_history_masking_hides_whole_steps_at_its_rate(pattern: dict) -> None:
+    model = tiny("ar", pattern=pattern, ar_input_mask=0.3)
+    lengths = torch.tensor([40, 25, 33])
+    codes = torch.randint(0, CARD, (3, LEVELS, 40), generator=torch.Generator().manual_seed(1))
+    seq = model.pattern.build(codes, lengths=lengths, ends=True)[:, :, :-1]
+    out = model.mask_history(seq, [5, 6, 7])
+    hidden = out == model.tokens.mask
+    assert torch.equal(out[~hidden], seq[~hidden])  # nothing else changes
+    assert not hidden[:, :, 0].any()  # BOS stays
+    assert (seq[hidden] < CARD).all()  # only codes are hidden: PAD, EOS, BOS stay
+    steps = hidden.any(dim=1)  # a hidden step hides every code of that step
+    codes_of = seq < CARD
+    assert torch.equal(hidden, steps[:, None, :] & codes_of)
+    rate = steps[:, 1:].float().mean().item()
+    assert 0.2 < rate < 0.4, rate
+    torch.testing.assert_close(model.mask_history(seq, [5, 6, 7]), out)  # seeded
+    assert not torch.equal(model.mask_history(seq, [8, 6, 7]), out)
+    assert torch.equal(tiny("ar", pattern=pattern).mask_history(seq, [5, 6, 7]), seq)
+
+
+def test_ar_history_masking_changes_training_loss_not_validation() -> None:
+    model = tiny("ar", ar_input_mask=0.5)
+    plain = tiny("ar")
+    cond = conditioning(model, TEXTS, [5, 0, 3])
+    lengths = torch.tensor([12, 9, 12])
+    codes = torch.randint(0, CARD, (3, LEVELS, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        masked = model.ar_loss(codes, lengths, cond, seeds=[1, 2, 3]).loss
+        valid = model.ar_loss(codes, lengths, cond).loss
+        reference = plain.ar_loss(codes, lengths, cond, seeds=[1, 2, 3]).loss
+    torch.testing.assert_close(valid, reference)  # same weights, true history
+    assert not torch.allclose(masked, valid)
+
+
 def test_duration_head_digits_and_regression() -> None:
     head = DurationHead(DurationConfig(kind="digits", digits=4), dim=8)
     frames = torch.tensor([123, 7])

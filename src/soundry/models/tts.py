@@ -123,6 +123,10 @@ class TTSConfig(Strict):
       null condition classifier-free guidance compares against).
     max_duration_factor: an AR generation that emits no EOS stops at this multiple of the
       predicted duration, with a warning.
+    ar_input_mask: AR training only: each teacher-forced input step of an item becomes MASK
+      (every level) with this probability, drawn from the item's seed. At 50 frames/s the
+      next frame can mostly be read off the previous one; with part of the history hidden
+      the model must read the text (and learns to continue from imperfect history).
     code_digits: the codes are mixed-radix numbers with these digit sizes (an FSQ codec's
       levels, e.g. [16, 16] for 256 codes): the heads predict digits (see AudioDecoder).
     text_stretch: each target position also reads the text token at its own fraction of
@@ -148,6 +152,7 @@ class TTSConfig(Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     uncond_frac: float = Field(0.1, ge=0.0, le=1.0)
     max_duration_factor: float = Field(2.0, gt=1.0)
+    ar_input_mask: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> TTSConfig:
@@ -688,15 +693,38 @@ class TTSModel(nn.Module):
             err = ((pred - frames.float()).abs() / frames.float().clamp(min=1.0)).mean()
         return (loss if use else loss * 0.0), loss.detach(), err
 
+    def mask_history(self, inputs: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """AR inputs [B, K, S] with each step after the first (BOS) replaced by MASK on
+        every level with probability `ar_input_mask`, drawn from each item's seed; special
+        tokens (PAD, EOS) stay as they are."""
+        rate = self.cfg.ar_input_mask
+        if rate <= 0:
+            return inputs
+        if len(seeds) < inputs.shape[0]:
+            raise ValueError("masking the AR history needs one seed per item")
+        steps = inputs.shape[2]
+        hidden = torch.zeros(inputs.shape[0], steps, dtype=torch.bool)
+        for b in range(inputs.shape[0]):
+            rng = np.random.default_rng([int(seeds[b]), 13])
+            hidden[b, 1:] = torch.from_numpy(rng.random(steps - 1) < rate)
+        hide = hidden.to(inputs.device)[:, None, :] & (inputs < self.cfg.card)
+        return torch.where(hide, torch.full_like(inputs, self.tokens.mask), inputs)
+
     def ar_loss(self, codes: torch.Tensor, lengths: torch.Tensor, cond: Conditioning,
-                level_mask: torch.Tensor | None = None, duration: bool = True) -> TTSLoss:
+                level_mask: torch.Tensor | None = None, duration: bool = True,
+                seeds: Sequence[int] | None = None) -> TTSLoss:
         """Teacher-forced AR loss of whole utterances codes [B, K, T] (`lengths` [B]).
 
-        level_mask: [B, K] bool, the levels each item's loss counts (None: all)."""
+        level_mask: [B, K] bool, the levels each item's loss counts (None: all).
+        seeds: one per item; with them (training) part of the input history is masked
+        (`ar_input_mask`); without, inputs are the true codes (validation)."""
         seq = self.pattern.build(codes, lengths=lengths, ends=True)
         totals = torch.tensor([self.pattern.n_steps(int(n)) for n in lengths.tolist()],
                               device=codes.device)
-        hidden, prefix = self._run(cond, seq[:, :, :-1], totals)
+        inputs = seq[:, :, :-1]
+        if seeds is not None:
+            inputs = self.mask_history(inputs, seeds)
+        hidden, prefix = self._run(cond, inputs, totals)
         logits = self.audio_out(hidden)
         target = seq[:, :, 1:]
         counted = target < self.tokens.n_output  # codes and EOS

@@ -212,7 +212,8 @@ class TTSTask(Task):
         use_duration = step >= self.recipe.model.duration.start_step
         if model.cfg.mode == "nar":
             return model.nar_loss(codes, lengths, cond, batch["seed"], level_mask, use_duration)
-        return model.ar_loss(codes, lengths, cond, level_mask, use_duration)
+        return model.ar_loss(codes, lengths, cond, level_mask, use_duration,
+                             seeds=batch["seed"] if train else None)
 
     def train_step(self, batch: dict[str, Any], step: int, updater: Any) -> dict[str, Any]:
         with section("tts/forward"):
