@@ -82,6 +82,9 @@ def main() -> None:
                    help="train all runs at once, splitting --threads between them")
     p.add_argument("--evaluate", nargs="*", type=Path, default=None,
                    help="only score these exports")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="recipe overrides passed to every training run "
+                        "(e.g. model.ar_input_mask_span=4)")
     args = p.parse_args()
 
     out = args.out
@@ -113,7 +116,7 @@ def main() -> None:
             cmd = SOUNDRY + ["train", str(recipe), "--data", str(tokens), "--out", str(run),
                              "--threads", str(threads), f"seed={seed}",
                              f"train.budget_minutes={args.minutes}",
-                             f"model.levels={args.levels}"]
+                             f"model.levels={args.levels}", *args.set]
             if args.parallel:
                 handle = open(out / f"{mode}-s{seed}.log", "w")  # noqa: SIM115
                 running.append((mode, seed, subprocess.Popen(

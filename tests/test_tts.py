@@ -324,6 +324,26 @@ def test_ar_history_masking_hides_whole_steps_at_its_rate(pattern: dict) -> None
     assert torch.equal(tiny("ar", pattern=pattern).mask_history(seq, [5, 6, 7]), seq)
 
 
+def test_ar_history_masking_hides_spans_of_its_length() -> None:
+    model = tiny("ar", ar_input_mask=0.3, ar_input_mask_span=4)
+    lengths = torch.tensor([200, 200])
+    codes = torch.randint(0, CARD, (2, LEVELS, 200), generator=torch.Generator().manual_seed(3))
+    seq = model.pattern.build(codes, lengths=lengths, ends=True)[:, :, :-1]
+    steps = (model.mask_history(seq, [5, 6]) == model.tokens.mask).any(dim=1)
+    assert not steps[:, 0].any()
+    assert 0.2 < steps[:, 1:].float().mean().item() < 0.4
+    for row in steps[:, 1:].tolist():  # runs of 4, clipped only at the ends
+        runs, n = [], 0
+        for hidden in row + [False]:
+            if hidden:
+                n += 1
+            elif n:
+                runs.append(n)
+                n = 0
+        assert runs and all(r % 4 == 0 for r in runs[1:-1]), runs
+        assert max(runs) >= 4
+
+
 def test_ar_history_masking_changes_training_loss_not_validation() -> None:
     model = tiny("ar", ar_input_mask=0.5)
     plain = tiny("ar")

@@ -127,6 +127,9 @@ class TTSConfig(Strict):
       (every level) with this probability, drawn from the item's seed. At 50 frames/s the
       next frame can mostly be read off the previous one; with part of the history hidden
       the model must read the text (and learns to continue from imperfect history).
+    ar_input_mask_span: the hidden steps come in runs of this many (the history cut into
+      spans at a random offset, each span hidden with probability `ar_input_mask`): frame
+      t-2 tells nearly as much as t-1, so single hidden steps leave the frame before them.
     code_digits: the codes are mixed-radix numbers with these digit sizes (an FSQ codec's
       levels, e.g. [16, 16] for 256 codes): the heads predict digits (see AudioDecoder).
     text_stretch: each target position also reads the text token at its own fraction of
@@ -153,6 +156,7 @@ class TTSConfig(Strict):
     uncond_frac: float = Field(0.1, ge=0.0, le=1.0)
     max_duration_factor: float = Field(2.0, gt=1.0)
     ar_input_mask: float = Field(0.0, ge=0.0, lt=1.0)
+    ar_input_mask_span: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> TTSConfig:
@@ -695,8 +699,8 @@ class TTSModel(nn.Module):
 
     def mask_history(self, inputs: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """AR inputs [B, K, S] with each step after the first (BOS) replaced by MASK on
-        every level with probability `ar_input_mask`, drawn from each item's seed; special
-        tokens (PAD, EOS) stay as they are."""
+        every level with probability `ar_input_mask` (in runs of `ar_input_mask_span`
+        steps), drawn from each item's seed; special tokens (PAD, EOS) stay as they are."""
         rate = self.cfg.ar_input_mask
         if rate <= 0:
             return inputs
@@ -704,9 +708,15 @@ class TTSModel(nn.Module):
             raise ValueError("masking the AR history needs one seed per item")
         steps = inputs.shape[2]
         hidden = torch.zeros(inputs.shape[0], steps, dtype=torch.bool)
+        span = self.cfg.ar_input_mask_span
         for b in range(inputs.shape[0]):
             rng = np.random.default_rng([int(seeds[b]), 13])
-            hidden[b, 1:] = torch.from_numpy(rng.random(steps - 1) < rate)
+            if span == 1:
+                hidden[b, 1:] = torch.from_numpy(rng.random(steps - 1) < rate)
+                continue
+            offset = int(rng.integers(span))
+            runs = rng.random((steps - 1 + offset) // span + 1) < rate
+            hidden[b, 1:] = torch.from_numpy(np.repeat(runs, span)[offset:offset + steps - 1])
         hide = hidden.to(inputs.device)[:, None, :] & (inputs < self.cfg.card)
         return torch.where(hide, torch.full_like(inputs, self.tokens.mask), inputs)
 
