@@ -46,7 +46,7 @@ from soundry.models.patterns import (
     SpecialTokens,
     build_pattern,
 )
-from soundry.nn.inductor import compiler_missing
+from soundry.nn.inductor import compiler_missing, key_kernel_cache_by_cpu
 from soundry.nn.quant import quantize_linears
 from soundry.nn.transformer import KVCache, Transformer, TransformerConfig, project
 
@@ -351,6 +351,7 @@ class TokenLM(nn.Module):
         reason = compiler_missing(next(self.parameters()).device)
         if reason is not None:
             return reason
+        key_kernel_cache_by_cpu()
         self.decode = torch.compile(self.decode, dynamic=True)  # type: ignore[method-assign]
         return None
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from soundry.nn.inductor import compiler_missing
+from soundry.nn.inductor import compiler_missing, key_kernel_cache_by_cpu
 
 log = logging.getLogger("soundry.train")
 
@@ -35,6 +35,7 @@ def compile_task(task: Any, device: torch.device) -> list[str]:
     if reason is not None:
         log.warning("train.compile: %s; training runs eagerly", reason)
         return []
+    key_kernel_cache_by_cpu()
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True  # a failing graph runs eagerly, warned
