@@ -45,7 +45,7 @@ $PY benchmarks/train_step.py --recipe recipes/codec/dac-16k.yaml --batch-size 2 
 # where the codec step's time goes
 data=$(mktemp -d)
 $SOUNDRY data synth "$data" --kind speechlike --count 16 --seconds 2 --sample-rate 16000 >/dev/null 2>&1
-$SOUNDRY profile recipes/codec/dac-16k.yaml --data "$data" --steps 2 --warmup 1 --threads 2 \
+$SOUNDRY profile recipes/codec/dac-16k.yaml --data "$data" --steps 6 --warmup 3 --threads 2 \
   data.batch_size=2 data.segment_seconds=0.384 "schedule.phases=[{name: gan}]" 2>&1 | tail -25
 rm -rf "$data"
 echo "## done $(date -u +%FT%TZ)"
