@@ -46,7 +46,7 @@ from soundry.models.patterns import (
     SpecialTokens,
     build_pattern,
 )
-from soundry.nn.inductor import compiler_missing, key_kernel_cache_by_cpu
+from soundry.nn.inductor import prepare_compile
 from soundry.nn.quant import quantize_linears
 from soundry.nn.transformer import KVCache, Transformer, TransformerConfig, project
 
@@ -348,10 +348,9 @@ class TokenLM(nn.Module):
         length, so one compilation serves every step). Returns None, or why it stayed
         eager (no C++ compiler for CPU kernels). The first generation pays the
         compilation (~10-25 s on a 2-core CPU for a 512-wide, 8-layer LM)."""
-        reason = compiler_missing(next(self.parameters()).device)
+        reason = prepare_compile(next(self.parameters()).device)
         if reason is not None:
             return reason
-        key_kernel_cache_by_cpu()
         self.decode = torch.compile(self.decode, dynamic=True)  # type: ignore[method-assign]
         return None
 

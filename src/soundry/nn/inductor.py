@@ -36,4 +36,13 @@ def key_kernel_cache_by_cpu() -> str:
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
-__all__ = ["compiler_missing", "key_kernel_cache_by_cpu"]
+def prepare_compile(device: torch.device) -> str | None:
+    """Get ready to torch.compile on `device`: returns why it cannot (no C++ compiler for
+    CPU kernels), or None after keying the kernel cache by CPU capability."""
+    reason = compiler_missing(device)
+    if reason is None:
+        key_kernel_cache_by_cpu()
+    return reason
+
+
+__all__ = ["compiler_missing", "key_kernel_cache_by_cpu", "prepare_compile"]

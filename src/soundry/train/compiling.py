@@ -24,18 +24,17 @@ from typing import Any
 
 import torch
 
-from soundry.nn.inductor import compiler_missing, key_kernel_cache_by_cpu
+from soundry.nn.inductor import prepare_compile
 
 log = logging.getLogger("soundry.train")
 
 
 def compile_task(task: Any, device: torch.device) -> list[str]:
     """Compile the task's step (in place); returns what was compiled ([] on fallback)."""
-    reason = compiler_missing(device)
+    reason = prepare_compile(device)
     if reason is not None:
         log.warning("train.compile: %s; training runs eagerly", reason)
         return []
-    key_kernel_cache_by_cpu()
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True  # a failing graph runs eagerly, warned
@@ -45,4 +44,4 @@ def compile_task(task: Any, device: torch.device) -> list[str]:
     return names
 
 
-__all__ = ["compile_task", "compiler_missing"]
+__all__ = ["compile_task"]
