@@ -132,6 +132,9 @@ def test_cosine_without_budget_follows_max_steps(tmp_path: Path, fake_time) -> N
 def test_budget_config_errors() -> None:
     with pytest.raises(ConfigError, match="never come"):
         toy_recipe({"budget_minutes": 1.0, "valid_at_minutes": [5.0]})
+    # the error names the override that fixes it: the points within the shorter budget
+    with pytest.raises(ConfigError, match=r"train\.valid_at_minutes=\[0\.5\]"):
+        toy_recipe({"budget_minutes": 1.0, "valid_at_minutes": [0.5, 5.0]})
     with pytest.raises(ConfigError, match="positive"):
         toy_recipe({"valid_at_minutes": [0.0]})
     with pytest.raises(ConfigError):

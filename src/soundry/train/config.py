@@ -201,8 +201,11 @@ class TrainConfig(Strict):
                              "supported; set train.ema: null")
         if self.budget_minutes is not None and any(p > self.budget_minutes
                                                    for p in self.valid_at_minutes):
+            within = [p for p in self.valid_at_minutes if p <= self.budget_minutes]
             raise ValueError(f"valid_at_minutes {self.valid_at_minutes} has points past "
-                             f"budget_minutes ({self.budget_minutes}): they would never come")
+                             f"budget_minutes ({self.budget_minutes}): they would never come; "
+                             f"with a shorter budget also set "
+                             f"train.valid_at_minutes={within or [self.budget_minutes]}")
         return self
 
     @property
