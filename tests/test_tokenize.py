@@ -179,3 +179,47 @@ def test_cli_errors_are_clear(tiny_codec, dataset, tmp_path, capsys):
     assert main(["tokenize", str(tiny_codec), str(dataset), str(tmp_path / "t"),
                  "--levels", "9"]) == 2
     assert "has 3 codebooks; 9 were asked for" in capsys.readouterr().err
+
+
+def test_exported_lm_run_carries_its_codec(tiny_codec, dataset, tmp_path, monkeypatch):
+    """The user's path: tokenize, `train --data RELATIVE`, `export` from another folder,
+    move the codec away; the export still generates (the codec is embedded), and
+    `--codec reference` records the codec's absolute path instead."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from soundry.models.export import load_export
+
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "lm" / "tiny.yaml")
+    work = tmp_path / "work"
+    work.mkdir()
+    codec = work / "codec"
+    shutil.copytree(tiny_codec, codec)
+    monkeypatch.chdir(work)
+    assert main(["tokenize", "codec", str(dataset), "tokens", "--levels", "2"]) == 0
+    small = ["model.levels=2", "model.loss_weights=null", "model.card=16",
+             "model.pattern.delays=[0, 1]",
+             "model.transformer.dim=16", "model.transformer.layers=1", "model.transformer.heads=2",
+             "model.transformer.max_len=128", "model.text.max_bytes=8",
+             "tokens.window_seconds=0.05", "tokens.max_batch_seconds=0.2",
+             "tokens.valid_count=1", "valid.demo_count=0", "valid.windows=1",
+             "train.max_steps=1", "train.valid_every=1", "train.checkpoint_every=1",
+             "train.progress=false", "train.tensorboard=false"]
+    assert main(["train", recipe, "--data", "tokens", "--out", "run", *small]) == 0
+    config = yaml.safe_load((work / "run" / "config.yaml").read_text())
+    assert config["tokens"]["path"] == str(work / "tokens")  # not the relative "tokens"
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "work/run", "ref", "--codec", "reference"]) == 0
+    assert load_export(tmp_path / "ref").codec_record["path"] == str(codec)
+    assert main(["export", "work/run", "lm"]) == 0
+    shutil.rmtree(codec)
+    record = load_export(tmp_path / "lm").codec_record
+    assert record["path"] == "codec" and record["embedded"]
+    assert (tmp_path / "lm" / "codec" / "model.safetensors").is_file()
+    wav = tmp_path / "out.wav"
+    assert main(["generate", "lm", "--seconds", "0.05", "--out", str(wav)]) == 0
+    assert wav.is_file()
+    # the referencing export lost its codec with the folder: a clear error
+    assert main(["generate", "ref", "--seconds", "0.05", "--out", str(wav)]) == 2

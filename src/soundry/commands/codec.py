@@ -33,6 +33,10 @@ def register(sub: Any) -> None:
         "train.best_metric when the run recorded one, else the last)",
     )
     p.add_argument("--ema", action="store_true", help="export the EMA weights")
+    p.add_argument("--codec", choices=["embed", "reference"], default="embed",
+                   help="models over codec tokens (LM, TTS): embed copies the soundry codec "
+                   "into OUT_DIR/codec so the export stands alone (default); reference "
+                   "records its absolute path only (a transformers codec is always referenced)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("encode", help="encode audio files to codes or VAE latents (.npz)")
@@ -76,7 +80,8 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> int:
     from soundry.train.export import export_run
 
-    out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint, ema=args.ema)
+    out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint, ema=args.ema,
+                     codec=args.codec)
     print(f"exported {out['kind']} from {out['checkpoint']} ({out['chosen']}) to {args.out_dir}")
     return 0
 

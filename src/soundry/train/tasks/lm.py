@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -154,7 +155,9 @@ class LMRecipe(RecipeBase):
             raise ConfigError(f"--data was given {len(data)} times; a token LM reads one token "
                               "directory (tokens.path); tokenize all the audio into one with "
                               "`soundry tokenize`")
-        return ["tokens.path=" + json.dumps(data[0])] if data else []
+        # absolute: the run's config (and its export's codec record) must not depend on
+        # the folder the run was started from
+        return ["tokens.path=" + json.dumps(str(Path(data[0]).resolve()))] if data else []
 
     @field_validator("data", mode="before")
     @classmethod

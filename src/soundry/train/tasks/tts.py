@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -100,7 +101,9 @@ class TTSRecipe(RecipeBase):
         if len(data) > 1:
             raise ConfigError("--data was given more than once; a TTS model reads one token "
                               "directory (tokens.path)")
-        return ["tokens.path=" + json.dumps(data[0])] if data else []
+        # absolute: the run's config (and its export's codec record) must not depend on
+        # the folder the run was started from
+        return ["tokens.path=" + json.dumps(str(Path(data[0]).resolve()))] if data else []
 
     @field_validator("data", mode="before")
     @classmethod
