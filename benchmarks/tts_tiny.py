@@ -1,13 +1,14 @@
 """Train the tiny TTS recipes on multi-speaker espeak-ng speech and score what they say.
 
     python benchmarks/tts_tiny.py --codec CODEC_EXPORT --out runs/tts-check \
-        [--modes nar ar] [--seeds 0] [--minutes 30] [--threads 2] [--levels 4] [--parallel]
+        [--modes nar ar] [--seeds 0] [--minutes 27] [--threads 2] [--levels 4] [--parallel]
     python benchmarks/tts_tiny.py --codec CODEC_EXPORT --out runs/tts-check \
         --evaluate runs/tts-check/nar-s0-export ...     # score existing exports only
 
 Steps: build the corpus (`benchmarks/tts_corpus.py`: fixed-rate voices, held-out sentences
 rendered by every training voice), tokenize its training half with the codec (`--levels`
-levels), train `recipes/tts/tiny-<mode>.yaml` for `--minutes` of wall clock per run, export,
+levels), train `recipes/tts/tiny-<mode>.yaml` for `--minutes` of training per run
+(`train.budget_minutes`: validations excluded, so 27 keeps a run under 30 of wall clock), export,
 then speak every held-out sentence in every training voice, each voice prompted by one of
 its training clips (the first 3 s of its first clip), at the recipe's sampling settings and
 greedy (temperature 0).
@@ -75,7 +76,8 @@ def main() -> None:
     p.add_argument("--corpus", type=Path, default=None, help="default OUT/corpus")
     p.add_argument("--modes", nargs="+", default=["nar", "ar"], choices=["nar", "ar"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--minutes", type=float, default=27.0,
+                   help="training minutes per run (train.budget_minutes; validations excluded)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--levels", type=int, default=4)
     p.add_argument("--parallel", action="store_true",
@@ -106,7 +108,7 @@ def main() -> None:
                           "--levels", str(args.levels)], log)
         jobs = [(mode, seed) for mode in args.modes for seed in args.seeds]
         # --parallel: every run at once, the threads split between them (each still gets
-        # --minutes of wall clock, on a share of the machine)
+        # --minutes of training, on a share of the machine)
         threads = max(1, args.threads // len(jobs)) if args.parallel else args.threads
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         running = []
