@@ -40,6 +40,28 @@ Loader = Callable[[dict[str, Any], dict[str, torch.Tensor]], torch.nn.Module]
 EXPORT_KINDS: Registry[Loader] = Registry("export kind")
 
 
+def embed_recorded_codec(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Copy the soundry codec a token model's config records into `out_dir/codec` and
+    record it by that relative path (readers resolve it against the export), so the
+    export speaks or generates on any machine. Other configs, and codecs of other types
+    (a `transformers` model directory, often hundreds of MB), are returned unchanged."""
+    record = config.get("codec")
+    if not isinstance(record, dict) or record.get("type") != "soundry":
+        return config
+    source = Path(str(record.get("path", "")))
+    if not source.is_absolute() or not source.is_dir():
+        return config
+    target = out_dir / "codec"
+    if target.resolve() == source.resolve():
+        return config
+    if target.exists():
+        shutil.rmtree(target)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, target)
+    return {**config, "codec": {**record, "path": "codec", "embedded": True,
+                                "embedded_from": str(source)}}
+
+
 def save_export(
     out_dir: str | Path, kind: str, config: dict[str, Any], state_dict: dict[str, torch.Tensor]
 ) -> Path:

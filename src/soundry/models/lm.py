@@ -483,24 +483,15 @@ def export_lm(
     embed_codec: bool = False,
     **meta: float | int,
 ) -> Path:
-    """Write an LM export; with `embed_codec`, the codec directory is copied into
+    """Write an LM export; with `embed_codec`, a soundry codec is copied into
     `out_dir/codec` and recorded by that relative path, so the export stands alone."""
-    import shutil
-
-    from soundry.models.export import save_export
+    from soundry.models.export import embed_recorded_codec, save_export
 
     out_dir = Path(out_dir)
-    record = dict(codec or {})
-    save_export(out_dir, "lm", lm_export_config(model.cfg, record, **meta), model.state_dict())
-    if embed_codec and record.get("path"):
-        target = out_dir / "codec"
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(record["path"], target)
-        record["path"] = "codec"
-        record["embedded"] = True
-        save_export(out_dir, "lm", lm_export_config(model.cfg, record, **meta),
-                    model.state_dict())
+    config = lm_export_config(model.cfg, dict(codec or {}), **meta)
+    if embed_codec:
+        config = embed_recorded_codec(config, out_dir)
+    save_export(out_dir, "lm", config, model.state_dict())
     return out_dir
 
 

@@ -48,30 +48,6 @@ def find_checkpoint(run_dir: Path, which: str = "last") -> Path:
     return path
 
 
-def embed_codec(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Copy the soundry codec a token model's config records into `out_dir/codec` and
-    record it by that relative path (readers resolve it against the export), so the
-    export speaks or generates on any machine. Other configs, and codecs of other types
-    (a `transformers` model directory, often hundreds of MB), are returned unchanged."""
-    import shutil
-
-    record = config.get("codec")
-    if not isinstance(record, dict) or record.get("type") != "soundry":
-        return config
-    source = Path(str(record.get("path", "")))
-    if not source.is_absolute() or not source.is_dir():
-        return config
-    target = out_dir / "codec"
-    if target.resolve() == source.resolve():
-        return config
-    if target.exists():
-        shutil.rmtree(target)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, target)
-    return {**config, "codec": {**record, "path": "codec", "embedded": True,
-                                "embedded_from": str(source)}}
-
-
 def export_run(
     run_dir: Path | str, out_dir: Path | str, checkpoint: str = "auto", ema: bool = False,
     codec: str = "embed",
@@ -80,13 +56,14 @@ def export_run(
 
     `chosen` says which checkpoint was taken and why (e.g. "best by valid/mel_distance =
     3.412 at step 300"), for the caller to print. codec: for a model over codec tokens
-    (LM, TTS), 'embed' copies a soundry codec into the export (see `embed_codec`),
+    (LM, TTS), 'embed' copies a soundry codec into the export (see
+    `embed_recorded_codec`),
     'reference' records only its absolute path.
     """
     if codec not in ("embed", "reference"):
         raise SoundryError(f"codec must be 'embed' or 'reference', not '{codec}'")
     import soundry.train.tasks  # noqa: F401  (registers tasks and exporters)
-    from soundry.models.export import save_export
+    from soundry.models.export import embed_recorded_codec, save_export
     from soundry.train.registry import EXPORTERS
 
     run_dir = Path(run_dir)
@@ -106,7 +83,7 @@ def export_run(
     kind, config, state = EXPORTERS.get(recipe.task)(recipe, load_network)
     config = {**config, "source": {"run_dir": str(run_dir), "checkpoint": ckpt.name, "ema": ema}}
     if codec == "embed":
-        config = embed_codec(config, Path(out_dir))
+        config = embed_recorded_codec(config, Path(out_dir))
     save_export(Path(out_dir), kind, config, state)
     return {
         "kind": kind,
